@@ -1,0 +1,3 @@
+from replimesh.cli import main
+
+main()

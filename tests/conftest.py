@@ -1,0 +1,70 @@
+"""Shared fixtures: one lab of real SSH hosts for the whole session, always torn down at the end."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from replimesh.lab.lab import Host, Lab, LabConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+# The test lab has its own name and /24, so it never collides with a demo lab (`.lab/`, 172.31.77.0/24).
+TEST_LAB = LabConfig(name="rmtest", subnet="172.31.78.0/24")
+
+
+class SessionLab:
+    """The session's lab: grows on demand, never shrinks, is removed at the end of the run."""
+
+    def __init__(self, lab: Lab) -> None:
+        self.lab = lab
+
+    def ensure(self, count: int) -> list[Host]:
+        hosts = self.lab.hosts()
+        if len(hosts) < count:
+            hosts = self.lab.up(count)
+        return hosts[:count]
+
+    def sh(self, node: str, script: str, check: bool = True) -> str:
+        proc = self.lab.exec(node, ["sh", "-c", script], timeout=120)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"{node}: {script!r} exited {proc.returncode}: {proc.stderr.decode()}")
+        return proc.stdout.decode()
+
+
+@pytest.fixture(scope="session")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SessionLab]:
+    state = tmp_path_factory.mktemp("lab")
+    the_lab = Lab(state, TEST_LAB, log=lambda msg: print(f"[lab] {msg}", file=sys.stderr))
+    try:
+        yield SessionLab(the_lab)
+    finally:
+        the_lab.down()
+
+
+def tool(name: str) -> str:
+    """A console script of this venv (ansible, ansible-playbook, meshctl)."""
+    return str(VENV_BIN / name)
+
+
+def run_tool(name: str, *args: str, timeout: float = 600, env: dict[str, str] | None = None,
+             check: bool = False) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    proc = subprocess.run(
+        [tool(name), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "ANSIBLE_FORCE_COLOR": "0", **(env or {})},
+        check=False,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"{name} {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+        )
+    return proc
