@@ -1,0 +1,170 @@
+"""Inventory plugin: a replimesh mesh file (*.mesh.yml) -> hosts, groups and per-node peer lists.
+
+All validation and topology logic lives in mesh_plugins/module_utils; this file only maps it onto Ansible.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from ansible.errors import AnsibleError, AnsibleParserError
+from ansible.plugins.inventory import BaseInventoryPlugin, Constructable
+
+try:
+    from mesh_plugins.module_utils.mesh_config import Mesh, MeshConfigError, Node, parse_mesh
+    from mesh_plugins.module_utils.mesh_topology import host_topology
+except ImportError:
+    # Run from a checkout without `pip install`: the project root is three levels above this file.
+    _PROJECT_ROOT = str(Path(__file__).resolve().parents[2])
+    if _PROJECT_ROOT not in sys.path:
+        sys.path.insert(0, _PROJECT_ROOT)
+    from mesh_plugins.module_utils.mesh_config import Mesh, MeshConfigError, Node, parse_mesh
+    from mesh_plugins.module_utils.mesh_topology import host_topology
+
+DOCUMENTATION = r"""
+name: replimesh_mesh
+short_description: Hosts and sync peers of a replimesh mesh
+description:
+  - Reads a mesh file whose name ends in C(.mesh.yml) or C(.mesh.yaml).
+  - Puts every node in group C(mesh) and in the groups listed under its C(groups).
+  - Gives each node its connection facts and its peer list (C(mesh_peers)), including which end of each
+    pair starts the sync, so roles need no topology logic of their own.
+  - The file is validated as a whole; an invalid file fails with the file name and the offending key.
+extends_documentation_fragment:
+  - constructed
+options:
+  plugin:
+    description: Marks the file as a mesh file for this plugin.
+    type: str
+    required: true
+    choices: [replimesh_mesh]
+  user:
+    description:
+      - Name of the unprivileged mesh user on every node.
+      - Must match C(^[a-z_][a-z0-9_-]{0,31}$). Defaults to C(replimesh).
+    type: raw
+  folders:
+    description:
+      - Required. The synced folders, each C({name, path, ignore}).
+      - C(path) is absolute and normalized, outside system directories, and not nested in another folder.
+      - C(ignore) is a list of Unison name patterns relative to the folder.
+    type: raw
+  nodes:
+    description:
+      - Required. Mapping of node name to C({address, port, groups, vars}); at least 2 nodes.
+      - Node names match C(^[a-z0-9][a-z0-9_-]{0,62}$); addresses are IP literals or DNS names, unique.
+    type: raw
+  topology:
+    description: Mapping C({kind}); the only kind so far is C(full) (every pair of nodes syncs).
+    type: raw
+  sync:
+    description:
+      - Mapping C({mode, schedule, concurrency, timeout, connect_timeout}).
+      - C(mode) is C(cron) (default) or C(watch); C(schedule) is a 5-field cron expression
+        (default C(*/15 * * * *)); C(concurrency) 1..64 (4); C(timeout) 10..86400 seconds (3600);
+        C(connect_timeout) 1..120 seconds (10).
+    type: raw
+  vars:
+    description:
+      - Extra host variables for every node (for example C(ansible_user)); a node's own C(vars) override them.
+      - The computed C(mesh_*) variables cannot be overridden.
+    type: raw
+"""
+
+EXAMPLES = r"""
+# inventory/lab.mesh.yml -- ansible-inventory -i inventory/lab.mesh.yml --graph
+plugin: replimesh_mesh
+folders:
+  - {name: shared, path: /srv/replimesh/shared, ignore: ["*.tmp"]}
+nodes:
+  node1: {address: 172.31.77.11}
+  node2: {address: 172.31.77.12, groups: [site_a]}
+sync: {mode: cron, schedule: "17 * * * *"}
+vars:
+  ansible_user: root
+# constructed options work as in ansible.builtin.constructed
+keyed_groups:
+  - {key: mesh_sync_mode, prefix: sync}
+"""
+
+
+class InventoryModule(BaseInventoryPlugin, Constructable):
+    NAME = "replimesh_mesh"
+
+    def verify_file(self, path: str) -> bool:
+        return path.endswith((".mesh.yml", ".mesh.yaml")) and super().verify_file(path)
+
+    def parse(self, inventory: Any, loader: Any, path: str, cache: bool = True) -> None:
+        super().parse(inventory, loader, path, cache)
+        config = self._read_mesh_file(path)
+        try:
+            mesh = parse_mesh(config, extra_keys=tuple(self._options))
+        except MeshConfigError as err:
+            raise AnsibleParserError(f"{path}: {err}") from err
+        self._populate(mesh, path)
+
+    def _read_mesh_file(self, path: str) -> dict[str, Any]:
+        try:
+            return self._read_config_data(path)
+        except AnsibleParserError as err:
+            message = str(err.message)
+            raise AnsibleParserError(message if path in message else f"{path}: {message}") from err
+        except AttributeError:
+            # ansible-core calls config.get() before it checks that the file holds a mapping.
+            raise AnsibleParserError(
+                f"{path}: the mesh file must be a mapping (plugin, folders, nodes, ...)"
+            ) from None
+        except AnsibleError as err:
+            # An option ansible-core validates itself has the wrong type (e.g. `compose: []`).
+            raise AnsibleParserError(f"{path}: {err.message}") from err
+
+    def _populate(self, mesh: Mesh, path: str) -> None:
+        peers = host_topology(mesh)
+        self.inventory.add_group("mesh")
+        for node in mesh.nodes:
+            self.inventory.add_host(node.name, group="mesh")
+            for group in node.groups:
+                self.inventory.add_group(group)
+                self.inventory.add_child(group, node.name)
+            for key, value in self._host_vars(mesh, node, peers[node.name]).items():
+                self.inventory.set_variable(node.name, key, value)
+            try:
+                self._construct(node.name)
+            except AnsibleError as err:
+                # Only with `strict: true`: a compose/groups/keyed_groups expression failed.
+                raise AnsibleParserError(f"{path}: {err.message}") from err
+
+    @staticmethod
+    def _host_vars(mesh: Mesh, node: Node, peers: list[dict[str, Any]]) -> dict[str, Any]:
+        host_vars: dict[str, Any] = {
+            "ansible_host": node.address,
+            "ansible_port": node.port,
+            "mesh_node_name": node.name,
+            "mesh_address": node.address,
+            "mesh_port": node.port,
+            "mesh_user": mesh.user,
+            "mesh_folders": [
+                {"name": f.name, "path": f.path, "ignore": list(f.ignore)} for f in mesh.folders
+            ],
+            "mesh_peers": peers,
+            "mesh_topology_kind": mesh.topology_kind,
+            "mesh_sync_mode": mesh.sync.mode,
+            "mesh_sync_schedule": mesh.sync.schedule,
+            "mesh_sync_concurrency": mesh.sync.concurrency,
+            "mesh_sync_timeout": mesh.sync.timeout,
+            "mesh_sync_connect_timeout": mesh.sync.connect_timeout,
+        }
+        return host_vars | mesh.vars | node.vars
+
+    def _construct(self, host: str) -> None:
+        strict = self.get_option("strict")
+        self._set_composite_vars(self.get_option("compose"), self._vars_of(host), host, strict=strict)
+        # Re-read so that conditional and keyed groups can use the composed variables.
+        variables = self._vars_of(host)
+        self._add_host_to_composed_groups(self.get_option("groups"), variables, host, strict=strict)
+        self._add_host_to_keyed_groups(self.get_option("keyed_groups"), variables, host, strict=strict)
+
+    def _vars_of(self, host: str) -> dict[str, Any]:
+        return self.inventory.get_host(host).get_vars()
