@@ -303,6 +303,9 @@ def _check_path(key: str, path: str) -> str:
         raise MeshConfigError(key, "must not be / (the whole file system)")
     if CONTROL_CHAR_RE.search(path):
         raise MeshConfigError(key, f"{path!r} must not contain control characters such as newlines")
+    if any(ch.isspace() for ch in path):
+        # The path goes into /etc/fstab (the jail's bind mount) and ssh:// roots, both space-delimited.
+        raise MeshConfigError(key, f"{path!r} must not contain spaces or other white space")
     if path.endswith("/"):
         raise MeshConfigError(key, f"{path!r} must not end with /; write {path.rstrip('/') or '/'!r}")
     if "//" in path:
