@@ -110,6 +110,22 @@ def lab_ls(lab_dir: LabDir = Path(".lab")) -> None:
         _fail(str(exc))
 
 
+@app.command("demo")
+def demo(
+    lab_dir: LabDir = Path(".lab"),
+    nodes: Annotated[int, typer.Option(help="Lab hosts in the demo mesh.")] = 5,
+    keep: Annotated[bool, typer.Option(help="Leave the lab up afterwards.")] = False,
+) -> None:
+    """Bring up a lab mesh, write a file on node1, show it byte-identical on every node."""
+    from replimesh.demo import run_demo
+
+    try:
+        ok = run_demo(lab_dir, nodes, typer.echo, keep)
+    except LabError as exc:
+        _fail(str(exc))
+    raise typer.Exit(0 if ok else 1)
+
+
 def main() -> None:  # pragma: no cover - console entry for `python -m replimesh`
     os.environ.setdefault("ANSIBLE_FORCE_COLOR", "0")
     app()

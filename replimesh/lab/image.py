@@ -44,6 +44,8 @@ if [ -n "${{LAB_APT_URL:-}}" ]; then
   echo "deb [trusted=yes] ${{LAB_APT_URL}} ./" > /etc/apt/sources.list.d/replimesh-lab.list
 fi
 mkdir -p /run/sshd
+# What a booting host does with its fstab (the sync folders' bind mounts into the SSH jail).
+mount -a >/dev/null 2>&1 || true
 /etc/init.d/cron start >/dev/null 2>&1 || true
 exec /usr/sbin/sshd -D -e
 """

@@ -172,6 +172,8 @@ class Lab:
             "run", "-d", "--init", "--name", host.container, "--hostname", host.name,
             "--network", self.config.name, "--ip", host.address,
             "--label", f"{LABEL}={self.config.name}", "--label", f"replimesh.node={host.name}",
+            # A real host's root may mount (bind mounts into the SSH jail); the lab's users stay unprivileged.
+            "--cap-add", "SYS_ADMIN",
             "-e", f"LAB_APT_URL=http://{self.gateway}:{APT_PORT}",
             "-v", f"{self.key_path}.pub:/lab/authorized_keys:ro",
             tag,

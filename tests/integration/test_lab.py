@@ -10,7 +10,7 @@ import pytest
 
 from replimesh.lab import system
 from replimesh.lab.lab import Lab, LabConfig
-from tests.conftest import ROOT, SessionLab, run_tool, tool
+from tests.conftest import ROOT, SessionLab, run_tool, tool, wait_until
 
 pytestmark = pytest.mark.lab
 
@@ -80,15 +80,6 @@ def _ssh_ok(lab: Lab, node: str, timeout: float = 15) -> bool:
         return False
 
 
-def _wait(predicate, timeout: float = 30) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.3)
-    return False
-
-
 @pytest.mark.parametrize(("cut", "mend"), [("pause", "unpause"), ("kill", "start"), ("partition", "heal")])
 def test_fault_cuts_ssh_and_mend_restores_it(lab: SessionLab, cut: str, mend: str) -> None:
     lab.ensure(2)
@@ -99,7 +90,7 @@ def test_fault_cuts_ssh_and_mend_restores_it(lab: SessionLab, cut: str, mend: st
         assert _ssh_ok(lab.lab, "node1"), "a fault on node2 must not touch node1"
     finally:
         lab.lab.fault(mend, "node2")
-    assert _wait(lambda: _ssh_ok(lab.lab, "node2")), f"node2 did not come back after {mend}"
+    assert wait_until(lambda: _ssh_ok(lab.lab, "node2"), timeout=30), f"node2 did not come back after {mend}"
 
 
 def test_lab_traffic_is_guarded(lab: SessionLab) -> None:

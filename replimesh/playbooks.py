@@ -1,0 +1,64 @@
+"""Run the project's playbooks through ansible-runner, the way meshctl and the demo do."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ansible_runner
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class PlaybookResult:
+    status: str
+    rc: int
+    stats: dict[str, Any]
+    log: Path
+
+    events: tuple[dict[str, Any], ...]
+
+    @property
+    def ok(self) -> bool:
+        return self.rc == 0
+
+    def task_results(self, module: str) -> dict[str, dict[str, Any]]:
+        """host -> the result of the last task that ran `module` on it."""
+        results: dict[str, dict[str, Any]] = {}
+        for event in self.events:
+            data = event.get("event_data", {})
+            if event.get("event") == "runner_on_ok" and data.get("task_action", "").endswith(module):
+                results[data["host"]] = data.get("res", {})
+        return results
+
+
+def run_playbook(
+    playbook: str,
+    inventory: Path,
+    *,
+    extravars: dict[str, Any] | None = None,
+    quiet: bool = False,
+    log_dir: Path | None = None,
+) -> PlaybookResult:
+    """Run `playbook` (a root-level entry point) and return its result with the runner's events.
+
+    The full Ansible output is kept in a file under `log_dir` (a temp dir by default) so a short
+    failure message can point at it.
+    """
+    log_dir = log_dir or Path(tempfile.mkdtemp(prefix="meshctl-"))
+    log_dir.mkdir(parents=True, exist_ok=True)
+    runner = ansible_runner.run(
+        private_data_dir=str(log_dir),
+        project_dir=str(PROJECT_ROOT),
+        playbook=str(PROJECT_ROOT / playbook),
+        inventory=str(inventory.resolve()),
+        extravars=extravars or {},
+        quiet=quiet,
+        envvars={"ANSIBLE_CONFIG": str(PROJECT_ROOT / "ansible.cfg"), "ANSIBLE_FORCE_COLOR": "0"},
+    )
+    stdout = log_dir / "ansible.log"
+    stdout.write_text(runner.stdout.read() if runner.stdout else "")
+    return PlaybookResult(runner.status, runner.rc, runner.stats or {}, stdout, tuple(runner.events))

@@ -1,0 +1,72 @@
+"""A bootstrapped 5-node mesh on the session's lab, shared by the e2e tests (folders reset per test)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import shlex
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import SessionLab, run_tool
+
+FOLDER = "/srv/replimesh/shared"
+MARKER = ".replimesh-folder"
+MESH_USER = "replimesh"
+NODES = 5
+
+
+@dataclass
+class Mesh:
+    lab: SessionLab
+    inventory: Path
+    nodes: list[str]
+    bootstrap_output: str
+
+    def playbook(self, name: str, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+        return run_tool("ansible-playbook", "-i", str(self.inventory), name, *args, timeout=timeout)
+
+    def write(self, node: str, rel: str, data: bytes) -> None:
+        """Write a file into the node's folder as the mesh user, as an application would."""
+        b64 = base64.b64encode(data).decode()
+        path = shlex.quote(f"{FOLDER}/{rel}")
+        script = f'mkdir -p "$(dirname {path})" && printf %s {b64} | base64 -d > {path}'
+        self.lab.sh(node, f"runuser -u {MESH_USER} -- sh -c {shlex.quote(script)}")
+
+    def digest(self, node: str) -> dict[str, str]:
+        """path -> sha256 of every file in the node's folder (the marker left out)."""
+        out = self.lab.sh(
+            node,
+            f"cd {FOLDER} && find . -type f ! -name {MARKER} -print0 | sort -z | xargs -0 -r sha256sum",
+        )
+        return {line[66:]: line[:64] for line in out.splitlines()}
+
+    def converged(self, nodes: list[str] | None = None) -> bool:
+        digests = [self.digest(n) for n in nodes or self.nodes]
+        return all(d == digests[0] for d in digests)
+
+    def reset(self) -> None:
+        for node in self.nodes:
+            self.lab.sh(node, f"find {FOLDER} -mindepth 1 ! -name {MARKER} -delete")
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture(scope="session")
+def mesh_session(lab: SessionLab) -> Mesh:
+    hosts = lab.ensure(NODES)
+    inventory = lab.lab.inventory_path
+    proc = run_tool("ansible-playbook", "-i", str(inventory), "bootstrap.yml", timeout=900)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    return Mesh(lab, inventory, [h.name for h in hosts], proc.stdout)
+
+
+@pytest.fixture
+def mesh(mesh_session: Mesh) -> Mesh:
+    mesh_session.reset()
+    return mesh_session

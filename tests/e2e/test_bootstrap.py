@@ -1,0 +1,136 @@
+"""bootstrap.yml and sync.yml on a real 5-node lab: convergence, idempotence, a dead node, confinement."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+
+import pytest
+
+from tests.conftest import wait_until
+from tests.e2e.conftest import FOLDER, MESH_USER, Mesh, sha
+
+pytestmark = pytest.mark.lab
+
+
+def _recap(output: str) -> dict[str, dict[str, int]]:
+    recap = {}
+    for host, fields in re.findall(r"^(\S+)\s+: (ok=.*)$", output, re.MULTILINE):
+        recap[host] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", fields)}
+    return recap
+
+
+def test_bootstrap_is_idempotent(mesh: Mesh) -> None:
+    first = _recap(mesh.bootstrap_output)
+    assert set(first) >= set(mesh.nodes)
+    assert all(first[n]["failed"] == 0 and first[n]["unreachable"] == 0 for n in mesh.nodes)
+    proc = mesh.playbook("bootstrap.yml")
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    second = _recap(proc.stdout)
+    assert {n: second[n]["changed"] for n in mesh.nodes} == dict.fromkeys(mesh.nodes, 0)
+
+
+def test_file_from_one_node_reaches_all_after_one_sync(mesh: Mesh) -> None:
+    data = b"hello from node1\n" * 100
+    mesh.write("node1", "greeting.txt", data)
+    proc = mesh.playbook("sync.yml")
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    for node in mesh.nodes:
+        assert mesh.digest(node) == {"./greeting.txt": sha(data)}, node
+    assert "edges synced: 10 of 10" in proc.stdout
+
+
+def test_files_written_everywhere_at_once_converge_after_one_sync(mesh: Mesh) -> None:
+    expected = {}
+    for node in mesh.nodes:
+        data = f"written on {node}\n".encode() * 50
+        mesh.write(node, f"from-{node}/data.bin", data)
+        expected[f"./from-{node}/data.bin"] = sha(data)
+    proc = mesh.playbook("sync.yml")
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    for node in mesh.nodes:
+        assert mesh.digest(node) == expected, node
+    owners = mesh.lab.sh("node3", f"stat -c '%U %a' {FOLDER}/from-node1/data.bin").split()
+    assert owners == [MESH_USER, "644"]
+
+
+def test_paused_node_blocks_nobody(mesh: Mesh) -> None:
+    data = b"while node3 sleeps\n"
+    mesh.write("node1", "during-pause.txt", data)
+    mesh.lab.lab.fault("pause", "node3")
+    try:
+        started = time.monotonic()
+        proc = mesh.playbook("sync.yml", timeout=120)
+        elapsed = time.monotonic() - started
+    finally:
+        mesh.lab.lab.fault("unpause", "node3")
+    assert elapsed < 60, f"sync.yml took {elapsed:.0f}s with node3 paused"
+    assert proc.returncode != 0, "a round with an unreachable node must not report success"
+    assert re.search(r"unreachable node3", proc.stdout), proc.stdout[-3000:]
+    for peer in ("node1", "node2", "node4", "node5"):
+        assert re.search(rf"failed\s+(node3 -> {peer}|{peer} -> node3): unreachable", proc.stdout) or (
+            not _initiates(mesh, peer, "node3")
+        ), peer
+    healthy = ["node1", "node2", "node4", "node5"]
+    for node in healthy:
+        assert mesh.digest(node) == {"./during-pause.txt": sha(data)}, node
+
+
+def _initiates(mesh: Mesh, node: str, peer: str) -> bool:
+    config = json.loads(mesh.lab.sh(node, "cat /etc/replimesh/mesh.json"))
+    return any(p["name"] == peer and p["initiator"] for p in config["peers"])
+
+
+def test_mesh_user_has_no_password_no_sudo_no_shell(mesh: Mesh) -> None:
+    shadow = mesh.lab.sh("node1", f"getent shadow {MESH_USER}").split(":")
+    assert shadow[1] in ("*", "!", "!*"), "the mesh user must have no usable password"
+    sudo = mesh.lab.lab.exec("node1", ["sudo", "-l", "-U", MESH_USER])
+    assert b"is not allowed to run sudo" in sudo.stdout + sudo.stderr
+    address = mesh.lab.lab.resolve("node2").address
+    ssh = (
+        f"ssh -F none -i /var/lib/replimesh/.ssh/id_ed25519 -o BatchMode=yes -o ConnectTimeout=5 "
+        f"-o HostKeyAlias=node2 -o UserKnownHostsFile=/etc/replimesh/known_hosts {MESH_USER}@{address}"
+    )
+    for command in ("id", "cat /etc/shadow", "-tt", "sh -c 'echo escaped'"):
+        proc = mesh.lab.lab.exec(
+            "node1", ["runuser", "-u", MESH_USER, "--", "sh", "-c", f"timeout 20 {ssh} {command} </dev/null"]
+        )
+        out = proc.stdout + proc.stderr
+        assert b"uid=" not in out and b"root:" not in out and b"escaped" not in out, (command, out)
+    # What answers is the Unison server and nothing else.
+    proc = mesh.lab.lab.exec("node1", ["runuser", "-u", MESH_USER, "--", "sh", "-c", f"{ssh} id </dev/null"])
+    assert proc.stdout.startswith(b"Unison"), proc.stdout[:80]
+
+
+def test_runner_never_runs_one_edge_twice_at_once(mesh: Mesh) -> None:
+    peers = [p["name"] for p in json.loads(mesh.lab.sh("node1", "cat /etc/replimesh/mesh.json"))["peers"]]
+    held = peers[0]
+    # Hold one edge's lock as a live run would, then start a run: that edge is busy, the others sync.
+    holder = subprocess.Popen(
+        ["docker", "exec", mesh.lab.lab.resolve("node1").container, "runuser", "-u", MESH_USER, "--",
+         "flock", f"/var/lib/replimesh/state/locks/{held}.lock", "sleep", "30"],
+    )  # fmt: skip
+    try:
+        assert wait_until(lambda: "sleep 30" in mesh.lab.sh("node1", "ps -eo args"), timeout=10)
+        out = mesh.lab.sh("node1", f"runuser -u {MESH_USER} -- replimesh-sync --json --all-peers")
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
+    results = {e["peer"]: e["result"] for e in json.loads(out)["edges"]}
+    assert results[held] == "busy"
+    assert all(r == "ok" for p, r in results.items() if p != held), results
+    # Two runs started together: every edge ran in at most one of them.
+    mesh.write("node1", "big.bin", b"\0" * (64 << 20))
+    mesh.lab.sh(
+        "node1",
+        f"for i in 1 2; do runuser -u {MESH_USER} -- replimesh-sync --json --all-peers >/tmp/run$i.json &"
+        " done; wait",
+        check=False,
+    )
+    first, second = (json.loads(mesh.lab.sh("node1", f"cat /tmp/run{i}.json")) for i in (1, 2))
+    for edge1, edge2 in zip(first["edges"], second["edges"], strict=True):
+        assert "busy" in (edge1["result"], edge2["result"]) or (
+            edge1["last_finish"] <= edge2["last_start"] or edge2["last_finish"] <= edge1["last_start"]
+        ), (edge1, edge2)
