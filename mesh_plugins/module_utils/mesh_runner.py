@@ -1,0 +1,458 @@
+"""The sync runner on each node: run Unison for this node's edges, in parallel, and record the results.
+
+Installed by the mesh_sync role as ``replimesh_node`` (beside ``mesh_status``) and started by
+``/usr/local/sbin/replimesh-sync``; Debian's python3 with the standard library only, no Ansible.
+
+The peer list comes from one root-owned file written by the control node (``/etc/replimesh/mesh.json``);
+the node never learns peers from anywhere else. Per edge and folder it runs exactly ``[unison, PROFILE]``
+with PROFILE ``{peer}--{folder}``: the profile (roots, ssh options, prefer/copyonconflict, mountpoint,
+ignores) is the role's, so what runs is what Ansible wrote and nothing else.
+
+Exit codes: 0 every edge ok/conflict/skipped/busy; 1 some edge failed (failed, unreachable, timeout,
+hostkey, marker); 2 bad configuration or usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import os
+import pwd
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from .mesh_status import (
+    HARMLESS_KINDS,
+    UnisonRun,
+    iso_utc,
+    merge_status,
+    not_run,
+    output_lines,
+    parse_unison_output,
+    render_table,
+    summarize,
+)
+
+DEFAULT_CONFIG = "/etc/replimesh/mesh.json"
+DEFAULTS: dict[str, Any] = {
+    "concurrency": 4,
+    "timeout": 3600,
+    "connect_timeout": 10,
+    "marker": ".replimesh-folder",
+    "unison": "/usr/bin/unison",
+    "unison_dir": "/var/lib/replimesh/unison",
+    "state_dir": "/var/lib/replimesh/state",
+    "log_file": "/var/log/replimesh/sync.log",
+}
+# Names become file names (profiles, locks, status files): the same narrow alphabet as mesh_config's,
+# repeated here because the node gets this package without mesh_config.
+NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+KILL_GRACE_S = 5.0  # between SIGTERM and SIGKILL of a timed-out Unison's process group
+LOG_TAIL_LINES = 20
+DIR_MODE = 0o750
+
+
+class ConfigError(Exception):
+    """The node's mesh.json is missing or malformed; the message names the key."""
+
+
+class UsageError(Exception):
+    """The command line asks for something the configuration does not have."""
+
+
+@dataclass(frozen=True)
+class Folder:
+    name: str
+    path: str
+    ignore: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Peer:
+    name: str
+    address: str
+    port: int
+    initiator: bool
+
+
+@dataclass(frozen=True)
+class Config:
+    node: str
+    folders: tuple[Folder, ...]
+    peers: tuple[Peer, ...]
+    concurrency: int
+    timeout: float
+    connect_timeout: int
+    marker: str
+    unison: str
+    unison_dir: str
+    state_dir: str
+    log_file: str
+
+
+def _require(valid: bool, where: str, what: str, value: object) -> None:
+    if not valid:
+        raise ConfigError(f"{where}: must be {what} (got {value!r})")
+
+
+def _name(value: object, where: str) -> str:
+    _require(isinstance(value, str) and bool(NAME_RE.fullmatch(value)), where, "a-z, 0-9, '_', '-'", value)
+    return str(value)
+
+
+def _abs_path(value: object, where: str) -> str:
+    valid = isinstance(value, str) and value.startswith("/") and "\x00" not in value
+    _require(valid, where, "an absolute path", value)
+    return str(value)
+
+
+def _positive(value: Any, where: str, types: type | tuple[type, ...] = int) -> Any:
+    # bool is an int in Python; a JSON true here is a mistake, not 1.
+    valid = isinstance(value, types) and not isinstance(value, bool) and value > 0
+    _require(valid, where, "a positive number", value)
+    return value
+
+
+def _items(value: object, where: str) -> list[Mapping[str, Any]]:
+    if not isinstance(value, list):
+        raise ConfigError(f"{where}: must be a list (got {value!r})")
+    for i, item in enumerate(value):
+        _require(isinstance(item, Mapping), f"{where}[{i}]", "an object", item)
+    return value
+
+
+def parse_config(data: object) -> Config:
+    """Validate the loaded mesh.json. Unknown keys are ignored: the role may add keys for other tools."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"must be a JSON object (got {type(data).__name__})")
+    top = {**DEFAULTS, **data}
+    for key in ("node", "folders", "peers"):
+        _require(key in top, key, "present", None)
+    node = _name(top["node"], "node")
+    folders = []
+    for i, item in enumerate(_items(top["folders"], "folders")):
+        ignore = item.get("ignore") or []
+        valid = isinstance(ignore, list) and all(isinstance(pattern, str) for pattern in ignore)
+        _require(valid, f"folders[{i}].ignore", "a list of patterns", ignore)
+        name, path = _name(item.get("name"), f"folders[{i}].name"), item.get("path")
+        folders.append(Folder(name, _abs_path(path, f"folders[{i}].path"), tuple(ignore)))
+    _require(bool(folders), "folders", "a non-empty list", top["folders"])
+    peers = []
+    for i, item in enumerate(_items(top["peers"], "peers")):
+        name, address = _name(item.get("name"), f"peers[{i}].name"), item.get("address")
+        port, initiator = item.get("port", 22), item.get("initiator", False)
+        _require(name != node, f"peers[{i}].name", "another node than this one", name)
+        _require(isinstance(address, str) and bool(address), f"peers[{i}].address", "an address", address)
+        valid_port = isinstance(port, int) and not isinstance(port, bool) and 0 < port < 65536
+        _require(valid_port, f"peers[{i}].port", "a port 1-65535", port)
+        _require(isinstance(initiator, bool), f"peers[{i}].initiator", "true or false", initiator)
+        peers.append(Peer(name, address, port, initiator))
+    for what, names in (("folders", [f.name for f in folders]), ("peers", [p.name for p in peers])):
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        _require(not dupes, what, "uniquely named", dupes)
+    marker = top["marker"]
+    valid = isinstance(marker, str) and marker not in ("", ".", "..") and "/" not in marker
+    _require(valid, "marker", "a plain file name", marker)
+    return Config(
+        node=node,
+        folders=tuple(folders),
+        peers=tuple(peers),
+        concurrency=_positive(top["concurrency"], "concurrency"),
+        timeout=_positive(top["timeout"], "timeout", (int, float)),
+        connect_timeout=_positive(top["connect_timeout"], "connect_timeout"),
+        marker=marker,
+        unison=_abs_path(top["unison"], "unison"),
+        unison_dir=_abs_path(top["unison_dir"], "unison_dir"),
+        state_dir=_abs_path(top["state_dir"], "state_dir"),
+        log_file=_abs_path(top["log_file"], "log_file"),
+    )
+
+
+def load_config(path: str) -> Config:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror or exc}") from exc
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise ConfigError(f"not valid JSON: {exc}") from exc
+    return parse_config(data)
+
+
+def profile_name(peer: str, folder: str) -> str:
+    """The Unison profile the role writes for an edge and folder: ``{unison_dir}/{peer}--{folder}.prf``."""
+    return f"{peer}--{folder}"
+
+
+def select_peers(config: Config, names: Sequence[str], all_peers: bool) -> list[Peer]:
+    """By default the edges this node initiates (so a mesh-wide round runs each edge once)."""
+    if names:
+        known = {peer.name for peer in config.peers}
+        if unknown := [name for name in names if name not in known]:
+            raise UsageError(
+                f"unknown peer {', '.join(unknown)}: this node's peers are "
+                f"{', '.join(sorted(known)) or '(none)'}"
+            )
+        return [peer for peer in config.peers if peer.name in names]
+    return [peer for peer in config.peers if all_peers or peer.initiator]
+
+
+@contextlib.contextmanager
+def edge_lock(path: Path) -> Iterator[bool]:
+    """Hold the edge's flock while syncing; yields False when another live run holds it.
+
+    A flock dies with its process, so a killed run leaves no stale lock. The descriptor is not inherited
+    by Unison (Python opens files close-on-exec), so the lock is exactly the runner's.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o640)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _home() -> str:
+    # Unison 2.52 stops with "Environment variable HOME not found" even when UNISON is set.
+    try:
+        return pwd.getpwuid(os.getuid()).pw_dir
+    except KeyError:
+        return "/"
+
+
+class Runner:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.state = Path(config.state_dir)
+        self._log_lock = threading.Lock()
+        # A minimal, fixed environment: the profile names everything else (key, known_hosts, options).
+        # UNISONLOCALHOSTNAME pins the archive names to the mesh name, whatever the host is called.
+        self.env = {
+            "PATH": "/usr/bin:/bin",
+            "LANG": "C.UTF-8",
+            "HOME": _home(),
+            "UNISON": config.unison_dir,
+            "UNISONLOCALHOSTNAME": config.node,
+        }
+
+    def prepare(self) -> None:
+        for directory in (self.state / "status", self.state / "locks", Path(self.config.log_file).parent):
+            directory.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+
+    def run_unison(self, profile: str) -> tuple[str, int, bool]:
+        """Run ``[unison, profile]``; returns (merged output, exit code, timed out)."""
+        proc = subprocess.Popen(
+            [self.config.unison, profile],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,  # one stream keeps ssh's and Unison's lines in order
+            env=self.env,
+            cwd="/",
+            start_new_session=True,  # its own process group: a timeout kills Unison and its ssh together
+        )
+        try:
+            out, _ = proc.communicate(timeout=self.config.timeout)
+            return out.decode("utf-8", "replace"), proc.returncode, False
+        except subprocess.TimeoutExpired:
+            return self._kill_group(proc), proc.returncode, True
+
+    def _kill_group(self, proc: subprocess.Popen[bytes]) -> str:
+        partial = b""
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)
+            try:
+                out, _ = proc.communicate(timeout=KILL_GRACE_S)
+                return out.decode("utf-8", "replace")
+            except subprocess.TimeoutExpired as exc:
+                partial = exc.output or partial
+        # Something that left the group still holds the pipe: stop reading rather than wait for it.
+        if proc.stdout:
+            proc.stdout.close()
+        proc.wait()
+        return partial.decode("utf-8", "replace")
+
+    def sync_folder(self, peer: Peer, folder: Folder) -> UnisonRun:
+        output = ""
+        if not (Path(folder.path) / self.config.marker).exists():
+            # An unmounted disk or an emptied folder must never be synced: Unison would propagate the
+            # loss to every peer. (The profile's mountpoint makes Unison check the remote side too.)
+            run = not_run(
+                "marker",
+                f"folder {folder.path} has no {self.config.marker}: not mounted or emptied? refusing to sync",
+            )
+        else:
+            try:
+                output, code, timed_out = self.run_unison(profile_name(peer.name, folder.name))
+            except OSError as exc:
+                run = not_run("failed", f"cannot run {self.config.unison}: {exc.strerror or exc}")
+            else:
+                run = parse_unison_output(output, code)
+                if timed_out:
+                    error = f"timed out after {self.config.timeout:g} s: unison and its ssh were killed"
+                    run = replace(run, kind="timeout", ok=False, error=error)
+        run = replace(run, folder=folder.name)
+        self.log(peer.name, run, output)
+        return run
+
+    def sync_edge(self, peer: Peer) -> dict[str, Any]:
+        started = time.time()
+        status_path = self.state / "status" / f"{peer.name}.json"
+        with edge_lock(self.state / "locks" / f"{peer.name}.lock") as held:
+            previous = read_json(status_path)
+            if not held:
+                # Another run is syncing this edge; its result will be recorded by that run.
+                busy = not_run("busy", "another run is syncing this edge now")
+                return {**merge_status(previous, peer.name, started, time.time(), [busy]), "folders": []}
+            runs = [self.sync_folder(peer, folder) for folder in self.config.folders]
+            status = merge_status(previous, peer.name, started, time.time(), runs)
+            write_json_atomic(status_path, status)
+        return {**status, "folders": [run.as_dict() for run in runs]}
+
+    def log(self, peer: str, run: UnisonRun, output: str) -> None:
+        error = json.dumps(run.error) if run.error else "-"
+        text = (
+            f"{iso_utc(time.time())} peer={peer} folder={run.folder} kind={run.kind} "
+            f"transferred={run.transferred} error={error}\n"
+        )
+        if run.kind != "ok":
+            tail = [line for line in output_lines(output) if line.strip()][-LOG_TAIL_LINES:]
+            text += "".join(f"    | {line}\n" for line in tail)
+        # One write per record, under a lock: parallel edges never interleave within a record.
+        with self._log_lock, open(self.config.log_file, "a", encoding="utf-8") as log:
+            log.write(text)
+
+    def run(self, peers: Sequence[Peer]) -> list[dict[str, Any]]:
+        """Sync the edges, at most `concurrency` at once; results in the order of `peers`."""
+        with ThreadPoolExecutor(max_workers=self.config.concurrency) as pool:
+            futures = [pool.submit(self._sync_edge_safely, peer) for peer in peers]
+            return [future.result() for future in futures]
+
+    def _sync_edge_safely(self, peer: Peer) -> dict[str, Any]:
+        now = time.time()
+        try:
+            return self.sync_edge(peer)
+        except OSError as exc:  # e.g. the state dir became unwritable: one edge fails, the others go on
+            failed = not_run("failed", f"runner error: {exc}")
+            return {**merge_status(None, peer.name, now, time.time(), [failed]), "folders": []}
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
+    """Readers see the old file or the new one, never half of one."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=2, sort_keys=True)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o640)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def plan(config: Config, peers: Sequence[Peer]) -> list[dict[str, Any]]:
+    """What a run would do, for --dry-run (Ansible's check mode)."""
+    edges = []
+    for peer in peers:
+        profiles = [(folder, profile_name(peer.name, folder.name)) for folder in config.folders]
+        folders = [
+            {
+                "folder": f.name,
+                "path": f.path,
+                "profile": f"{config.unison_dir}/{prf}.prf",
+                "command": [config.unison, prf],
+            }
+            for f, prf in profiles
+        ]
+        edges.append({"peer": peer.name, "address": f"{peer.address}:{peer.port}", "folders": folders})
+    return edges
+
+
+def render_plan(node: str, edges: Sequence[Mapping[str, Any]]) -> str:
+    lines = [
+        f"would sync {node} <-> {edge['peer']} folder {folder['folder']}: {' '.join(folder['command'])} "
+        f"(profile {folder['profile']})"
+        for edge in edges
+        for folder in edge["folders"]
+    ]
+    return "\n".join([*lines, f"{node}: {len(edges)} edges, dry run: nothing was run"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="replimesh-sync", description="Sync this node's mesh edges now.")
+    parser.add_argument("--config", default=DEFAULT_CONFIG, help="the node's mesh file (written by Ansible)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--peer", action="append", default=[], metavar="NAME", help="sync this edge (repeat)")
+    which.add_argument("--all-peers", action="store_true", help="every edge, not only those this node starts")
+    parser.add_argument("--delay", type=float, default=0.0, metavar="SECONDS", help="wait first (cron splay)")
+    parser.add_argument("--dry-run", action="store_true", help="print what would run; run and change nothing")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on bad usage and 0 for --help: return, don't raise
+        return exc.code if isinstance(exc.code, int) else 2
+    if args.delay < 0:
+        print("replimesh-sync: --delay must not be negative", file=sys.stderr)
+        return 2
+    try:
+        config = load_config(args.config)
+        peers = select_peers(config, args.peer, args.all_peers)
+    except ConfigError as exc:
+        print(f"replimesh-sync: bad config {args.config}: {exc}", file=sys.stderr)
+        return 2
+    except UsageError as exc:
+        print(f"replimesh-sync: {exc}", file=sys.stderr)
+        return 2
+
+    if args.dry_run:
+        edges = plan(config, peers)
+        summary = {"edges": len(edges), "files_changed": 0, "conflicts": 0}
+        report = {"node": config.node, "dry_run": True, "edges": edges, "summary": summary}
+        print(json.dumps(report) if args.json else render_plan(config.node, edges))
+        return 0
+
+    time.sleep(args.delay)
+    runner = Runner(config)
+    try:
+        runner.prepare()
+    except OSError as exc:
+        print(f"replimesh-sync: cannot create the state or log directories: {exc}", file=sys.stderr)
+        return 2
+    edges = runner.run(peers)
+    summary = summarize(edges)
+    report = {"node": config.node, "edges": edges, "summary": summary}
+    print(json.dumps(report) if args.json else render_table(config.node, edges, summary))
+    return 0 if all(edge["result"] in HARMLESS_KINDS for edge in edges) else 1
