@@ -111,7 +111,7 @@ def main() -> None:
         "node": report.get("node"),
         "edges": report.get("edges", []),
         "summary": summary,
-        "rc": rc,
+        "runner_rc": rc,
     }
     if rc not in (0, 1):
         module.fail_json(msg=f"the sync runner failed (exit {rc}): {err.strip()}", **result)
