@@ -122,7 +122,7 @@ def test_runner_never_runs_one_edge_twice_at_once(mesh: Mesh) -> None:
     assert results[held] == "busy"
     assert all(r == "ok" for p, r in results.items() if p != held), results
     # Two runs started together: every edge ran in at most one of them.
-    mesh.write("node1", "big.bin", b"\0" * (64 << 20))
+    mesh.lab.sh("node1", f"runuser -u {MESH_USER} -- sh -c 'head -c 64M /dev/urandom > {FOLDER}/big.bin'")
     mesh.lab.sh(
         "node1",
         f"for i in 1 2; do runuser -u {MESH_USER} -- replimesh-sync --json --all-peers >/tmp/run$i.json &"
@@ -134,3 +134,19 @@ def test_runner_never_runs_one_edge_twice_at_once(mesh: Mesh) -> None:
         assert "busy" in (edge1["result"], edge2["result"]) or (
             edge1["last_finish"] <= edge2["last_start"] or edge2["last_finish"] <= edge1["last_start"]
         ), (edge1, edge2)
+
+
+def test_cron_schedule_converges_without_any_ad_hoc_run(mesh: Mesh) -> None:
+    # Every minute, with at most 5 s of splay; only the cron tasks are re-applied.
+    every_minute = ["-e", "mesh_sync_schedule='* * * * *'", "-e", "mesh_sync_splay_max=5"]
+    proc = mesh.playbook("bootstrap.yml", "--tags", "mesh_sync_cron", *every_minute)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    try:
+        assert "* * * * *" in mesh.lab.sh("node4", "cat /etc/cron.d/replimesh")
+        data = b"scheduled, not pushed\n"
+        mesh.write("node4", "by-cron.txt", data)
+        want = {"./by-cron.txt": sha(data)}
+        assert wait_until(lambda: all(mesh.digest(n) == want for n in mesh.nodes), timeout=150, interval=3)
+    finally:
+        restore = mesh.playbook("bootstrap.yml", "--tags", "mesh_sync_cron")
+        assert restore.returncode == 0, restore.stdout[-3000:]
