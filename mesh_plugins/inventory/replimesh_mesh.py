@@ -5,6 +5,7 @@ All validation and topology logic lives in mesh_plugins/module_utils; this file 
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -122,13 +123,16 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
 
     def _populate(self, mesh: Mesh, path: str) -> None:
         peers = host_topology(mesh)
+        # The nodes' public keys and host keys, as the control node collected them: next to the mesh
+        # file, one store per mesh (prod.mesh.yml -> prod.keys/).
+        keystore = re.sub(r"\.mesh\.ya?ml$", ".keys", str(Path(path).resolve()))
         self.inventory.add_group("mesh")
         for node in mesh.nodes:
             self.inventory.add_host(node.name, group="mesh")
             for group in node.groups:
                 self.inventory.add_group(group)
                 self.inventory.add_child(group, node.name)
-            for key, value in self._host_vars(mesh, node, peers[node.name]).items():
+            for key, value in self._host_vars(mesh, node, peers[node.name], keystore).items():
                 self.inventory.set_variable(node.name, key, value)
             try:
                 self._construct(node.name)
@@ -137,7 +141,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
                 raise AnsibleParserError(f"{path}: {err.message}") from err
 
     @staticmethod
-    def _host_vars(mesh: Mesh, node: Node, peers: list[dict[str, Any]]) -> dict[str, Any]:
+    def _host_vars(mesh: Mesh, node: Node, peers: list[dict[str, Any]], keystore: str) -> dict[str, Any]:
         host_vars: dict[str, Any] = {
             "ansible_host": node.address,
             "ansible_port": node.port,
@@ -155,6 +159,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
             "mesh_sync_concurrency": mesh.sync.concurrency,
             "mesh_sync_timeout": mesh.sync.timeout,
             "mesh_sync_connect_timeout": mesh.sync.connect_timeout,
+            "mesh_keystore": keystore,
         }
         return host_vars | mesh.vars | node.vars
 

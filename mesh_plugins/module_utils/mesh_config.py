@@ -46,7 +46,10 @@ RESERVED_NAMES = frozenset({"all", "ungrouped", "mesh"})
 # of the mesh would disagree with its peers'. ansible_host/ansible_port may be overridden (e.g. to reach a
 # node through NAT while peers use its mesh address).
 COMPUTED_VARS = frozenset(
-    [f"mesh_{name}" for name in ("node_name", "address", "port", "user", "folders", "peers", "topology_kind")]
+    [
+        f"mesh_{name}"
+        for name in ("node_name", "address", "port", "user", "folders", "peers", "topology_kind", "keystore")
+    ]
     + [f"mesh_sync_{name}" for name in SYNC_KEYS]
 )
 

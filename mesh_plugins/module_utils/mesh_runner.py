@@ -59,6 +59,7 @@ DEFAULTS: dict[str, Any] = {
 # Names become file names (profiles, locks, status files): the same narrow alphabet as mesh_config's,
 # repeated here because the node gets this package without mesh_config.
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+USER_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 KILL_GRACE_S = 5.0  # between SIGTERM and SIGKILL of a timed-out Unison's process group
 LOG_TAIL_LINES = 20
 DIR_MODE = 0o750
@@ -85,11 +86,15 @@ class Peer:
     address: str
     port: int
     initiator: bool
+    # False while the edge is being set up (a joining node is seeded first): trusted, but not synced
+    # unless named with --peer.
+    active: bool = True
 
 
 @dataclass(frozen=True)
 class Config:
     node: str
+    user: str
     folders: tuple[Folder, ...]
     peers: tuple[Peer, ...]
     concurrency: int
@@ -153,20 +158,25 @@ def parse_config(data: object) -> Config:
     for i, item in enumerate(_items(top["peers"], "peers")):
         name, address = _name(item.get("name"), f"peers[{i}].name"), item.get("address")
         port, initiator = item.get("port", 22), item.get("initiator", False)
+        active = item.get("active", True)
         _require(name != node, f"peers[{i}].name", "another node than this one", name)
         _require(isinstance(address, str) and bool(address), f"peers[{i}].address", "an address", address)
         valid_port = isinstance(port, int) and not isinstance(port, bool) and 0 < port < 65536
         _require(valid_port, f"peers[{i}].port", "a port 1-65535", port)
         _require(isinstance(initiator, bool), f"peers[{i}].initiator", "true or false", initiator)
-        peers.append(Peer(name, address, port, initiator))
+        _require(isinstance(active, bool), f"peers[{i}].active", "true or false", active)
+        peers.append(Peer(name, address, port, initiator, active))
     for what, names in (("folders", [f.name for f in folders]), ("peers", [p.name for p in peers])):
         dupes = sorted({n for n in names if names.count(n) > 1})
         _require(not dupes, what, "uniquely named", dupes)
     marker = top["marker"]
     valid = isinstance(marker, str) and marker not in ("", ".", "..") and "/" not in marker
     _require(valid, "marker", "a plain file name", marker)
+    user = top.get("user", "replimesh")
+    _require(isinstance(user, str) and bool(USER_RE.fullmatch(user)), "user", "a user name", user)
     return Config(
         node=node,
+        user=user,
         folders=tuple(folders),
         peers=tuple(peers),
         concurrency=_positive(top["concurrency"], "concurrency"),
@@ -193,8 +203,19 @@ def load_config(path: str) -> Config:
 
 
 def profile_name(peer: str, folder: str) -> str:
-    """The Unison profile the role writes for an edge and folder: ``{unison_dir}/{peer}--{folder}.prf``."""
+    """The profile written for an edge and folder: ``{unison_dir}/{peer}/{peer}--{folder}.prf``."""
     return f"{peer}--{folder}"
+
+
+def edge_dir(config: Config, peer: str) -> str:
+    """Each edge has its own Unison directory (profiles and archives): removing an edge removes them."""
+    return f"{config.unison_dir}/{peer}"
+
+
+def remote_root(config: Config, peer: Peer, folder: Folder) -> str:
+    """The peer's root, written exactly as the profile writes it."""
+    host = f"[{peer.address}]" if ":" in peer.address else peer.address
+    return f"ssh://{config.user}@{host}:{peer.port}/{folder.path}"
 
 
 def select_peers(config: Config, names: Sequence[str], all_peers: bool) -> list[Peer]:
@@ -207,7 +228,7 @@ def select_peers(config: Config, names: Sequence[str], all_peers: bool) -> list[
                 f"{', '.join(sorted(known)) or '(none)'}"
             )
         return [peer for peer in config.peers if peer.name in names]
-    return [peer for peer in config.peers if all_peers or peer.initiator]
+    return [peer for peer in config.peers if peer.active and (all_peers or peer.initiator)]
 
 
 @contextlib.contextmanager
@@ -238,8 +259,11 @@ def _home() -> str:
 
 
 class Runner:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, seed: bool = False) -> None:
         self.config = config
+        # Seeding a joining node: the peer's version wins every difference, and nothing local is
+        # deleted, so an empty or stale folder neither deletes nor conflicts anything.
+        self.seed = seed
         self.state = Path(config.state_dir)
         self._log_lock = threading.Lock()
         # A minimal, fixed environment: the profile names everything else (key, known_hosts, options).
@@ -248,7 +272,6 @@ class Runner:
             "PATH": "/usr/bin:/bin",
             "LANG": "C.UTF-8",
             "HOME": _home(),
-            "UNISON": config.unison_dir,
             "UNISONLOCALHOSTNAME": config.node,
         }
 
@@ -256,14 +279,20 @@ class Runner:
         for directory in (self.state / "status", self.state / "locks", Path(self.config.log_file).parent):
             directory.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
 
-    def run_unison(self, profile: str) -> tuple[str, int, bool]:
-        """Run ``[unison, profile]``; returns (merged output, exit code, timed out)."""
+    def command(self, peer: Peer, folder: Folder) -> list[str]:
+        argv = [self.config.unison, profile_name(peer.name, folder.name)]
+        if self.seed:
+            argv += ["-force", remote_root(self.config, peer, folder), "-nodeletion", folder.path]
+        return argv
+
+    def run_unison(self, argv: list[str], unison_dir: str) -> tuple[str, int, bool]:
+        """Run Unison with the edge's own UNISON dir; returns (merged output, exit code, timed out)."""
         proc = subprocess.Popen(
-            [self.config.unison, profile],
+            argv,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,  # one stream keeps ssh's and Unison's lines in order
-            env=self.env,
+            env={**self.env, "UNISON": unison_dir},
             cwd="/",
             start_new_session=True,  # its own process group: a timeout kills Unison and its ssh together
         )
@@ -300,7 +329,9 @@ class Runner:
             )
         else:
             try:
-                output, code, timed_out = self.run_unison(profile_name(peer.name, folder.name))
+                output, code, timed_out = self.run_unison(
+                    self.command(peer, folder), edge_dir(self.config, peer.name)
+                )
             except OSError as exc:
                 run = not_run("failed", f"cannot run {self.config.unison}: {exc.strerror or exc}")
             else:
@@ -379,19 +410,19 @@ def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
         raise
 
 
-def plan(config: Config, peers: Sequence[Peer]) -> list[dict[str, Any]]:
+def plan(config: Config, peers: Sequence[Peer], seed: bool = False) -> list[dict[str, Any]]:
     """What a run would do, for --dry-run (Ansible's check mode)."""
+    runner = Runner(config, seed)
     edges = []
     for peer in peers:
-        profiles = [(folder, profile_name(peer.name, folder.name)) for folder in config.folders]
         folders = [
             {
                 "folder": f.name,
                 "path": f.path,
-                "profile": f"{config.unison_dir}/{prf}.prf",
-                "command": [config.unison, prf],
+                "profile": f"{edge_dir(config, peer.name)}/{profile_name(peer.name, f.name)}.prf",
+                "command": runner.command(peer, f),
             }
-            for f, prf in profiles
+            for f in config.folders
         ]
         edges.append({"peer": peer.name, "address": f"{peer.address}:{peer.port}", "folders": folders})
     return edges
@@ -416,6 +447,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--delay", type=float, default=0.0, metavar="SECONDS", help="wait first (cron splay)")
     parser.add_argument("--dry-run", action="store_true", help="print what would run; run and change nothing")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.add_argument(
+        "--seed",
+        action="store_true",
+        help="with one --peer: take the peer's version of every file, delete nothing here (joining)",
+    )
     return parser
 
 
@@ -430,6 +466,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config)
         peers = select_peers(config, args.peer, args.all_peers)
+        if args.seed and len(args.peer) != 1:
+            raise UsageError("--seed takes exactly one --peer: the node to seed from")
     except ConfigError as exc:
         print(f"replimesh-sync: bad config {args.config}: {exc}", file=sys.stderr)
         return 2
@@ -438,14 +476,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     if args.dry_run:
-        edges = plan(config, peers)
+        edges = plan(config, peers, args.seed)
         summary = {"edges": len(edges), "files_changed": 0, "conflicts": 0}
         report = {"node": config.node, "dry_run": True, "edges": edges, "summary": summary}
         print(json.dumps(report) if args.json else render_plan(config.node, edges))
         return 0
 
     time.sleep(args.delay)
-    runner = Runner(config)
+    runner = Runner(config, args.seed)
     try:
         runner.prepare()
     except OSError as exc:

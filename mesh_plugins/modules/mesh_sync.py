@@ -23,6 +23,13 @@ options:
     description: Sync every edge of this node, not only those it starts.
     type: bool
     default: false
+  seed:
+    description:
+      - With exactly one peer in O(peers), take that peer's version of every file and delete nothing
+        on this node. Used once when a node joins, so that an empty or stale folder neither deletes nor
+        conflicts anything.
+    type: bool
+    default: false
   user:
     description: The mesh user that runs Unison.
     type: str
@@ -81,6 +88,7 @@ def main() -> None:
         argument_spec={
             "peers": {"type": "list", "elements": "str", "default": []},
             "all_peers": {"type": "bool", "default": False},
+            "seed": {"type": "bool", "default": False},
             "user": {"type": "str", "default": "replimesh"},
             "runner": {"type": "path", "default": "/usr/local/sbin/replimesh-sync"},
             "config": {"type": "path", "default": "/etc/replimesh/mesh.json"},
@@ -94,6 +102,10 @@ def main() -> None:
         argv += ["--peer", peer]
     if params["all_peers"]:
         argv.append("--all-peers")
+    if params["seed"]:
+        if len(params["peers"]) != 1:
+            module.fail_json(msg="seed needs exactly one peer to seed from, in peers")
+        argv.append("--seed")
     if module.check_mode:
         argv.append("--dry-run")
     runuser = module.get_bin_path("runuser", required=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import shutil
 import subprocess
 import time
 from collections.abc import Sequence
@@ -79,6 +80,11 @@ class Lab:
     @property
     def inventory_path(self) -> Path:
         return self.state_dir / "lab.mesh.yml"
+
+    @property
+    def keystore(self) -> Path:
+        """The mesh's key store that the inventory plugin names for lab.mesh.yml."""
+        return self.state_dir / "lab.keys"
 
     def hosts(self) -> list[Host]:
         """The lab's hosts that exist now, in node order."""
@@ -168,6 +174,8 @@ class Lab:
                 return False
             self.log(f"removing leftover container {host.container} ({status}, {current})")
             docker("rm", "-f", host.container)
+        # A new host has new keys: forget what the control node stored for the old one.
+        (self.keystore / f"{host.name}.json").unlink(missing_ok=True)
         docker(
             "run", "-d", "--init", "--name", host.container, "--hostname", host.name,
             "--network", self.config.name, "--ip", host.address,
@@ -294,6 +302,7 @@ class Lab:
         system.stop_pidfile(self._apt_pidfile)
         for name in ("lab.mesh.yml", "known_hosts", "lab.json", "apt-http.log"):
             (self.state_dir / name).unlink(missing_ok=True)
+        shutil.rmtree(self.keystore, ignore_errors=True)
         _stop_shared_if_unused(self.log)
 
 

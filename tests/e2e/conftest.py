@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 import shlex
 import subprocess
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ class Mesh:
     inventory: Path
     nodes: list[str]
     bootstrap_output: str
+    # A test that re-shapes the mesh (membership) sets this; the next test gets it bootstrapped again.
+    dirty: bool = False
 
     def playbook(self, name: str, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
         return run_tool("ansible-playbook", "-i", str(self.inventory), name, *args, timeout=timeout)
@@ -53,6 +56,14 @@ class Mesh:
             self.lab.sh(node, f"find {FOLDER} -mindepth 1 ! -name {MARKER} -delete")
 
 
+def recap(output: str) -> dict[str, dict[str, int]]:
+    """host -> counts (ok, changed, failed, unreachable, ...) from ansible-playbook's PLAY RECAP."""
+    found = {}
+    for host, fields in re.findall(r"^(\S+)\s+: (ok=.*)$", output, re.MULTILINE):
+        found[host] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", fields)}
+    return found
+
+
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -68,5 +79,9 @@ def mesh_session(lab: SessionLab) -> Mesh:
 
 @pytest.fixture
 def mesh(mesh_session: Mesh) -> Mesh:
+    if mesh_session.dirty:
+        proc = mesh_session.playbook("bootstrap.yml")
+        assert proc.returncode == 0, proc.stdout[-6000:]
+        mesh_session.dirty = False
     mesh_session.reset()
     return mesh_session

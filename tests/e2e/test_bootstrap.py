@@ -10,25 +10,18 @@ import time
 import pytest
 
 from tests.conftest import wait_until
-from tests.e2e.conftest import FOLDER, MESH_USER, Mesh, sha
+from tests.e2e.conftest import FOLDER, MESH_USER, Mesh, recap, sha
 
 pytestmark = pytest.mark.lab
 
 
-def _recap(output: str) -> dict[str, dict[str, int]]:
-    recap = {}
-    for host, fields in re.findall(r"^(\S+)\s+: (ok=.*)$", output, re.MULTILINE):
-        recap[host] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", fields)}
-    return recap
-
-
 def test_bootstrap_is_idempotent(mesh: Mesh) -> None:
-    first = _recap(mesh.bootstrap_output)
+    first = recap(mesh.bootstrap_output)
     assert set(first) >= set(mesh.nodes)
     assert all(first[n]["failed"] == 0 and first[n]["unreachable"] == 0 for n in mesh.nodes)
     proc = mesh.playbook("bootstrap.yml")
     assert proc.returncode == 0, proc.stdout[-4000:]
-    second = _recap(proc.stdout)
+    second = recap(proc.stdout)
     assert {n: second[n]["changed"] for n in mesh.nodes} == dict.fromkeys(mesh.nodes, 0)
 
 

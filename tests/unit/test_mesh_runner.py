@@ -30,9 +30,9 @@ Capsys = pytest.CaptureFixture[str]
 
 FAKE_UNISON = """#!{python}
 import json, os, pathlib, signal, subprocess, sys, time
-udir = pathlib.Path(os.environ["UNISON"])
+fakes = pathlib.Path({fakes!r})
 profile = sys.argv[1]
-spec_file = udir / (profile + ".fake.json")
+spec_file = fakes / (profile + ".fake.json")
 spec = json.loads(spec_file.read_text()) if spec_file.exists() else {{}}
 if spec.get("ignore_term"):
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -42,7 +42,7 @@ call = {{"argv": sys.argv[1:], "env": {{k: os.environ.get(k) for k in keys}}, "n
 if spec.get("child"):
     child = subprocess.Popen(["sleep", "60"])
     call["child"] = child.pid
-with open(udir / "calls.jsonl", "a") as log:
+with open(fakes / "calls.jsonl", "a") as log:
     log.write(json.dumps(call) + "\\n")
 fixture = next(pathlib.Path({fixtures!r}).glob(spec.get("fixture", "nothing") + ".exit*.txt"))
 sys.stdout.write(fixture.read_text())
@@ -61,8 +61,12 @@ class Mesh:
         self.state_dir = root / "state"
         self.log_file = root / "log" / "sync.log"
         self.unison_dir.mkdir()
+        self.fakes = root / "fakes"
+        self.fakes.mkdir()
         fake = root / "fake-unison"
-        fake.write_text(FAKE_UNISON.format(python=sys.executable, fixtures=str(FIXTURES)))
+        fake.write_text(
+            FAKE_UNISON.format(python=sys.executable, fixtures=str(FIXTURES), fakes=str(self.fakes))
+        )
         fake.chmod(0o755)
         self.folders = {}
         for name in folders:
@@ -94,10 +98,10 @@ class Mesh:
         self.config_path.write_text(json.dumps(self.config))
 
     def fake(self, peer: str, folder: str = "shared", **spec: Any) -> None:
-        (self.unison_dir / f"{peer}--{folder}.fake.json").write_text(json.dumps(spec))
+        (self.fakes / f"{peer}--{folder}.fake.json").write_text(json.dumps(spec))
 
     def calls(self) -> list[dict[str, Any]]:
-        path = self.unison_dir / "calls.jsonl"
+        path = self.fakes / "calls.jsonl"
         return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
     def run(self, capsys: Capsys, *args: str) -> tuple[int, dict[str, Any]]:
@@ -125,7 +129,7 @@ def test_runs_exactly_the_profile_with_a_pinned_minimal_environment(tmp_path: Pa
         "PATH": "/usr/bin:/bin",
         "LANG": "C.UTF-8",
         "HOME": calls[0]["env"]["HOME"],  # the running user's home: Unison 2.52 refuses to start without HOME
-        "UNISON": str(mesh.unison_dir),
+        "UNISON": str(mesh.unison_dir / "node2"),  # each edge has its own archive directory
         "UNISONLOCALHOSTNAME": "node1",
     }
     assert calls[0]["nenv"] == 5 and calls[0]["env"]["HOME"]
@@ -303,7 +307,7 @@ def test_dry_run_runs_and_touches_nothing(tmp_path: Path, capsys: Capsys) -> Non
     assert report["edges"][0]["folders"][0] == {
         "folder": "shared",
         "path": str(mesh.folders["shared"]),
-        "profile": f"{mesh.unison_dir}/node2--shared.prf",
+        "profile": f"{mesh.unison_dir}/node2/node2--shared.prf",
         "command": [mesh.config["unison"], "node2--shared"],
     }
     assert mesh.calls() == [] and not mesh.state_dir.exists() and not mesh.log_file.parent.exists()
@@ -408,7 +412,8 @@ def test_real_unison_between_two_local_dirs(tmp_path: Path, capsys: Capsys) -> N
     (remote / MARKER).touch()
     (mesh.folders["shared"] / "report.bin").write_bytes(os.urandom(4096) + b"\x00end")
     # What the role's profile holds, with a local second root instead of ssh://.
-    (mesh.unison_dir / "node2--shared.prf").write_text(
+    (mesh.unison_dir / "node2").mkdir()
+    (mesh.unison_dir / "node2" / "node2--shared.prf").write_text(
         f"root = {mesh.folders['shared']}\nroot = {remote}\nbatch = true\nauto = true\nprefer = newer\n"
         f"copyonconflict = true\ntimes = true\nlog = false\nconfirmbigdel = true\nmountpoint = {MARKER}\n"
         f"ignore = Name {MARKER}\nignore = Name *.tmp\n"
@@ -425,3 +430,32 @@ def test_real_unison_between_two_local_dirs(tmp_path: Path, capsys: Capsys) -> N
     code, report = mesh.run(capsys)
     assert (code, report["edges"][0]["result"], report["edges"][0]["first_sync"]) == (0, "ok", False)
     assert report["edges"][0]["files_changed"] == 0
+
+
+def test_seed_takes_the_peers_versions_and_deletes_nothing_here(tmp_path: Path, capsys: Capsys) -> None:
+    mesh = Mesh(tmp_path, {"node2": False, "node3": True})
+    path = mesh.folders["shared"]
+    code, _ = mesh.run(capsys, "--seed", "--peer", "node2")
+    assert code == 0
+    assert [call["argv"] for call in mesh.calls()] == [
+        ["node2--shared", "-force", f"ssh://replimesh@172.31.77.10:22/{path}", "-nodeletion", str(path)]
+    ]
+
+
+@pytest.mark.parametrize(
+    "args", [["--seed"], ["--seed", "--all-peers"], ["--seed", "--peer", "node2", "--peer", "node3"]]
+)
+def test_seed_needs_exactly_one_peer(tmp_path: Path, capsys: Capsys, args: list[str]) -> None:
+    mesh = Mesh(tmp_path, {"node2": False, "node3": True})
+    code, _ = mesh.run(capsys, *args)
+    assert code == 2 and mesh.calls() == []
+
+
+def test_inactive_peers_sync_only_when_named(tmp_path: Path, capsys: Capsys) -> None:
+    mesh = Mesh(tmp_path, {"node2": True, "node3": True})
+    mesh.config["peers"][0]["active"] = False
+    mesh.save()
+    _, report = mesh.run(capsys, "--all-peers")
+    assert [e["peer"] for e in report["edges"]] == ["node3"]
+    _, report = mesh.run(capsys, "--peer", "node2")
+    assert [e["peer"] for e in report["edges"]] == ["node2"]

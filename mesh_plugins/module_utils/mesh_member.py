@@ -1,0 +1,503 @@
+"""A node's view of the mesh, decided by the control node: what its files must hold, and a plan to get there.
+
+Standard library only and self-contained (no other module_utils imported), so the ``mesh_member`` module
+ships it alone. Nothing here touches the file system: ``desired_entries`` says what must exist, the module
+reads what does exist into an ``Existing``, and ``plan`` compares the two.
+
+Layout on a node (defaults): ``/etc/replimesh/mesh.json`` (the runner's config), the root-owned
+``/etc/ssh/authorized_keys/replimesh`` and ``/etc/replimesh/known_hosts``, and per peer a directory
+``UNISON_DIR/PEER`` (root:USER 01770: the mesh user writes Unison's archives there, but cannot replace the
+root-owned profiles ``PEER--FOLDER.prf``). Each edge has its own Unison directory, so removing an edge
+removes exactly its profiles and archives.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import json
+import posixpath
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+HEADER = "# Managed by replimesh (mesh_member): do not edit, the control node rewrites it."
+NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+USER_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+KEY_TYPES = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "ssh-rsa")
+# Addresses go into authorized_keys' from="..." and into ssh:// URLs: host names and IP addresses only.
+ADDRESS_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*")
+# Paths go unquoted into the forced command and into profiles.
+PATH_RE = re.compile(r"/[^\s\"'\\,=\x00-\x1f\x7f]*")
+PREF_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]* = [^\x00-\x1f\x7f]+")
+CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+# Files of the previous flat layout (everything directly in UNISON_DIR), removed on migration.
+LEGACY_FILE_RES = (
+    re.compile(r"(ar|fp|lk)[0-9a-f]{32}"),
+    re.compile(r"[a-z0-9][a-z0-9_-]*--[a-z0-9][a-z0-9_-]*\.prf"),
+    re.compile(r"default\.prf"),
+)
+# UNISON_DIR and STATE_DIR hold directories removed by name: never let them be a system directory.
+# fmt: off
+PROTECTED_DIRS = frozenset([
+    "/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib64", "/media", "/mnt", "/opt", "/proc",
+    "/root", "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/var", "/var/lib", "/var/log", "/var/tmp",
+])
+# fmt: on
+FILE_MODE = 0o644
+PEER_DIR_MODE = 0o1770
+
+
+class MemberError(ValueError):
+    """The requested view of the mesh is invalid, or what exists on the node is in the way."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    config_file: str = "/etc/replimesh/mesh.json"
+    authorized_keys: str = "/etc/ssh/authorized_keys/replimesh"
+    known_hosts: str = "/etc/replimesh/known_hosts"
+    unison_dir: str = "/var/lib/replimesh/unison"
+    state_dir: str = "/var/lib/replimesh/state"
+    log_file: str = "/var/log/replimesh/sync.log"
+    key: str = "/var/lib/replimesh/.ssh/id_ed25519"
+    unison_binary: str = "/usr/bin/unison"
+
+    def peer_dir(self, peer: str) -> str:
+        return f"{self.unison_dir}/{peer}"
+
+    def profile(self, peer: str, folder: str) -> str:
+        return f"{self.unison_dir}/{peer}/{peer}--{folder}.prf"
+
+
+@dataclass(frozen=True)
+class FolderSpec:
+    name: str
+    path: str
+    ignore: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PeerSpec:
+    name: str
+    address: str
+    public_key: str
+    host_key: str
+    port: int = 22
+    initiator: bool = False
+    active: bool = True
+
+
+@dataclass(frozen=True)
+class Settings:
+    concurrency: int = 4
+    timeout: int = 3600
+    connect_timeout: int = 10
+    server_alive_interval: int = 5
+    marker: str = ".replimesh-folder"
+    unison_extra_prefs: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class MemberSpec:
+    node: str
+    folders: tuple[FolderSpec, ...]
+    peers: tuple[PeerSpec, ...]
+    user: str = "replimesh"
+    settings: Settings = field(default_factory=Settings)
+    layout: Layout = field(default_factory=Layout)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A file (with content) or directory that must exist, with its mode and owner names."""
+
+    path: str
+    kind: str  # "file" | "dir"
+    content: str | None
+    mode: int
+    owner: str
+    group: str
+
+
+@dataclass(frozen=True)
+class Stat:
+    """What is at a path (from lstat): kind "file", "dir", "link" or "other"; content for regular files."""
+
+    kind: str
+    mode: int
+    owner: str
+    group: str
+    content: str | None = None
+
+
+@dataclass(frozen=True)
+class Existing:
+    """What the module found: stats of the desired paths (absent ones left out) and the listed directories.
+
+    ``unison_dirs``/``unison_files``: names of directories / regular files directly in UNISON_DIR;
+    ``peer_files``: names of the non-directories in each current peer's directory; ``status``/``locks``:
+    names in STATE_DIR/status and STATE_DIR/locks.
+    """
+
+    stats: Mapping[str, Stat] = field(default_factory=dict)
+    unison_dirs: tuple[str, ...] = ()
+    unison_files: tuple[str, ...] = ()
+    peer_files: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    status: tuple[str, ...] = ()
+    locks: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Removal:
+    path: str
+    kind: str  # "dir" (removed with its contents) | "file"
+
+
+@dataclass(frozen=True)
+class Plan:
+    writes: tuple[Entry, ...] = ()  # files to (re)write whole, atomically
+    mkdirs: tuple[Entry, ...] = ()  # directories to create (after removing what is in their place)
+    fixes: tuple[Entry, ...] = ()  # right content, wrong mode or owner
+    removes: tuple[Removal, ...] = ()
+    migrated: tuple[str, ...] = ()  # legacy flat-layout files among removes
+    peers_added: tuple[str, ...] = ()
+    peers_removed: tuple[str, ...] = ()
+    peers_kept: tuple[str, ...] = ()
+    before: Mapping[str, str] = field(default_factory=dict)  # previous content of rewritten files
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.writes or self.mkdirs or self.fixes or self.removes)
+
+    def diffs(self) -> list[dict[str, str]]:
+        return [
+            {
+                "before_header": entry.path,
+                "after_header": entry.path,
+                "before": self.before.get(entry.path, ""),
+                "after": entry.content or "",
+            }
+            for entry in self.writes
+        ]
+
+
+def normalize_key(value: str, where: str) -> str:
+    """``TYPE BASE64`` from a public key line (a trailing comment is dropped); MemberError if not a key."""
+    fields = value.split() if isinstance(value, str) else []
+    if len(fields) < 2 or fields[0] not in KEY_TYPES:
+        raise MemberError(
+            f"{where} must be an OpenSSH public key 'TYPE BASE64' with TYPE one of {', '.join(KEY_TYPES)} "
+            f"(got {str(value)[:60]!r})"
+        )
+    try:
+        blob = base64.b64decode(fields[1], validate=True)
+    except (binascii.Error, ValueError):
+        blob = b""
+    expected = len(fields[0]).to_bytes(4, "big") + fields[0].encode()
+    if not blob.startswith(expected):
+        raise MemberError(f"{where}: the base64 part is not a {fields[0]} key; copy the whole .pub line")
+    return f"{fields[0]} {fields[1]}"
+
+
+def _check(valid: bool, message: str) -> None:
+    if not valid:
+        raise MemberError(message)
+
+
+def _name(value: object, where: str) -> None:
+    valid = isinstance(value, str) and bool(NAME_RE.fullmatch(value))
+    _check(
+        valid, f"{where} {value!r} is not a valid name: use a-z, 0-9, '_' and '-' (a letter or digit first)"
+    )
+
+
+def _path(value: object, where: str) -> None:
+    valid = isinstance(value, str) and bool(PATH_RE.fullmatch(value)) and posixpath.normpath(value) == value
+    valid = valid and not value.startswith("//")  # type: ignore[union-attr]
+    _check(
+        valid, f"{where} must be a normalized absolute path without spaces, quotes or commas (got {value!r})"
+    )
+
+
+def _inside(path: str, directory: str) -> bool:
+    return path == directory or path.startswith(directory.rstrip("/") + "/")
+
+
+def _unique(names: list[str], what: str) -> None:
+    dupes = sorted({name for name in names if names.count(name) > 1})
+    _check(not dupes, f"{what}: each name must appear once; repeated: {', '.join(dupes)}")
+
+
+def validate(spec: MemberSpec) -> None:
+    """Raise MemberError naming the first thing wrong, before anything on the node is changed."""
+    layout, settings = spec.layout, spec.settings
+    _name(spec.node, "node")
+    valid_user = isinstance(spec.user, str) and bool(USER_RE.fullmatch(spec.user))
+    _check(
+        valid_user, f"user {spec.user!r} is not a valid user name (a-z, 0-9, '_', '-'; 32 characters at most)"
+    )
+    for name in Layout.__dataclass_fields__:
+        _path(getattr(layout, name), name)
+    files = {layout.config_file, layout.authorized_keys, layout.known_hosts}
+    _check(len(files) == 3, "config_file, authorized_keys and known_hosts must be three different files")
+    for name in ("unison_dir", "state_dir"):
+        _check(
+            getattr(layout, name) not in PROTECTED_DIRS,
+            f"{name} {getattr(layout, name)} is a system directory: replimesh removes old edges' entries "
+            "from it by name; give it a directory of its own",
+        )
+    _check(bool(spec.folders), "folders must list at least one folder")
+    for i, folder in enumerate(spec.folders):
+        where = f"folders[{i}] ({folder.name})"
+        _name(folder.name, f"folders[{i}]: name")
+        _path(folder.path, f"{where}: path")
+        mesh_dirs = (layout.unison_dir, layout.state_dir)
+        overlap = any(_inside(d, folder.path) or _inside(folder.path, d) for d in mesh_dirs)
+        _check(
+            folder.path != "/" and not overlap,
+            f"{where}: path {folder.path} must not be /, nor hold or lie inside unison_dir or state_dir",
+        )
+        for pattern in folder.ignore:
+            valid = isinstance(pattern, str) and bool(pattern.strip()) and not CONTROL_RE.search(pattern)
+            _check(valid, f"{where}: ignore pattern {pattern!r} must be one line of text")
+    _unique([folder.name for folder in spec.folders], "folders")
+    for i, peer in enumerate(spec.peers):
+        where = f"peers[{i}] ({peer.name})"
+        _name(peer.name, f"peers[{i}]: name")
+        _check(peer.name != spec.node, f"{where}: a node cannot be its own peer; remove it from peers")
+        _check(
+            isinstance(peer.address, str) and bool(ADDRESS_RE.fullmatch(peer.address)),
+            f"{where}: address {peer.address!r} must be a host name or IP address, without quotes, spaces "
+            "or commas (it goes into authorized_keys' from=...)",
+        )
+        valid_port = isinstance(peer.port, int) and not isinstance(peer.port, bool) and 0 < peer.port < 65536
+        _check(valid_port, f"{where}: port must be 1-65535 (got {peer.port!r})")
+        for flag in ("initiator", "active"):
+            _check(isinstance(getattr(peer, flag), bool), f"{where}: {flag} must be true or false")
+        normalize_key(peer.public_key, f"{where}: public_key")
+        normalize_key(peer.host_key, f"{where}: host_key")
+    _unique([peer.name for peer in spec.peers], "peers")
+    for name in ("concurrency", "timeout", "connect_timeout", "server_alive_interval"):
+        value = getattr(settings, name)
+        valid = isinstance(value, int) and not isinstance(value, bool) and value > 0
+        _check(valid, f"{name} must be a positive whole number (got {value!r})")
+    marker = settings.marker
+    valid = (
+        isinstance(marker, str) and marker not in ("", ".", "..") and not re.search(r"[\s/\x00-\x1f]", marker)
+    )
+    _check(valid, f"marker {marker!r} must be a plain file name without spaces")
+    for pref in settings.unison_extra_prefs:
+        valid = isinstance(pref, str) and bool(PREF_RE.fullmatch(pref))
+        _check(valid, f"unison_extra_prefs: {pref!r} must be one line 'name = value'")
+
+
+def url_host(address: str) -> str:
+    """The address as it goes in an ssh:// URL: IPv6 literals in brackets."""
+    try:
+        return f"[{address}]" if ipaddress.ip_address(address).version == 6 else address
+    except ValueError:
+        return address
+
+
+def _sorted_peers(spec: MemberSpec) -> list[PeerSpec]:
+    return sorted(spec.peers, key=lambda peer: peer.name)
+
+
+def render_config(spec: MemberSpec) -> str:
+    layout, settings = spec.layout, spec.settings
+    data = {
+        "node": spec.node,
+        "user": spec.user,
+        "folders": [{"name": f.name, "path": f.path, "ignore": list(f.ignore)} for f in spec.folders],
+        "peers": [
+            {k: getattr(p, k) for k in ("name", "address", "port", "initiator", "active")}
+            for p in _sorted_peers(spec)
+        ],
+        "concurrency": settings.concurrency,
+        "timeout": settings.timeout,
+        "connect_timeout": settings.connect_timeout,
+        "marker": settings.marker,
+        "unison": layout.unison_binary,
+        "unison_dir": layout.unison_dir,
+        "state_dir": layout.state_dir,
+        "log_file": layout.log_file,
+    }
+    return json.dumps(data, sort_keys=True, indent=2) + "\n"
+
+
+def render_authorized_keys(spec: MemberSpec) -> str:
+    layout = spec.layout
+    lines = [HEADER]
+    for peer in _sorted_peers(spec):
+        command = (
+            f"UNISONLOCALHOSTNAME={spec.node} UNISON={layout.peer_dir(peer.name)} "
+            f"exec {layout.unison_binary} -server"
+        )
+        key = normalize_key(peer.public_key, f"{peer.name}: public_key")
+        lines.append(f'restrict,from="{peer.address}",command="{command}" {key} {spec.user}@{peer.name}')
+    return "\n".join(lines) + "\n"
+
+
+def render_known_hosts(spec: MemberSpec) -> str:
+    lines = [HEADER]
+    lines += [f"{p.name} {normalize_key(p.host_key, f'{p.name}: host_key')}" for p in _sorted_peers(spec)]
+    return "\n".join(lines) + "\n"
+
+
+def render_profile(spec: MemberSpec, peer: PeerSpec, folder: FolderSpec) -> str:
+    layout, settings = spec.layout, spec.settings
+    sshargs = (
+        f"-F none -i {layout.key} -o IdentitiesOnly=yes -o BatchMode=yes -o HostKeyAlias={peer.name} "
+        f"-o UserKnownHostsFile={layout.known_hosts} -o GlobalKnownHostsFile=/dev/null "
+        f"-o StrictHostKeyChecking=yes -o ConnectTimeout={settings.connect_timeout} "
+        f"-o ServerAliveInterval={settings.server_alive_interval} -o ServerAliveCountMax=3"
+    )
+    lines = [
+        f"# Managed by replimesh (mesh_member): edge {spec.node} <-> {peer.name}, folder {folder.name}.",
+        f"root = {folder.path}",
+        f"root = ssh://{spec.user}@{url_host(peer.address)}:{peer.port}/{folder.path}",
+        "batch = true",
+        "auto = true",
+        "prefer = newer",
+        "copyonconflict = true",
+        "times = true",
+        "fastcheck = true",
+        "log = false",
+        "confirmbigdel = true",
+        # Concurrent edges may deliver the same new file at once ("Destination updated during
+        # synchronization"): Unison retries those paths, it never forces them.
+        "retry = 2",
+        f"mountpoint = {settings.marker}",
+        f"ignore = Name {settings.marker}",
+        *(f"ignore = {'Path' if '/' in p else 'Name'} {p}" for p in folder.ignore),
+        f"sshargs = {sshargs}",
+        *settings.unison_extra_prefs,
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def desired_entries(spec: MemberSpec) -> list[Entry]:
+    """Everything that must exist, parents before children."""
+    layout = spec.layout
+    entries = [
+        Entry(layout.config_file, "file", render_config(spec), FILE_MODE, "root", "root"),
+        Entry(layout.authorized_keys, "file", render_authorized_keys(spec), FILE_MODE, "root", "root"),
+        Entry(layout.known_hosts, "file", render_known_hosts(spec), FILE_MODE, "root", "root"),
+    ]
+    for peer in _sorted_peers(spec):
+        entries.append(Entry(layout.peer_dir(peer.name), "dir", None, PEER_DIR_MODE, "root", spec.user))
+        for folder in spec.folders:
+            path = layout.profile(peer.name, folder.name)
+            entries.append(Entry(path, "file", render_profile(spec, peer, folder), FILE_MODE, "root", "root"))
+    return entries
+
+
+def _stale(spec: MemberSpec, existing: Existing) -> tuple[list[Removal], list[str]]:
+    layout = spec.layout
+    peers = {peer.name for peer in spec.peers}
+    removes = [
+        Removal(layout.peer_dir(name), "dir")
+        for name in sorted(existing.unison_dirs)
+        if NAME_RE.fullmatch(name) and name not in peers
+    ]
+    migrated = [
+        f"{layout.unison_dir}/{name}"
+        for name in sorted(existing.unison_files)
+        if any(pattern.fullmatch(name) for pattern in LEGACY_FILE_RES)
+    ]
+    removes += [Removal(path, "file") for path in migrated]
+    for peer in sorted(peers & set(existing.peer_files)):
+        wanted = {f"{peer}--{folder.name}.prf" for folder in spec.folders}
+        profile_re = re.compile(re.escape(peer) + r"--[a-z0-9][a-z0-9_-]*\.prf")
+        removes += [
+            Removal(f"{layout.peer_dir(peer)}/{name}", "file")
+            for name in sorted(existing.peer_files[peer])
+            if profile_re.fullmatch(name) and name not in wanted
+        ]
+    # Status and lock files of any edge that is gone, whether or not its directory was still there.
+    for subdir, names, suffix in (("status", existing.status, ".json"), ("locks", existing.locks, ".lock")):
+        for name in sorted(names):
+            stem = name[: -len(suffix)] if name.endswith(suffix) else ""
+            if NAME_RE.fullmatch(stem) and stem not in peers:
+                removes.append(Removal(f"{layout.state_dir}/{subdir}/{name}", "file"))
+    return removes, migrated
+
+
+def plan(spec: MemberSpec, existing: Existing) -> Plan:
+    """Compare what must exist with what does; the plan says what to write, create, fix and remove."""
+    writes: list[Entry] = []
+    mkdirs: list[Entry] = []
+    fixes: list[Entry] = []
+    removes, migrated = _stale(spec, existing)
+    before: dict[str, str] = {}
+    for entry in desired_entries(spec):
+        stat = existing.stats.get(entry.path)
+        if entry.kind == "dir":
+            if stat is None:
+                mkdirs.append(entry)
+            elif stat.kind != "dir":
+                # A file or symlink where an edge's directory belongs: never write through it.
+                removes.append(Removal(entry.path, "file"))
+                mkdirs.append(entry)
+            elif (stat.mode, stat.owner, stat.group) != (entry.mode, entry.owner, entry.group):
+                fixes.append(entry)
+            continue
+        if stat is not None and stat.kind == "dir":
+            raise MemberError(f"{entry.path} is a directory where replimesh writes a file: move it away")
+        if stat is None or stat.kind != "file" or stat.content != entry.content:
+            writes.append(entry)
+            if stat is not None and stat.content is not None:
+                before[entry.path] = stat.content
+        elif (stat.mode, stat.owner, stat.group) != (entry.mode, entry.owner, entry.group):
+            fixes.append(entry)
+    desired = {peer.name for peer in spec.peers}
+    had = {name for name in existing.unison_dirs if NAME_RE.fullmatch(name)}
+    return Plan(
+        writes=tuple(writes),
+        mkdirs=tuple(mkdirs),
+        fixes=tuple(fixes),
+        removes=tuple(removes),
+        migrated=tuple(migrated),
+        peers_added=tuple(sorted(desired - had)),
+        peers_removed=tuple(sorted(had - desired)),
+        peers_kept=tuple(sorted(desired & had)),
+        before=before,
+    )
+
+
+def spec_from_params(params: Mapping[str, Any]) -> MemberSpec:
+    """A validated MemberSpec from the module's parameters (names as in its argument_spec; None = default)."""
+
+    def get(source: Mapping[str, Any], name: str, default: Any) -> Any:
+        return default if source.get(name) is None else source[name]
+
+    settings, layout = Settings(), Layout()
+    try:
+        folders = tuple(
+            FolderSpec(f.get("name"), f.get("path"), tuple(get(f, "ignore", ()))) for f in params["folders"]
+        )
+        peers = tuple(
+            PeerSpec(
+                **{k: p.get(k) for k in ("name", "address", "public_key", "host_key")},
+                **{k: get(p, k, v) for k, v in (("port", 22), ("initiator", False), ("active", True))},
+            )
+            for p in params["peers"]
+        )
+    except (AttributeError, KeyError, TypeError) as exc:
+        raise MemberError(f"folders and peers must be lists of mappings ({exc})") from exc
+    values = {name: get(params, name, getattr(settings, name)) for name in Settings.__dataclass_fields__}
+    spec = MemberSpec(
+        node=params.get("node"),  # type: ignore[arg-type]
+        user=get(params, "user", "replimesh"),
+        folders=folders,
+        peers=peers,
+        settings=Settings(**{**values, "unison_extra_prefs": tuple(values["unison_extra_prefs"])}),
+        layout=Layout(
+            **{name: get(params, name, getattr(layout, name)) for name in Layout.__dataclass_fields__}
+        ),
+    )
+    validate(spec)
+    return spec

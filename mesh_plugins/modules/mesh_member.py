@@ -1,0 +1,392 @@
+#!/usr/bin/python
+"""Ansible module: make a node's view of the mesh (peers, keys, profiles) what the control node decided."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: mesh_member
+short_description: Write a replimesh node's peer list, trusted keys and per-edge Unison profiles
+description:
+  - Makes the node's view of the mesh exactly what the control node decided, and removes what belongs to
+    edges that no longer exist. Only the control node ever decides it; nodes never learn peers elsewhere.
+  - Writes the runner's config (C(config_file)), the peers' keys (C(authorized_keys)), their pinned host keys
+    (C(known_hosts)), and per peer a directory C(unison_dir/PEER) (root:USER 01770) holding one profile per
+    folder. Each edge has its own Unison directory, so removing an edge removes exactly its archives.
+  - A directory under C(unison_dir) named like a node that is no longer a peer is removed whole, with the
+    peer's status and lock files under C(state_dir). Profiles of folders no longer configured are removed.
+  - Migrates the previous flat layout, where archives and profiles lay directly in C(unison_dir). Those
+    files are removed and reported in C(migrated); each edge's next sync starts from a fresh archive.
+  - Every input is checked before anything changes. Files are written atomically.
+  - Supports check mode and diff mode.
+options:
+  node:
+    description: This node's mesh name.
+    type: str
+    required: true
+  user:
+    description: The mesh user; its group owns the per-edge directories.
+    type: str
+    default: replimesh
+  folders:
+    description: The synced folders.
+    type: list
+    required: true
+    elements: dict
+    suboptions:
+      name: {description: Folder name (a-z 0-9 _ -)., type: str, required: true}
+      path: {description: Absolute path; the same on every node., type: str, required: true}
+      ignore:
+        description: Unison ignore patterns (C(Path) when the pattern holds a slash; C(Name) otherwise).
+        type: list
+        elements: str
+        default: []
+  peers:
+    description: This node's peers (may be empty).
+    type: list
+    required: true
+    elements: dict
+    suboptions:
+      name: {description: The peer's mesh name., type: str, required: true}
+      address:
+        description: Host name or IP address the peer is reached at and connects from.
+        type: str
+        required: true
+      port: {description: The peer's ssh port., type: int, default: 22}
+      initiator: {description: Whether this node starts the edge., type: bool, required: true}
+      active:
+        description: C(false) while the edge is being set up (trusted and written; not synced by default).
+        type: bool
+        default: true
+      public_key: {description: The peer's mesh key (C(ssh-ed25519 AAAA...))., type: str, required: true}
+      host_key: {description: The peer's ssh host key (C(TYPE BASE64))., type: str, required: true}
+  concurrency:
+    description: Edges the runner syncs at once.
+    type: int
+    default: 4
+  timeout:
+    description: Seconds an edge may take.
+    type: int
+    default: 3600
+  connect_timeout:
+    description: Seconds ssh waits for a peer.
+    type: int
+    default: 10
+  server_alive_interval:
+    description: ssh ServerAliveInterval in the profiles.
+    type: int
+    default: 5
+  marker:
+    description: The folder marker file (Unison's mountpoint).
+    type: str
+    default: .replimesh-folder
+  unison_extra_prefs:
+    description: Extra profile lines, each C(name = value).
+    type: list
+    default: []
+    elements: str
+  config_file:
+    description: The runner's config.
+    type: path
+    default: /etc/replimesh/mesh.json
+  authorized_keys:
+    description: The mesh user's keys file, read by sshd.
+    type: path
+    default: /etc/ssh/authorized_keys/replimesh
+  known_hosts:
+    description: The peers' pinned host keys.
+    type: path
+    default: /etc/replimesh/known_hosts
+  unison_dir:
+    description: Parent of the per-edge Unison directories.
+    type: path
+    default: /var/lib/replimesh/unison
+  state_dir:
+    description: The runner's state (status and lock files).
+    type: path
+    default: /var/lib/replimesh/state
+  log_file:
+    description: The runner's log.
+    type: path
+    default: /var/log/replimesh/sync.log
+  key:
+    description: This node's mesh key.
+    type: path
+    default: /var/lib/replimesh/.ssh/id_ed25519
+  unison_binary:
+    description: Unison on the node.
+    type: path
+    default: /usr/bin/unison
+author: replimesh
+"""
+
+EXAMPLES = r"""
+- name: Make node1's view of the mesh
+  mesh_member:
+    node: node1
+    folders: [{name: shared, path: /srv/replimesh/shared, ignore: ["*.tmp"]}]
+    peers:
+      - name: node2
+        address: 10.0.0.12
+        initiator: true
+        public_key: "{{ hostvars['node2'].mesh_ssh_public_key }}"
+        host_key: "{{ hostvars['node2'].mesh_ssh_host_key }}"
+"""
+
+RETURN = r"""
+peers_added:
+  description: Peers that had no edge directory before.
+  returned: always
+  type: list
+  elements: str
+peers_removed:
+  description: Former peers whose edge directory was removed.
+  returned: always
+  type: list
+  elements: str
+peers_kept:
+  description: Peers that had an edge directory and keep it.
+  returned: always
+  type: list
+  elements: str
+written:
+  description: Files written (new or changed content).
+  returned: always
+  type: list
+  elements: str
+created:
+  description: Directories created.
+  returned: always
+  type: list
+  elements: str
+fixed:
+  description: Paths whose mode or owner was corrected.
+  returned: always
+  type: list
+  elements: str
+removed:
+  description: Paths removed (directories with their contents).
+  returned: always
+  type: list
+  elements: str
+migrated:
+  description: Files of the old flat layout removed from unison_dir.
+  returned: always
+  type: list
+  elements: str
+"""
+
+import grp
+import os
+import pwd
+import shutil
+import stat
+import tempfile
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.mesh_member import (
+    Entry,
+    Existing,
+    MemberError,
+    MemberSpec,
+    Plan,
+    Stat,
+    desired_entries,
+    plan,
+    spec_from_params,
+)
+
+FOLDER = {"name": {"type": "str", "required": True}, "path": {"type": "str", "required": True},
+          "ignore": {"type": "list", "elements": "str", "default": []}}  # fmt: skip
+PEER = {
+    "name": {"type": "str", "required": True},
+    "address": {"type": "str", "required": True},
+    "port": {"type": "int", "default": 22},
+    "initiator": {"type": "bool", "required": True},
+    "active": {"type": "bool", "default": True},
+    "public_key": {"type": "str", "required": True, "no_log": False},
+    "host_key": {"type": "str", "required": True, "no_log": False},
+}
+ARGUMENT_SPEC = {
+    "node": {"type": "str", "required": True},
+    "user": {"type": "str", "default": "replimesh"},
+    "folders": {"type": "list", "elements": "dict", "required": True, "options": FOLDER},
+    "peers": {"type": "list", "elements": "dict", "required": True, "options": PEER},
+    "concurrency": {"type": "int", "default": 4},
+    "timeout": {"type": "int", "default": 3600},
+    "connect_timeout": {"type": "int", "default": 10},
+    "server_alive_interval": {"type": "int", "default": 5},
+    "marker": {"type": "str", "default": ".replimesh-folder"},
+    "unison_extra_prefs": {"type": "list", "elements": "str", "default": []},
+    "config_file": {"type": "path", "default": "/etc/replimesh/mesh.json"},
+    "authorized_keys": {"type": "path", "default": "/etc/ssh/authorized_keys/replimesh", "no_log": False},
+    "known_hosts": {"type": "path", "default": "/etc/replimesh/known_hosts"},
+    "unison_dir": {"type": "path", "default": "/var/lib/replimesh/unison"},
+    "state_dir": {"type": "path", "default": "/var/lib/replimesh/state"},
+    "log_file": {"type": "path", "default": "/var/log/replimesh/sync.log"},
+    "key": {"type": "path", "default": "/var/lib/replimesh/.ssh/id_ed25519", "no_log": False},
+    "unison_binary": {"type": "path", "default": "/usr/bin/unison"},
+}
+
+
+def _name_of(lookup, number: int) -> str:
+    try:
+        return lookup(number)[0]
+    except KeyError:
+        return str(number)
+
+
+def _stat(path: str) -> Stat | None:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    owner, group = _name_of(pwd.getpwuid, st.st_uid), _name_of(grp.getgrgid, st.st_gid)
+    kind = {stat.S_IFREG: "file", stat.S_IFDIR: "dir", stat.S_IFLNK: "link"}.get(
+        stat.S_IFMT(st.st_mode), "other"
+    )
+    content = None
+    if kind == "file":
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd, "rb") as handle:
+            content = handle.read().decode("utf-8", errors="replace")
+    return Stat(kind, stat.S_IMODE(st.st_mode), owner, group, content)
+
+
+def _names(directory: str, dirs: bool) -> tuple[str, ...]:
+    """Names of the directories (dirs=True) or of the other entries in `directory`; symlinks not followed."""
+    try:
+        with os.scandir(directory) as it:
+            return tuple(sorted(e.name for e in it if e.is_dir(follow_symlinks=False) == dirs))
+    except (FileNotFoundError, NotADirectoryError):
+        return ()
+
+
+def read_existing(spec: MemberSpec, entries: list[Entry]) -> Existing:
+    layout = spec.layout
+    stats = {entry.path: found for entry in entries if (found := _stat(entry.path)) is not None}
+    unison_files = tuple(
+        name for name in _names(layout.unison_dir, dirs=False)
+        if stat.S_ISREG(os.lstat(os.path.join(layout.unison_dir, name)).st_mode)
+    )  # fmt: skip
+    peer_files = {peer.name: _names(layout.peer_dir(peer.name), dirs=False) for peer in spec.peers}
+    return Existing(
+        stats=stats,
+        unison_dirs=_names(layout.unison_dir, dirs=True),
+        unison_files=unison_files,
+        peer_files={name: files for name, files in peer_files.items() if files},
+        status=_names(os.path.join(layout.state_dir, "status"), dirs=False),
+        locks=_names(os.path.join(layout.state_dir, "locks"), dirs=False),
+    )
+
+
+def _set_owner_mode(fd: int, entry: Entry, ids: dict[str, tuple[int, int]]) -> None:
+    os.fchown(fd, ids[entry.owner][0], ids[entry.group][1])
+    os.fchmod(fd, entry.mode)
+
+
+def _write(entry: Entry, ids: dict[str, tuple[int, int]]) -> None:
+    directory, name = os.path.split(entry.path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write((entry.content or "").encode())
+            handle.flush()
+            _set_owner_mode(handle.fileno(), entry, ids)
+            os.fsync(handle.fileno())
+        os.replace(tmp, entry.path)
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _fix(entry: Entry, ids: dict[str, tuple[int, int]]) -> None:
+    # O_NOFOLLOW: never change the mode or owner of whatever a symlink put in place would point at.
+    fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        _set_owner_mode(fd, entry, ids)
+    finally:
+        os.close(fd)
+
+
+def apply(result: Plan, ids: dict[str, tuple[int, int]]) -> None:
+    for removal in result.removes:
+        if removal.kind == "dir":
+            shutil.rmtree(removal.path)
+        elif os.path.lexists(removal.path):
+            os.unlink(removal.path)
+    for entry in result.mkdirs:
+        os.mkdir(entry.path, 0o700)
+        _fix(entry, ids)
+    for entry in result.writes:
+        _write(entry, ids)
+    for entry in result.fixes:
+        _fix(entry, ids)
+
+
+def _ids(module: AnsibleModule, user: str) -> dict[str, tuple[int, int]]:
+    """uid/gid of root and of the mesh user; an empty mapping (after a warning) in check mode."""
+    try:
+        return {"root": (0, 0), user: (pwd.getpwnam(user).pw_uid, grp.getgrnam(user).gr_gid)}
+    except KeyError:
+        message = (
+            f"the mesh user {user!r} (and its group) must exist on the node: run the mesh_ssh role first"
+        )
+        if not module.check_mode:
+            module.fail_json(msg=message)
+        module.warn(message)
+        return {}
+
+
+def _missing_dirs(spec: MemberSpec) -> list[str]:
+    layout = spec.layout
+    needed = [os.path.dirname(p) for p in (layout.config_file, layout.authorized_keys, layout.known_hosts)]
+    return sorted({d for d in [*needed, layout.unison_dir] if not os.path.isdir(d)})
+
+
+def main() -> None:
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    try:
+        spec = spec_from_params(module.params)
+    except MemberError as exc:
+        module.fail_json(msg=str(exc))
+    ids = _ids(module, spec.user)
+    missing = _missing_dirs(spec)
+    if missing:
+        message = f"missing directories {', '.join(missing)}: the mesh_ssh and mesh_sync roles create them"
+        if not module.check_mode:
+            module.fail_json(msg=message)
+        module.warn(message)
+    try:
+        todo = plan(spec, read_existing(spec, desired_entries(spec)))
+    except (MemberError, OSError) as exc:
+        module.fail_json(msg=f"cannot plan the node's mesh files: {exc}")
+    result = {
+        "changed": todo.changed,
+        "peers_added": list(todo.peers_added),
+        "peers_removed": list(todo.peers_removed),
+        "peers_kept": list(todo.peers_kept),
+        "written": [entry.path for entry in todo.writes],
+        "created": [entry.path for entry in todo.mkdirs],
+        "fixed": [entry.path for entry in todo.fixes],
+        "removed": [removal.path for removal in todo.removes],
+        "migrated": list(todo.migrated),
+    }
+    if todo.migrated:
+        result["msg"] = (
+            f"migrated from the flat unison_dir layout: removed {len(todo.migrated)} old archive and profile "
+            "files; each edge's next sync builds a fresh archive in its own directory"
+        )
+    if module._diff:
+        result["diff"] = todo.diffs()
+    if todo.changed and not module.check_mode:
+        try:
+            apply(todo, ids)
+        except OSError as exc:
+            module.fail_json(msg=f"could not update the node's mesh files: {exc}", **result)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

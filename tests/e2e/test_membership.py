@@ -1,0 +1,126 @@
+"""add-node.yml and remove-node.yml on the lab: a mesh of 4 grows to 5, then loses a paused node."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import pytest
+import yaml
+
+from replimesh.lab import system
+from tests.conftest import run_tool
+from tests.e2e.conftest import FOLDER, MESH_USER, Mesh, recap, sha
+
+pytestmark = pytest.mark.lab
+
+
+def _write_mesh_file(mesh: Mesh, path: Path, nodes: list[str]) -> None:
+    """The lab's mesh file, cut down to `nodes` (what an operator edits by hand)."""
+    data = yaml.safe_load(mesh.inventory.read_text())
+    data["nodes"] = {name: spec for name, spec in data["nodes"].items() if name in nodes}
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def _run(mesh_file: Path, playbook: str, *args: str) -> str:
+    proc = run_tool("ansible-playbook", "-i", str(mesh_file), playbook, *args, timeout=900)
+    assert proc.returncode == 0, f"{playbook} {args} failed:\n{proc.stdout[-6000:]}\n{proc.stderr[-2000:]}"
+    return proc.stdout
+
+
+def _conflict_copies(mesh: Mesh, nodes: list[str]) -> dict[str, list[str]]:
+    found = {}
+    for node in nodes:
+        names = [p for p in mesh.digest(node) if "(conflict" in p]
+        if names:
+            found[node] = names
+    return found
+
+
+def _mesh_ssh(mesh: Mesh, src: str, dst: str) -> bytes:
+    """What `ssh` with src's mesh key to dst answers (the Unison banner, or a refusal)."""
+    address = mesh.lab.lab.resolve(dst).address
+    ssh = (
+        "ssh -F none -i /var/lib/replimesh/.ssh/id_ed25519 -o BatchMode=yes -o ConnectTimeout=5 "
+        f"-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null {MESH_USER}@{address} true"
+    )
+    proc = mesh.lab.lab.exec(src, ["runuser", "-u", MESH_USER, "--", "sh", "-c", f"{ssh} </dev/null"])
+    return proc.stdout + proc.stderr
+
+
+def test_grow_to_five_then_remove_a_paused_node(mesh: Mesh, tmp_path: Path) -> None:
+    mesh.dirty = True  # this test re-shapes the mesh; the next test gets the 5-node mesh back
+    # node5 comes as a freshly installed host: new container, new keys, nothing of the old mesh.
+    system.docker("rm", "-f", mesh.lab.lab.resolve("node5").container)
+    mesh.lab.lab.up(5)
+    mesh_file = tmp_path / "members.mesh.yml"
+    four = ["node1", "node2", "node3", "node4"]
+    _write_mesh_file(mesh, mesh_file, four)
+    _run(mesh_file, "bootstrap.yml")
+
+    # 200 files written across the four nodes, one round: the mesh of four agrees.
+    for i, node in enumerate(four):
+        script = " && ".join(f"head -c {1000 + n} /dev/urandom > {FOLDER}/f{i}-{n}.bin" for n in range(50))
+        mesh.lab.sh(node, f"runuser -u {MESH_USER} -- sh -c {shlex.quote(script)}")
+    _run(mesh_file, "sync.yml")
+    reference = mesh.digest("node1")
+    assert len(reference) == 200
+    assert all(mesh.digest(n) == reference for n in four)
+
+    # node5 joins: seeded, then synced; byte-identical, no conflict copy anywhere.
+    five = [*four, "node5"]
+    _write_mesh_file(mesh, mesh_file, five)
+    _run(mesh_file, "add-node.yml", "-e", "node=node5")
+    assert mesh.digest("node5") == reference
+    mesh.write("node5", "from-node5.txt", b"the newcomer writes\n")
+    _run(mesh_file, "sync.yml")
+    after = mesh.digest("node1")
+    assert after["./from-node5.txt"] == sha(b"the newcomer writes\n")
+    assert all(mesh.digest(n) == after for n in five)
+    assert _conflict_copies(mesh, five) == {}
+
+    # A second add-node changes nothing anywhere.
+    again = recap(_run(mesh_file, "add-node.yml", "-e", "node=node5"))
+    assert {n: again[n]["changed"] for n in five} == dict.fromkeys(five, 0)
+
+    # Without confirmation, or without a node, remove-node stops before any change.
+    keys_before = mesh.lab.sh("node1", "cat /etc/ssh/authorized_keys/replimesh")
+    for args, message in (
+        (["-e", "node=node2"], "was not confirmed"),
+        (["-e", "skip_confirmation=true"], "Name the node to remove"),
+    ):
+        proc = run_tool("ansible-playbook", "-i", str(mesh_file), "remove-node.yml", *args, timeout=300)
+        assert proc.returncode != 0 and message in proc.stdout, proc.stdout[-3000:]
+    assert mesh.lab.sh("node1", "cat /etc/ssh/authorized_keys/replimesh") == keys_before
+
+    # node2 freezes; it is removed anyway, and the survivors keep syncing without it.
+    mesh.lab.lab.fault("pause", "node2")
+    try:
+        _run(
+            mesh_file,
+            "remove-node.yml",
+            "-e",
+            "node=node2",
+            "-e",
+            "skip_confirmation=true",
+            "-e",
+            "allow_ungraceful_removal=true",
+        )
+        survivors = ["node1", "node3", "node4", "node5"]
+        _write_mesh_file(mesh, mesh_file, survivors)
+        mesh.write("node3", "after-removal.txt", b"survivors only\n")
+        _run(mesh_file, "sync.yml")
+        for node in survivors:
+            assert mesh.digest(node)["./after-removal.txt"] == sha(b"survivors only\n"), node
+    finally:
+        mesh.lab.lab.fault("unpause", "node2")
+
+    # node2 is back: every survivor refuses its mesh key, and nothing it writes reaches anyone.
+    for node in survivors:
+        answer = _mesh_ssh(mesh, "node2", node)
+        assert b"Permission denied" in answer and not answer.startswith(b"Unison"), (node, answer)
+    mesh.write("node2", "from-the-removed.txt", b"nobody should get this\n")
+    mesh.lab.lab.exec("node2", ["runuser", "-u", MESH_USER, "--", "replimesh-sync", "--all-peers"])
+    _run(mesh_file, "sync.yml")
+    for node in survivors:
+        assert "./from-the-removed.txt" not in mesh.digest(node), node

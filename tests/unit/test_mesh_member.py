@@ -1,0 +1,513 @@
+"""mesh_member's core: validation, the rendered files, and the plan against what exists on a node."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mesh_plugins.module_utils import mesh_runner
+from mesh_plugins.module_utils.mesh_member import (
+    HEADER,
+    Entry,
+    Existing,
+    FolderSpec,
+    Layout,
+    MemberError,
+    MemberSpec,
+    PeerSpec,
+    Settings,
+    Stat,
+    desired_entries,
+    normalize_key,
+    plan,
+    render_authorized_keys,
+    render_config,
+    render_known_hosts,
+    render_profile,
+    spec_from_params,
+    url_host,
+    validate,
+)
+
+U = "/var/lib/replimesh/unison"
+S = "/var/lib/replimesh/state"
+
+
+def key(kind: str = "ssh-ed25519", seed: int = 1) -> str:
+    blob = len(kind).to_bytes(4, "big") + kind.encode() + bytes([seed]) * 32
+    return f"{kind} {base64.b64encode(blob).decode()}"
+
+
+def peer(name: str, address: str = "", **kw: object) -> PeerSpec:
+    seed = sum(name.encode()) % 256
+    fields = {"public_key": key(seed=seed), "host_key": key("ecdsa-sha2-nistp256", seed), **kw}
+    return PeerSpec(name=name, address=address or f"10.0.0.{seed % 250 + 1}", **fields)  # type: ignore[arg-type]
+
+
+def make_spec(peers: tuple[PeerSpec, ...] | None = None, **kw: object) -> MemberSpec:
+    folders = (FolderSpec("shared", "/srv/replimesh/shared", ("*.tmp", "cache/build")),)
+    fields = {
+        "node": "node1",
+        "folders": folders,
+        "peers": (peer("node3", initiator=True), peer("node2")) if peers is None else peers,
+        **kw,
+    }
+    return MemberSpec(**fields)  # type: ignore[arg-type]
+
+
+def settled(spec: MemberSpec) -> Existing:
+    """What a node looks like once the plan for `spec` has been applied."""
+    stats = {
+        e.path: Stat(e.kind, e.mode, e.owner, e.group, e.content if e.kind == "file" else None)
+        for e in desired_entries(spec)
+    }
+    names = tuple(p.name for p in spec.peers)
+    return Existing(
+        stats=stats,
+        unison_dirs=names,
+        peer_files={p.name: tuple(f"{p.name}--{f.name}.prf" for f in spec.folders) for p in spec.peers},
+        status=tuple(f"{n}.json" for n in names),
+        locks=tuple(f"{n}.lock" for n in names),
+    )
+
+
+# --- rendering ------------------------------------------------------------------------------------------
+
+
+def test_config_is_sorted_indented_json_the_runner_accepts() -> None:
+    spec = make_spec(peers=(peer("node3", initiator=True), peer("node2", active=False, port=2222)))
+    text = render_config(spec)
+    data = json.loads(text)
+    assert text.endswith("}\n") and text == json.dumps(data, sort_keys=True, indent=2) + "\n"
+    assert data["node"] == "node1" and data["user"] == "replimesh"
+    assert [p["name"] for p in data["peers"]] == ["node2", "node3"]
+    assert data["peers"][0] == {
+        "name": "node2",
+        "address": peer("node2").address,
+        "port": 2222,
+        "initiator": False,
+        "active": False,
+    }
+    assert data["folders"] == [
+        {"name": "shared", "path": "/srv/replimesh/shared", "ignore": ["*.tmp", "cache/build"]}
+    ]
+    assert {k: data[k] for k in ("concurrency", "timeout", "connect_timeout", "marker")} == {
+        "concurrency": 4,
+        "timeout": 3600,
+        "connect_timeout": 10,
+        "marker": ".replimesh-folder",
+    }
+    assert (data["unison"], data["unison_dir"], data["state_dir"], data["log_file"]) == (
+        "/usr/bin/unison",
+        U,
+        S,
+        "/var/log/replimesh/sync.log",
+    )
+    config = mesh_runner.parse_config(data)
+    assert [p.name for p in config.peers] == ["node2", "node3"]
+
+
+def test_config_with_no_peers() -> None:
+    assert json.loads(render_config(make_spec(peers=())))["peers"] == []
+
+
+def test_authorized_keys_one_restricted_line_per_peer_with_its_own_unison_dir() -> None:
+    spec = make_spec(peers=(peer("node3", "10.0.0.13"), peer("node2", "10.0.0.12", active=False)))
+    lines = render_authorized_keys(spec).splitlines()
+    assert lines[0] == HEADER
+    assert lines[1] == (
+        'restrict,from="10.0.0.12",command="UNISONLOCALHOSTNAME=node1 UNISON=/var/lib/replimesh/unison/node2 '
+        f'exec /usr/bin/unison -server" {peer("node2").public_key} replimesh@node2'
+    )
+    assert lines[2].startswith(
+        'restrict,from="10.0.0.13",command="UNISONLOCALHOSTNAME=node1 UNISON=' + U + "/node3 "
+    )
+    assert len(lines) == 3
+
+
+def test_authorized_keys_drops_the_key_comment_and_uses_the_mesh_user() -> None:
+    spec = make_spec(peers=(peer("node2", public_key=key() + " replimesh@node2 extra\n"),), user="mesh")
+    assert render_authorized_keys(spec).splitlines()[1].endswith(f'-server" {key()} mesh@node2')
+
+
+def test_known_hosts_keyed_by_peer_name() -> None:
+    spec = make_spec(peers=(peer("node3"), peer("node2", host_key=key("ssh-rsa", 7) + " root@node2")))
+    assert (
+        render_known_hosts(spec) == f"{HEADER}\nnode2 {key('ssh-rsa', 7)}\nnode3 {peer('node3').host_key}\n"
+    )
+
+
+def test_known_hosts_and_keys_of_an_empty_mesh_hold_the_header_only() -> None:
+    spec = make_spec(peers=())
+    assert render_known_hosts(spec) == render_authorized_keys(spec) == HEADER + "\n"
+
+
+def test_profile_exact_text() -> None:
+    spec = make_spec(settings=Settings(unison_extra_prefs=("maxthreads = 4", "rsync = false")))
+    node2, folder = peer("node2", "10.0.0.12", port=2222), spec.folders[0]
+    assert render_profile(spec, node2, folder) == (
+        "# Managed by replimesh (mesh_member): edge node1 <-> node2, folder shared.\n"
+        "root = /srv/replimesh/shared\n"
+        "root = ssh://replimesh@10.0.0.12:2222//srv/replimesh/shared\n"
+        "batch = true\nauto = true\nprefer = newer\ncopyonconflict = true\ntimes = true\nfastcheck = true\n"
+        "log = false\nconfirmbigdel = true\nretry = 2\n"
+        "mountpoint = .replimesh-folder\n"
+        "ignore = Name .replimesh-folder\n"
+        "ignore = Name *.tmp\n"
+        "ignore = Path cache/build\n"
+        "sshargs = -F none -i /var/lib/replimesh/.ssh/id_ed25519 -o IdentitiesOnly=yes -o BatchMode=yes "
+        "-o HostKeyAlias=node2 -o UserKnownHostsFile=/etc/replimesh/known_hosts "
+        "-o GlobalKnownHostsFile=/dev/null -o StrictHostKeyChecking=yes -o ConnectTimeout=10 "
+        "-o ServerAliveInterval=5 -o ServerAliveCountMax=3\n"
+        "maxthreads = 4\nrsync = false\n"
+    )
+
+
+def test_profile_follows_settings_and_layout() -> None:
+    layout = Layout(key="/k/id", known_hosts="/k/known")
+    spec = make_spec(
+        layout=layout, settings=Settings(connect_timeout=3, server_alive_interval=9, marker=".m")
+    )
+    text = render_profile(spec, peer("node2"), FolderSpec("f", "/data/f"))
+    assert "-i /k/id " in text and "UserKnownHostsFile=/k/known " in text
+    assert "ConnectTimeout=3 " in text and "ServerAliveInterval=9 " in text
+    assert "mountpoint = .m\nignore = Name .m\nsshargs" in text
+
+
+@pytest.mark.parametrize(
+    ("address", "host"),
+    [
+        ("10.0.0.1", "10.0.0.1"),
+        ("fd00::1", "[fd00::1]"),
+        ("::1", "[::1]"),
+        ("node2.example.org", "node2.example.org"),
+    ],
+)
+def test_ipv6_addresses_go_in_brackets_in_the_ssh_root(address: str, host: str) -> None:
+    assert url_host(address) == host
+    spec = make_spec()
+    text = render_profile(spec, peer("node2", address, port=22), spec.folders[0])
+    assert f"root = ssh://replimesh@{host}:22//srv/replimesh/shared\n" in text
+    assert f'from="{address}"' in render_authorized_keys(make_spec(peers=(peer("node2", address),)))
+
+
+def test_desired_entries_modes_and_owners() -> None:
+    spec = make_spec(folders=(FolderSpec("a", "/srv/a"), FolderSpec("b", "/srv/b")), user="mesh")
+    entries = {e.path: e for e in desired_entries(spec)}
+    assert set(entries) == {
+        "/etc/replimesh/mesh.json",
+        "/etc/ssh/authorized_keys/replimesh",
+        "/etc/replimesh/known_hosts",
+        f"{U}/node2",
+        f"{U}/node3",
+        *(f"{U}/{p}/{p}--{f}.prf" for p in ("node2", "node3") for f in ("a", "b")),
+    }
+    assert entries[f"{U}/node2"] == Entry(f"{U}/node2", "dir", None, 0o1770, "root", "mesh")
+    for path, entry in entries.items():
+        if entry.kind == "file":
+            assert (entry.mode, entry.owner, entry.group) == (0o644, "root", "root"), path
+            assert entry.content and entry.content.endswith("\n")
+    order = [e.path for e in desired_entries(spec)]
+    assert order.index(f"{U}/node2") < order.index(f"{U}/node2/node2--a.prf")
+
+
+# --- keys -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kind", ["ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "ssh-rsa"]
+)
+def test_known_key_types_are_accepted(kind: str) -> None:
+    assert normalize_key(f"  {key(kind)} comment here \n", "k") == key(kind)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "",
+        "AAAAC3NzaC1lZDI1NTE5AAAAI",
+        "ssh-dss " + key("ssh-dss").split()[1],
+        "ssh-ed25519 not*base64",
+        "ssh-ed25519 " + key("ssh-rsa").split()[1],  # the blob names another type
+        "ssh-ed25519",
+    ],
+)
+def test_bad_keys_are_refused(value: str) -> None:
+    with pytest.raises(MemberError, match="public_key"):
+        normalize_key(value, "peers[0] (node2): public_key")
+
+
+# --- validation -----------------------------------------------------------------------------------------
+
+
+def test_a_good_spec_validates() -> None:
+    validate(make_spec())
+    validate(make_spec(peers=()))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"node": "Node1"}, "node 'Node1' is not a valid name"),
+        ({"node": "-x"}, "node"),
+        ({"user": "Root"}, "user 'Root' is not a valid user name"),
+        ({"user": "a" * 33}, "user"),
+        ({"folders": ()}, "at least one folder"),
+        ({"folders": (FolderSpec("Bad", "/srv/x"),)}, r"folders\[0\]: name 'Bad'"),
+        ({"folders": (FolderSpec("x", "srv/x"),)}, "absolute path"),
+        ({"folders": (FolderSpec("x", "/srv/my x"),)}, "without spaces"),
+        ({"folders": (FolderSpec("x", "/srv/../etc"),)}, "normalized"),
+        ({"folders": (FolderSpec("x", "/"),)}, "must not be /"),
+        ({"folders": (FolderSpec("x", "/var/lib/replimesh"),)}, "unison_dir"),
+        ({"folders": (FolderSpec("x", U + "/x"),)}, "unison_dir"),
+        ({"folders": (FolderSpec("x", "/srv/x", ("a\nroot = /etc",)),)}, "one line"),
+        ({"folders": (FolderSpec("x", "/srv/x"), FolderSpec("x", "/srv/y"))}, "repeated: x"),
+        ({"peers": (peer("node1"),)}, "own peer"),
+        ({"peers": (peer("Node2"),)}, "not a valid name"),
+        ({"peers": (peer("node2"), peer("node2", "10.9.9.9"))}, "repeated: node2"),
+        ({"peers": (peer("node2", '10.0.0.2" ,command="sh'),)}, "without quotes, spaces"),
+        ({"peers": (peer("node2", "10.0.0.2,10.0.0.3"),)}, "commas"),
+        ({"peers": (peer("node2", "a b"),)}, "address"),
+        ({"peers": (peer("node2", port=0),)}, "port must be 1-65535"),
+        ({"peers": (peer("node2", port=70000),)}, "port"),
+        ({"peers": (peer("node2", port=True),)}, "port"),
+        ({"peers": (peer("node2", active="yes"),)}, "active must be true or false"),
+        ({"peers": (peer("node2", public_key="ssh-dss AAAA"),)}, r"peers\[0\] \(node2\): public_key"),
+        ({"peers": (peer("node2", host_key="AAAA"),)}, "host_key"),
+        ({"settings": Settings(concurrency=0)}, "concurrency must be a positive"),
+        ({"settings": Settings(timeout=-1)}, "timeout"),
+        ({"settings": Settings(server_alive_interval=False)}, "server_alive_interval"),
+        ({"settings": Settings(marker="a/b")}, "marker"),
+        ({"settings": Settings(marker="")}, "marker"),
+        ({"settings": Settings(unison_extra_prefs=("maxthreads=4",))}, "name = value"),
+        ({"settings": Settings(unison_extra_prefs=("a = b\nroot = /",))}, "one line"),
+        ({"layout": Layout(unison_dir="/var")}, "system directory"),
+        ({"layout": Layout(state_dir="/")}, "state_dir / is a system directory"),
+        ({"layout": Layout(config_file="etc/mesh.json")}, "config_file must be"),
+        ({"layout": Layout(unison_binary="/usr/bin/uni son")}, "unison_binary"),
+        ({"layout": Layout(known_hosts="/etc/ssh/authorized_keys/replimesh")}, "three different files"),
+    ],
+)
+def test_invalid_specs_are_refused_with_a_message(change: dict[str, object], message: str) -> None:
+    with pytest.raises(MemberError, match=message):
+        validate(dataclasses.replace(make_spec(), **change))
+
+
+def test_spec_from_params_applies_defaults_and_validates() -> None:
+    params = {
+        "node": "node1",
+        "user": None,
+        "folders": [{"name": "shared", "path": "/srv/shared", "ignore": None}],
+        "peers": [
+            {"name": "node2", "address": "10.0.0.2", "public_key": key(), "host_key": key(), "port": None}
+        ],
+        "unison_dir": "/data/unison",
+        "timeout": None,
+    }
+    spec = spec_from_params(params)
+    assert spec.user == "replimesh" and spec.settings == Settings()
+    assert spec.peers == (PeerSpec("node2", "10.0.0.2", key(), key(), 22, False, True),)
+    assert spec.folders == (FolderSpec("shared", "/srv/shared", ()),)
+    assert spec.layout == Layout(unison_dir="/data/unison")
+    with pytest.raises(MemberError, match="own peer"):
+        spec_from_params({**params, "node": "node2"})
+    with pytest.raises(MemberError, match="lists of mappings"):
+        spec_from_params({**params, "peers": ["node2"]})
+
+
+# --- planning -------------------------------------------------------------------------------------------
+
+
+def test_a_fresh_node_gets_everything() -> None:
+    spec = make_spec()
+    result = plan(spec, Existing())
+    assert result.changed
+    assert [e.path for e in result.mkdirs] == [f"{U}/node2", f"{U}/node3"]
+    assert len(result.writes) == 3 + 2 and not result.fixes and not result.removes
+    assert result.peers_added == ("node2", "node3") and result.peers_removed == result.peers_kept == ()
+    assert all(d["before"] == "" and d["after"] for d in result.diffs())
+
+
+def test_a_settled_node_needs_nothing() -> None:
+    spec = make_spec()
+    result = plan(spec, settled(spec))
+    assert not result.changed and result.diffs() == []
+    assert result.peers_kept == ("node2", "node3") and result.peers_added == result.peers_removed == ()
+
+
+def test_changed_content_is_rewritten_with_a_diff() -> None:
+    spec = make_spec()
+    existing = settled(spec)
+    old = dataclasses.replace(existing.stats["/etc/replimesh/mesh.json"], content="{}\n")
+    result = plan(
+        spec, dataclasses.replace(existing, stats={**existing.stats, "/etc/replimesh/mesh.json": old})
+    )
+    assert [e.path for e in result.writes] == ["/etc/replimesh/mesh.json"]
+    assert result.diffs() == [
+        {
+            "before_header": "/etc/replimesh/mesh.json",
+            "after_header": "/etc/replimesh/mesh.json",
+            "before": "{}\n",
+            "after": render_config(spec),
+        }
+    ]
+
+
+@pytest.mark.parametrize(
+    ("path", "change"),
+    [
+        ("/etc/ssh/authorized_keys/replimesh", {"mode": 0o664}),
+        ("/etc/replimesh/known_hosts", {"owner": "replimesh"}),
+        (f"{U}/node2/node2--shared.prf", {"group": "replimesh"}),
+        (f"{U}/node2", {"mode": 0o770}),
+        (f"{U}/node3", {"group": "root"}),
+    ],
+)
+def test_wrong_mode_or_owner_is_fixed_without_rewriting(path: str, change: dict[str, object]) -> None:
+    spec = make_spec()
+    existing = settled(spec)
+    stats = {**existing.stats, path: dataclasses.replace(existing.stats[path], **change)}
+    result = plan(spec, dataclasses.replace(existing, stats=stats))
+    assert [e.path for e in result.fixes] == [path] and not result.writes and result.changed
+
+
+def test_a_symlink_where_a_file_belongs_is_replaced() -> None:
+    spec = make_spec()
+    existing = settled(spec)
+    path = f"{U}/node2/node2--shared.prf"
+    stats = {**existing.stats, path: Stat("link", 0o777, "replimesh", "replimesh")}
+    result = plan(spec, dataclasses.replace(existing, stats=stats))
+    assert [e.path for e in result.writes] == [path] and result.diffs()[0]["before"] == ""
+
+
+def test_a_non_directory_where_an_edge_directory_belongs_is_removed_first() -> None:
+    spec = make_spec()
+    existing = settled(spec)
+    stats = {**existing.stats, f"{U}/node2": Stat("link", 0o777, "replimesh", "replimesh")}
+    result = plan(spec, dataclasses.replace(existing, stats=stats, unison_dirs=("node3",)))
+    assert [(r.path, r.kind) for r in result.removes] == [(f"{U}/node2", "file")]
+    assert [e.path for e in result.mkdirs] == [f"{U}/node2"]
+    assert result.peers_added == ("node2",)
+
+
+def test_a_directory_where_a_file_belongs_is_an_error() -> None:
+    spec = make_spec()
+    existing = settled(spec)
+    stats = {**existing.stats, "/etc/replimesh/known_hosts": Stat("dir", 0o755, "root", "root")}
+    with pytest.raises(MemberError, match="known_hosts is a directory"):
+        plan(spec, dataclasses.replace(existing, stats=stats))
+
+
+def test_a_removed_peer_loses_its_directory_status_and_lock() -> None:
+    old = make_spec(peers=(peer("node2"), peer("node3"), peer("node4")))
+    new = make_spec(peers=(peer("node2"), peer("node5")))
+    result = plan(new, settled(old))
+    assert [(r.path, r.kind) for r in result.removes] == [
+        (f"{U}/node3", "dir"),
+        (f"{U}/node4", "dir"),
+        (f"{S}/status/node3.json", "file"),
+        (f"{S}/status/node4.json", "file"),
+        (f"{S}/locks/node3.lock", "file"),
+        (f"{S}/locks/node4.lock", "file"),
+    ]
+    assert (result.peers_added, result.peers_removed, result.peers_kept) == (
+        ("node5",),
+        ("node3", "node4"),
+        ("node2",),
+    )
+    assert result.migrated == ()
+
+
+def test_only_directories_named_like_nodes_are_removed() -> None:
+    spec = make_spec(peers=())
+    existing = Existing(unison_dirs=("lost+found", ".cache", "Node9", "node9", "_x"))
+    result = plan(spec, existing)
+    assert [r.path for r in result.removes] == [f"{U}/node9"]
+    assert result.peers_removed == ("node9",)
+
+
+def test_orphaned_status_and_lock_files_go_other_files_stay() -> None:
+    spec = make_spec(peers=(peer("node2"),))
+    existing = dataclasses.replace(
+        settled(spec),
+        status=("node2.json", "node7.json", "README", "node7.json.tmp", ".json", "Node8.json"),
+        locks=("node2.lock", "node7.lock", "node7.json", "other"),
+    )
+    assert [r.path for r in plan(spec, existing).removes] == [
+        f"{S}/status/node7.json",
+        f"{S}/locks/node7.lock",
+    ]
+
+
+def test_flat_layout_files_are_migrated_away() -> None:
+    spec = make_spec(peers=(peer("node2"),))
+    legacy = ("ar" + "0" * 32, "fp" + "ab" * 16, "lk" + "f" * 32, "node2--shared.prf", "default.prf")
+    kept = ("ar" + "0" * 31, "arAB" + "0" * 30, "notes.txt", "Node2--shared.prf", "unison.log", "node2.prf")
+    result = plan(spec, dataclasses.replace(settled(spec), unison_files=legacy + kept))
+    assert result.migrated == tuple(sorted(f"{U}/{name}" for name in legacy))
+    assert sorted(r.path for r in result.removes) == sorted(result.migrated)
+    assert all(r.kind == "file" for r in result.removes)
+
+
+def test_profiles_of_dropped_folders_are_removed_archives_stay() -> None:
+    spec = make_spec(peers=(peer("node2"),))
+    files = (
+        "node2--shared.prf",
+        "node2--old.prf",
+        "ar" + "1" * 32,
+        "fp" + "1" * 32,
+        "node3--old.prf",
+        "x.prf",
+    )
+    result = plan(spec, dataclasses.replace(settled(spec), peer_files={"node2": files}))
+    assert [r.path for r in result.removes] == [f"{U}/node2/node2--old.prf"]
+
+
+def test_files_are_never_reported_as_peers() -> None:
+    result = plan(make_spec(peers=()), Existing(unison_files=("node2",)))
+    assert result.peers_removed == () and result.removes == ()
+
+
+def test_a_node_directory_for_the_node_itself_is_stale() -> None:
+    result = plan(make_spec(peers=(peer("node2"),)), Existing(unison_dirs=("node1", "node2")))
+    assert [r.path for r in result.removes] == [f"{U}/node1"] and result.peers_kept == ("node2",)
+
+
+NAMES = st.sets(st.sampled_from(["node2", "node3", "node4", "node5", "n-6", "n_7"]), max_size=6)
+FOLDERS = st.sets(st.sampled_from(["a", "b", "c"]), min_size=1, max_size=3)
+
+
+@settings(max_examples=80, deadline=None)
+@given(before=NAMES, after=NAMES, old_folders=FOLDERS, new_folders=FOLDERS, active=st.booleans())
+def test_any_change_of_peers_and_folders_converges(
+    before: set[str], after: set[str], old_folders: set[str], new_folders: set[str], active: bool
+) -> None:
+    def spec_of(names: set[str], folders: set[str]) -> MemberSpec:
+        return make_spec(
+            peers=tuple(peer(n, active=active) for n in sorted(names)),
+            folders=tuple(FolderSpec(f, f"/srv/{f}") for f in sorted(folders)),
+        )
+
+    old, new = spec_of(before, old_folders), spec_of(after, new_folders)
+    result = plan(new, settled(old))
+    assert set(result.peers_removed) == before - after
+    assert set(result.peers_added) == after - before
+    assert set(result.peers_kept) == before & after
+    removed = {r.path for r in result.removes}
+    assert {f"{U}/{n}" for n in before - after} <= removed
+    assert {f"{U}/{n}/{n}--{f}.prf" for n in before & after for f in old_folders - new_folders} <= removed
+    for path in removed:  # nothing else under unison_dir: the kept edges' archives stay
+        if not path.startswith(f"{U}/"):
+            assert path.startswith(f"{S}/") and path.split("/")[-1].split(".")[0] in before - after
+            continue
+        name, _, rest = path.removeprefix(f"{U}/").partition("/")
+        if rest:
+            assert name in after and rest.removeprefix(f"{name}--")[:-4] in old_folders - new_folders
+        else:
+            assert name in before - after
+    assert not plan(new, settled(new)).changed
