@@ -33,6 +33,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from .mesh_cleanup import clean_stale_temps, due
 from .mesh_status import (
     HARMLESS_KINDS,
     UnisonRun,
@@ -60,6 +61,7 @@ DEFAULTS: dict[str, Any] = {
 # repeated here because the node gets this package without mesh_config.
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 USER_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+CLEANUP_EVERY_S = 3600.0  # how often a node looks for stale Unison temporary entries in its folders
 KILL_GRACE_S = 5.0  # between SIGTERM and SIGKILL of a timed-out Unison's process group
 LOG_TAIL_LINES = 20
 DIR_MODE = 0o750
@@ -370,8 +372,23 @@ class Runner:
         with self._log_lock, open(self.config.log_file, "a", encoding="utf-8") as log:
             log.write(text)
 
+    def clean_folders(self) -> None:
+        """At most hourly, drop Unison temporary entries older than any live run can be."""
+        for folder in self.config.folders:
+            if not (Path(folder.path) / self.config.marker).exists():
+                continue  # an unmounted or emptied folder is left alone, as by the sync itself
+            if due(self.state / "cleanup" / f"{folder.name}.stamp", CLEANUP_EVERY_S):
+                removed = clean_stale_temps(folder.path, self.config.timeout + KILL_GRACE_S * 2)
+                if removed:
+                    self.note(f"folder {folder.name}: removed {len(removed)} stale Unison temporary entries")
+
+    def note(self, message: str) -> None:
+        with self._log_lock, open(self.config.log_file, "a", encoding="utf-8") as log:
+            log.write(f"{iso_utc(time.time())} {message}\n")
+
     def run(self, peers: Sequence[Peer]) -> list[dict[str, Any]]:
         """Sync the edges, at most `concurrency` at once; results in the order of `peers`."""
+        self.clean_folders()
         with ThreadPoolExecutor(max_workers=self.config.concurrency) as pool:
             futures = [pool.submit(self._sync_edge_safely, peer) for peer in peers]
             return [future.result() for future in futures]

@@ -40,10 +40,12 @@ class Mesh:
         self.lab.sh(node, f"runuser -u {MESH_USER} -- sh -c {shlex.quote(script)}")
 
     def digest(self, node: str) -> dict[str, str]:
-        """path -> sha256 of every file in the node's folder (the marker left out)."""
+        """path -> sha256 of every file in the node's folder: the replica as Unison sees it (the marker
+        and Unison's own temporary files, which it never syncs, left out)."""
         out = self.lab.sh(
             node,
-            f"cd {FOLDER} && find . -type f ! -name {MARKER} -print0 | sort -z | xargs -0 -r sha256sum",
+            f"cd {FOLDER} && find . -name '.unison.*.unison.tmp' -prune -o -type f ! -name {MARKER}"
+            " -print0 | sort -z | xargs -0 -r sha256sum",
         )
         return {line[66:]: line[:64] for line in out.splitlines()}
 
