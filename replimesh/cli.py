@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from replimesh.lab.errors import LabError
-from replimesh.lab.lab import FAULTS, MAX_NODES, Lab, LabConfig, down_all
+from replimesh.lab.lab import FAULTS, MAX_NODES, Lab, LabConfig, down_all, down_named
 
 app = typer.Typer(help="Operate a replimesh mesh.", no_args_is_help=True, pretty_exceptions_enable=False)
 lab_app = typer.Typer(help="A lab of real SSH hosts on this machine (Docker), for tests and the demo.",
@@ -58,11 +58,14 @@ def lab_up(
 def lab_down(
     lab_dir: LabDir = Path(".lab"),
     all_labs: Annotated[bool, typer.Option("--all", help="Every replimesh lab here, leftovers too.")] = False,
+    names: Annotated[list[str] | None, typer.Option("--name", help="A lab by name (repeatable).")] = None,
 ) -> None:
     """Remove every host and network of the lab, and the dockerd it started."""
     try:
         if all_labs:
             down_all(_log)
+        elif names:
+            down_named(names, _log)
         else:
             Lab(lab_dir, log=_log).down()
     except LabError as exc:
@@ -124,6 +127,26 @@ def demo(
     except LabError as exc:
         _fail(str(exc))
     raise typer.Exit(0 if ok else 1)
+
+
+@app.command("verify")
+def verify(
+    inventory: Annotated[
+        Path | None, typer.Option("-i", "--inventory", help="The mesh file (default: .lab/lab.mesh.yml).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    allow_unreachable: Annotated[
+        bool, typer.Option("--allow-unreachable", help="An unreachable node alone does not fail the check.")
+    ] = False,
+) -> None:
+    """Are all replicas identical? Exit 0 only when every reachable replica is and every node answered."""
+    from replimesh.verify import VerifyError, run
+
+    try:
+        code = run(inventory, as_json, allow_unreachable, typer.echo)
+    except VerifyError as exc:
+        _fail(str(exc))
+    raise typer.Exit(code)
 
 
 def main() -> None:  # pragma: no cover - console entry for `python -m replimesh`

@@ -1,0 +1,103 @@
+"""meshctl verify: are all replicas identical right now? verify.yml digests every node's folders; this
+compares the digests with the core (mesh_plugins.module_utils.mesh_digest) and reports."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from mesh_plugins.module_utils.mesh_digest import cells, compare, exit_code, headline, render_lines
+from replimesh.playbooks import run_playbook
+
+DEFAULT_INVENTORY = Path(".lab/lab.mesh.yml")
+TABLE_ROWS = 200  # diverging paths shown; --json has them all
+
+
+class VerifyError(Exception):
+    """verify.yml could not produce the digests; the message says why and where its log is."""
+
+
+def resolve_inventory(inventory: Path | None) -> Path:
+    if inventory is None:
+        if not DEFAULT_INVENTORY.is_file():
+            raise VerifyError(f"no mesh file given and no {DEFAULT_INVENTORY} here: pass -i MESH_FILE")
+        return DEFAULT_INVENTORY
+    if not inventory.is_file():
+        raise VerifyError(f"{inventory}: no such mesh file")
+    return inventory
+
+
+def gather(inventory: Path, allow_unreachable: bool) -> dict[str, Any]:
+    """Run verify.yml (quiet) and return the digests it wrote: {digests, unreachable, failed}."""
+    # ansible-runner starts `ansible-playbook` from PATH: let it be this venv's, even when meshctl was
+    # started by its path with the venv not on PATH.
+    bindir = str(Path(sys.executable).parent)
+    if bindir not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = os.pathsep.join([bindir, os.environ.get("PATH", "")])
+    work = Path(tempfile.mkdtemp(prefix="meshctl-verify-"))
+    output = work / "digests.json"
+    extravars = {"verify_output": str(output), "verify_allow_unreachable": allow_unreachable}
+    result = run_playbook("verify.yml", inventory, extravars=extravars, quiet=True, log_dir=work)
+    try:
+        data = json.loads(output.read_text())
+    except (OSError, ValueError):
+        # verify.yml fails on purpose when the replicas differ, but only after writing the digests.
+        raise VerifyError(
+            f"verify.yml ended ({result.status}, exit {result.rc}) without the digests; see {result.log}"
+        ) from None
+    shutil.rmtree(work, ignore_errors=True)
+    return data
+
+
+def verify(inventory: Path, allow_unreachable: bool = False) -> dict[str, Any]:
+    """The report over every node's digest, with `exit_code` and `seconds` (the whole run)."""
+    started = time.monotonic()
+    data = gather(inventory, allow_unreachable)
+    report = compare(data.get("digests", {}), data.get("unreachable", {}), data.get("failed", {}))
+    report["allow_unreachable"] = allow_unreachable
+    report["exit_code"] = exit_code(report, allow_unreachable)
+    report["seconds"] = round(time.monotonic() - started, 2)
+    return report
+
+
+def render_table(report: dict[str, Any], console: Console) -> None:
+    """The report for a terminal: the headline, then a table of diverging paths and lists of the rest."""
+    style = "green" if report["identical"] else "bold red"
+    console.print(headline(report), style=style, markup=False, highlight=False)
+    rows = [(name, item) for name, folder in report["folders"].items() for item in folder["diverging"]]
+    if rows:
+        table = Table("path", *report["nodes"], title="diverging paths (short sha256, or missing)")
+        for name, item in rows[:TABLE_ROWS]:
+            held = cells(item)
+            table.add_row(f"{name}:{item['path']}", *(held.get(node, "") for node in report["nodes"]))
+        console.print(table)
+        if len(rows) > TABLE_ROWS:
+            console.print(f"... and {len(rows) - TABLE_ROWS} more diverging paths (--json lists them all)")
+    for line in render_lines(report, paths=False)[1:]:
+        console.print(line, markup=False, highlight=False)
+
+
+def run(inventory: Path | None, as_json: bool, allow_unreachable: bool, echo: Callable[[str], Any]) -> int:
+    """`meshctl verify`: print the report (a table, plain lines when not on a terminal, or JSON); the exit
+    code is 0 only when every reachable replica is identical and no node is unreachable (unless allowed)."""
+    report = verify(resolve_inventory(inventory), allow_unreachable)
+    if as_json:
+        echo(json.dumps(report, indent=2))
+    else:
+        console = Console()
+        if console.is_terminal:
+            render_table(report, console)
+        else:
+            for line in render_lines(report, limit=TABLE_ROWS):
+                echo(line)
+    return int(report["exit_code"])
