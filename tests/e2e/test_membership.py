@@ -124,3 +124,15 @@ def test_grow_to_five_then_remove_a_paused_node(mesh: Mesh, tmp_path: Path) -> N
     _run(mesh_file, "sync.yml")
     for node in survivors:
         assert "./from-the-removed.txt" not in mesh.digest(node), node
+
+    # node2 comes back under the same name: a new key, no stale archive, no conflict copy.
+    old_key = mesh.lab.sh("node2", "cat /var/lib/replimesh/.ssh/id_ed25519.pub").split()[1]
+    _write_mesh_file(mesh, mesh_file, five)
+    _run(mesh_file, "add-node.yml", "-e", "node=node2")
+    new_key = mesh.lab.sh("node2", "cat /var/lib/replimesh/.ssh/id_ed25519.pub").split()[1]
+    assert new_key != old_key
+    _run(mesh_file, "sync.yml")
+    final = mesh.digest("node1")
+    assert "./from-the-removed.txt" in final  # what it wrote while out now joins, as a new file
+    assert all(mesh.digest(n) == final for n in five)
+    assert _conflict_copies(mesh, five) == {}
