@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,7 +59,13 @@ def run_playbook(
         inventory=str(inventory.resolve()),
         extravars=extravars or {},
         quiet=quiet,
-        envvars={"ANSIBLE_CONFIG": str(PROJECT_ROOT / "ansible.cfg"), "ANSIBLE_FORCE_COLOR": "0"},
+        envvars={
+            "ANSIBLE_CONFIG": str(PROJECT_ROOT / "ansible.cfg"),
+            "ANSIBLE_FORCE_COLOR": "0",
+            # ansible-runner starts `ansible-playbook` from PATH: this venv's, even when meshctl was
+            # started by its path with the venv not on PATH.
+            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+        },
     )
     stdout = log_dir / "ansible.log"
     stdout.write_text(runner.stdout.read() if runner.stdout else "")

@@ -4,9 +4,7 @@ compares the digests with the core (mesh_plugins.module_utils.mesh_digest) and r
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -39,11 +37,6 @@ def resolve_inventory(inventory: Path | None) -> Path:
 
 def gather(inventory: Path, allow_unreachable: bool) -> dict[str, Any]:
     """Run verify.yml (quiet) and return the digests it wrote: {digests, unreachable, failed}."""
-    # ansible-runner starts `ansible-playbook` from PATH: let it be this venv's, even when meshctl was
-    # started by its path with the venv not on PATH.
-    bindir = str(Path(sys.executable).parent)
-    if bindir not in os.environ.get("PATH", "").split(os.pathsep):
-        os.environ["PATH"] = os.pathsep.join([bindir, os.environ.get("PATH", "")])
     work = Path(tempfile.mkdtemp(prefix="meshctl-verify-"))
     output = work / "digests.json"
     extravars = {"verify_output": str(output), "verify_allow_unreachable": allow_unreachable}
