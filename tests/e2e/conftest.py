@@ -54,8 +54,14 @@ class Mesh:
         return all(d == digests[0] for d in digests)
 
     def reset(self) -> None:
+        """Empty every replica and forget the archives: the next round starts as a first sync, so a
+        file name reused by the next test is new everywhere, not a modify-versus-delete conflict."""
         for node in self.nodes:
-            self.lab.sh(node, f"find {FOLDER} -mindepth 1 ! -name {MARKER} -delete")
+            self.lab.sh(
+                node,
+                f"find {FOLDER} -mindepth 1 ! -name {MARKER} -delete;"
+                " find /var/lib/replimesh/unison -mindepth 2 -maxdepth 2 -name '[af][rp][0-9a-f]*' -delete",
+            )
 
 
 def recap(output: str) -> dict[str, dict[str, int]]:
