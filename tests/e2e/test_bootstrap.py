@@ -59,6 +59,7 @@ def test_paused_node_blocks_nobody(mesh: Mesh) -> None:
         elapsed = time.monotonic() - started
     finally:
         mesh.lab.lab.fault("unpause", "node3")
+    print(f"sync.yml with node3 paused: {elapsed:.1f} s")
     assert elapsed < 60, f"sync.yml took {elapsed:.0f}s with node3 paused"
     assert proc.returncode != 0, "a round with an unreachable node must not report success"
     assert re.search(r"unreachable node3", proc.stdout), proc.stdout[-3000:]
