@@ -149,6 +149,25 @@ def verify(
     raise typer.Exit(code)
 
 
+@app.command("simulate")
+def simulate(
+    nodes: Annotated[int, typer.Option("--nodes", help="How many (made-up) nodes.")],
+    degree: Annotated[int | None, typer.Option(help="Overlay k; default max(2, ceil(log2 N)).")] = None,
+    kind: Annotated[str, typer.Option(help="overlay | full")] = "overlay",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Build a topology for N nodes and measure it: degrees, diameter, connectivity, churn per join/leave."""
+    from replimesh.simulate import SimulateError, as_text
+    from replimesh.simulate import as_json as report_json
+    from replimesh.simulate import simulate as run_simulation
+
+    try:
+        report = run_simulation(nodes, degree, kind)
+    except SimulateError as exc:
+        _fail(str(exc))
+    typer.echo(report_json(report) if as_json else as_text(report))
+
+
 def main() -> None:  # pragma: no cover - console entry for `python -m replimesh`
     os.environ.setdefault("ANSIBLE_FORCE_COLOR", "0")
     app()

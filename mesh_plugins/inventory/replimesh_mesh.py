@@ -58,7 +58,9 @@ options:
       - Node names match C(^[a-z0-9][a-z0-9_-]{0,62}$); addresses are IP literals or DNS names, unique.
     type: raw
   topology:
-    description: Mapping C({kind}); the only kind so far is C(full) (every pair of nodes syncs).
+    description: >-
+      Mapping C({kind, degree}): C(full), every pair of nodes syncs; or C(overlay), each node syncs
+      with O(degree) peers (degree defaults to max(2, ceil(log2 N))).
     type: raw
   sync:
     description:

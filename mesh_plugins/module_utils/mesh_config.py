@@ -24,13 +24,18 @@ DEFAULT_SCHEDULE = "*/15 * * * *"
 SYNC_MODES = ("cron", "watch")
 # Kept in step with mesh_topology.TOPOLOGY_BUILDERS (a unit test checks it); not imported from there because
 # mesh_topology depends on this module.
-TOPOLOGY_KINDS = ("full",)
+TOPOLOGY_KINDS = ("full", "overlay")
+# `degree` (the overlay's k) exists for the overlay only; with kind full it is rejected, not ignored, so a
+# file that asks for a sparse mesh never silently gets the full one.
+MIN_OVERLAY_DEGREE = 2
+MAX_OVERLAY_DEGREE = 1024
 MIN_NODES = 2
 
 TOP_KEYS = ("plugin", "user", "folders", "nodes", "topology", "sync", "vars")
 FOLDER_KEYS = ("name", "path", "ignore")
 NODE_KEYS = ("address", "port", "groups", "vars")
 TOPOLOGY_KEYS = ("kind",)
+OVERLAY_KEYS = ("kind", "degree")
 SYNC_KEYS = ("mode", "schedule", "concurrency", "timeout", "connect_timeout")
 
 USER_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
@@ -120,6 +125,8 @@ class Mesh:
     folders: tuple[Folder, ...]
     nodes: tuple[Node, ...]  # sorted by name
     topology_kind: str = "full"
+    # The overlay's k; None means mesh_topology.default_degree(len(nodes)). Always None for kind full.
+    topology_degree: int | None = None
     sync: SyncSettings = field(default_factory=SyncSettings)
     vars: dict[str, Any] = field(default_factory=dict, hash=False)
 
@@ -143,11 +150,13 @@ def parse_mesh(data: object, *, extra_keys: Collection[str] = ()) -> Mesh:
     _check_keys("", top, (*TOP_KEYS, *extra_keys))
     if top.get("plugin") is not None:
         _string("plugin", top["plugin"])
+    topology_kind, topology_degree = _parse_topology(_optional(top, "topology", {}))
     return Mesh(
         user=_parse_user(_optional(top, "user", DEFAULT_USER)),
         folders=_parse_folders(top.get("folders")),
         nodes=_parse_nodes(top.get("nodes")),
-        topology_kind=_parse_topology(_optional(top, "topology", {})),
+        topology_kind=topology_kind,
+        topology_degree=topology_degree,
         sync=_parse_sync(_optional(top, "sync", {})),
         vars=_parse_vars("vars", _optional(top, "vars", {})),
     )
@@ -227,12 +236,25 @@ def _parse_nodes(value: object) -> tuple[Node, ...]:
     return tuple(nodes)
 
 
-def _parse_topology(value: object) -> str:
+def _parse_topology(value: object) -> tuple[str, int | None]:
+    """(kind, overlay degree or None). `degree` is an overlay key: with kind full it is an error."""
     raw = _mapping("topology", value, "a mapping such as {kind: full}")
-    _check_keys("topology", raw, TOPOLOGY_KEYS)
-    return _choice(
+    if raw.get("kind") != "overlay":
+        _check_keys("topology", {name: v for name, v in raw.items() if name != "degree"}, TOPOLOGY_KEYS)
+    kind = _choice(
         "topology.kind", _optional(raw, "kind", TOPOLOGY_KINDS[0]), TOPOLOGY_KINDS, "topology kind"
     )
+    if kind != "overlay":
+        if raw.get("degree") is not None:
+            raise MeshConfigError(
+                "topology.degree", f"applies only to kind overlay, not {kind}; remove it or set kind: overlay"
+            )
+        return kind, None
+    _check_keys("topology", raw, OVERLAY_KEYS)
+    degree = raw.get("degree")
+    if degree is None:
+        return kind, None
+    return kind, _integer("topology.degree", degree, MIN_OVERLAY_DEGREE, MAX_OVERLAY_DEGREE)
 
 
 def _parse_sync(value: object) -> SyncSettings:

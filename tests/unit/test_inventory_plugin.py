@@ -180,7 +180,7 @@ def test_example_inventory_parses() -> None:
     ("data", "fragment"),
     [
         (mesh_data(folders=[{"name": "etc", "path": "/etc/app"}]), "folders[0].path: "),
-        (mesh_data(topology={"kind": "overlay"}), "topology.kind: "),
+        (mesh_data(topology={"kind": "ring"}), "topology.kind: "),
         (mesh_data(vars={"mesh_user": "x"}), "vars.mesh_user: "),
         (mesh_data(nodes={"node1": {"address": "10.0.0.1"}}), "nodes: a mesh needs at least 2 nodes"),
         (mesh_data(nodez={}), "nodez: unknown key"),

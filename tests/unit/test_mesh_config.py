@@ -231,7 +231,15 @@ def test_top_level_must_be_a_mapping(data: object) -> None:
         ("nodes.node1.vars", {"mesh_peers": []}, "nodes.node1.vars.mesh_peers", "computed by the plugin"),
         # topology, sync, vars
         ("topology", "full", "topology", "must be a mapping"),
-        ("topology", {"kind": "overlay"}, "topology.kind", "known: full"),
+        ("topology", {"kind": "ring"}, "topology.kind", "known: full, overlay"),
+        ("topology", {"kind": "overlay", "seed": 1}, "topology.seed", "allowed keys: degree, kind"),
+        ("topology", {"kind": "overlay", "degree": 1}, "topology.degree", "between 2 and 1024"),
+        ("topology", {"kind": "overlay", "degree": 1025}, "topology.degree", "between 2 and 1024"),
+        ("topology", {"kind": "overlay", "degree": "3"}, "topology.degree", "must be an integer"),
+        ("topology", {"kind": "overlay", "degree": 2.5}, "topology.degree", "must be an integer"),
+        ("topology", {"kind": "overlay", "degree": True}, "topology.degree", "must be an integer"),
+        ("topology", {"kind": "full", "degree": 3}, "topology.degree", "applies only to kind overlay"),
+        ("topology", {"degree": 3}, "topology.degree", "applies only to kind overlay"),
         ("topology", {"kind": 1}, "topology.kind", "must be a string"),
         ("sync", ["cron"], "sync", "must be a mapping"),
         ("sync", {"mode": "inotify"}, "sync.mode", "known: cron, watch"),
@@ -253,6 +261,22 @@ def test_bad_value_names_its_key(path: str, value: object, key: str, fragment: s
     assert err.key == key
     assert fragment in str(err)
     assert str(err).startswith(f"{key}: ")
+
+
+@pytest.mark.parametrize(
+    ("topology", "kind", "degree"),
+    [
+        ({"kind": "overlay"}, "overlay", None),
+        ({"kind": "overlay", "degree": None}, "overlay", None),
+        ({"kind": "overlay", "degree": 2}, "overlay", 2),
+        ({"kind": "overlay", "degree": 1024}, "overlay", 1024),
+        ({"kind": "full", "degree": None}, "full", None),
+        ({}, "full", None),
+    ],
+)
+def test_topology_kind_and_overlay_degree(topology: dict[str, Any], kind: str, degree: int | None) -> None:
+    mesh = parse_mesh(with_value("topology", topology))
+    assert (mesh.topology_kind, mesh.topology_degree) == (kind, degree)
 
 
 @pytest.mark.parametrize("key", [1, None, True, ("a",)])
