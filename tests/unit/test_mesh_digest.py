@@ -3,14 +3,10 @@ cache, the comparison of every node's digest, and the module through AnsibleModu
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import importlib
 import json
 import os
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -20,20 +16,9 @@ from ansible.module_utils import basic
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mesh_plugins.module_utils import mesh_digest as core
+from tests.unit.module_harness import load_module, patch_module_args
 
-sys.modules.setdefault("ansible.module_utils.mesh_digest", core)
-module = importlib.import_module("mesh_plugins.modules.mesh_digest")
-
-try:
-    from ansible.module_utils.testing import patch_module_args
-except ImportError:  # ansible-core < 2.19
-
-    @contextlib.contextmanager
-    def patch_module_args(args: dict[str, Any] | None = None) -> Iterator[None]:
-        payload = json.dumps({"ANSIBLE_MODULE_ARGS": args or {}}).encode()
-        with mock.patch.object(basic, "_ANSIBLE_ARGS", payload):
-            yield
+core, module = load_module("mesh_digest")
 
 
 LATER = time.time_ns() + 60 * 10**9  # a digest "a minute from now": no file counts as just changed

@@ -8,13 +8,9 @@ mesh user, so these tests run as root (as ``make test`` does); ``daemon`` stands
 from __future__ import annotations
 
 import base64
-import contextlib
-import importlib
 import json
 import os
 import stat
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -22,20 +18,9 @@ from unittest import mock
 import pytest
 from ansible.module_utils import basic
 
-from mesh_plugins.module_utils import mesh_member as core
+from tests.unit.module_harness import load_module, patch_module_args
 
-sys.modules.setdefault("ansible.module_utils.mesh_member", core)
-mesh_member = importlib.import_module("mesh_plugins.modules.mesh_member")
-
-try:
-    from ansible.module_utils.testing import patch_module_args
-except ImportError:  # ansible-core < 2.19
-
-    @contextlib.contextmanager
-    def patch_module_args(args: dict[str, Any] | None = None) -> Iterator[None]:
-        payload = json.dumps({"ANSIBLE_MODULE_ARGS": args or {}}).encode()
-        with mock.patch.object(basic, "_ANSIBLE_ARGS", payload):
-            yield
+core, mesh_member = load_module("mesh_member")
 
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="chowns files to root and the mesh user")
