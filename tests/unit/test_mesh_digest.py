@@ -21,7 +21,12 @@ from tests.unit.module_harness import load_module, patch_module_args
 core, module = load_module("mesh_digest")
 
 
-LATER = time.time_ns() + 60 * 10**9  # a digest "a minute from now": no file counts as just changed
+def later() -> int:
+    """A digest "a minute from now": no file counts as just changed. Computed per call, since the suite
+    may reach these tests long after it imported them."""
+    return time.time_ns() + 60 * 10**9
+
+
 NODES = ["node1", "node2", "node3", "node4", "node5"]
 
 
@@ -45,7 +50,7 @@ def folder(tmp_path: Path) -> Path:
 
 
 def digest(root: Path, *ignore: str, **kw: Any) -> core.FolderDigest:
-    return core.digest_folder(str(root), ignore, now_ns=kw.pop("now_ns", LATER), **kw)
+    return core.digest_folder(str(root), ignore, now_ns=kw.pop("now_ns", None) or later(), **kw)
 
 
 # ---- the digest of one folder ----
@@ -383,7 +388,7 @@ def test_the_module_digests_caches_and_changes_nothing_in_check_mode(tmp_path: P
     checked = run(args, check=True)
     assert checked["changed"] is False and checked["hashed"] == 1 and not cache_dir.exists()
     assert checked["folders"]["shared"]["files"] == {"a.txt": [1, "0644", sha(b"a")]}
-    with mock.patch.object(core.time, "time_ns", return_value=LATER):
+    with mock.patch.object(core.time, "time_ns", return_value=later()):
         first = run(args)
         second = run({**args, "files": False})
     assert (first["hashed"], second["hashed"]) == (1, 0) and (cache_dir / "shared.json").is_file()
