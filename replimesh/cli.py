@@ -149,6 +149,27 @@ def verify(
     raise typer.Exit(code)
 
 
+@app.command("status")
+def status(
+    inventory: Annotated[
+        Path | None, typer.Option("-i", "--inventory", help="The mesh file (default: .lab/lab.mesh.yml).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    max_lag: Annotated[
+        int, typer.Option("--max-lag", help="Seconds an edge's last success may be old and still healthy.")
+    ] = 86400,
+) -> None:
+    """Is the whole mesh healthy? Nodes (reachable, Unison, markers, cron) and edges (last success, lag,
+    files, conflicts, last error); exit 0 only when everything is."""
+    from replimesh.status import StatusError, run
+
+    try:
+        code = run(inventory, as_json, max_lag, typer.echo)
+    except StatusError as exc:
+        _fail(str(exc))
+    raise typer.Exit(code)
+
+
 @app.command("simulate")
 def simulate(
     nodes: Annotated[int, typer.Option("--nodes", help="How many (made-up) nodes.")],

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from .mesh_cleanup import clean_stale_temps, due
+from .mesh_metrics import render_metrics
 from .mesh_status import (
     HARMLESS_KINDS,
     UnisonRun,
@@ -56,6 +57,7 @@ DEFAULTS: dict[str, Any] = {
     "unison_dir": "/var/lib/replimesh/unison",
     "state_dir": "/var/lib/replimesh/state",
     "log_file": "/var/log/replimesh/sync.log",
+    # metrics_file: default {state_dir}/metrics/replimesh.prom (see parse_config)
 }
 # Names become file names (profiles, locks, status files): the same narrow alphabet as mesh_config's,
 # repeated here because the node gets this package without mesh_config.
@@ -65,6 +67,9 @@ CLEANUP_EVERY_S = 3600.0  # how often a node looks for stale Unison temporary en
 KILL_GRACE_S = 5.0  # between SIGTERM and SIGKILL of a timed-out Unison's process group
 LOG_TAIL_LINES = 20
 DIR_MODE = 0o750
+# node_exporter (another user) reads the metrics textfile.
+METRICS_DIR_MODE = 0o755
+METRICS_FILE_MODE = 0o644
 
 
 class ConfigError(Exception):
@@ -107,6 +112,7 @@ class Config:
     unison_dir: str
     state_dir: str
     log_file: str
+    metrics_file: str = ""
 
 
 def _require(valid: bool, where: str, what: str, value: object) -> None:
@@ -189,6 +195,9 @@ def parse_config(data: object) -> Config:
         unison_dir=_abs_path(top["unison_dir"], "unison_dir"),
         state_dir=_abs_path(top["state_dir"], "state_dir"),
         log_file=_abs_path(top["log_file"], "log_file"),
+        metrics_file=_abs_path(
+            top.get("metrics_file", f"{top['state_dir']}/metrics/replimesh.prom"), "metrics_file"
+        ),
     )
 
 
@@ -393,6 +402,23 @@ class Runner:
             futures = [pool.submit(self._sync_edge_safely, peer) for peer in peers]
             return [future.result() for future in futures]
 
+    def write_metrics(self) -> Path | None:
+        """Render every edge's status file (not only this run's) as the node's Prometheus textfile."""
+        if not self.config.metrics_file:
+            return None
+        records = [
+            record
+            for path in sorted((self.state / "status").glob("*.json"))
+            if (record := read_json(path)) is not None
+        ]
+        markers = {f.name: (Path(f.path) / self.config.marker).exists() for f in self.config.folders}
+        target = Path(self.config.metrics_file)
+        target.parent.mkdir(mode=METRICS_DIR_MODE, parents=True, exist_ok=True)
+        with contextlib.suppress(OSError):  # mkdir's mode is cut by the umask; a dir not ours stays as is
+            target.parent.chmod(METRICS_DIR_MODE)
+        write_text_atomic(target, render_metrics(records, markers), METRICS_FILE_MODE)
+        return target
+
     def _sync_edge_safely(self, peer: Peer) -> dict[str, Any]:
         now = time.time()
         try:
@@ -412,14 +438,19 @@ def read_json(path: Path) -> dict[str, Any] | None:
 
 def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
     """Readers see the old file or the new one, never half of one."""
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n", 0o640)
+
+
+def write_text_atomic(path: Path, text: str, mode: int) -> None:
+    """Readers see the old file or the new one, never half of one. The temporary file's name starts with
+    a dot and ends in .tmp, so node_exporter (which reads only *.prom) never reads a half-written one."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, sort_keys=True)
-            handle.write("\n")
+            handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(tmp, 0o640)
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -507,6 +538,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"replimesh-sync: cannot create the state or log directories: {exc}", file=sys.stderr)
         return 2
     edges = runner.run(peers)
+    try:
+        runner.write_metrics()
+    except OSError as exc:  # the sync itself went through: say so, and let the exit code be the edges'
+        print(f"replimesh-sync: cannot write the metrics file: {exc}", file=sys.stderr)
     summary = summarize(edges)
     report = {"node": config.node, "edges": edges, "summary": summary}
     print(json.dumps(report) if args.json else render_table(config.node, edges, summary))

@@ -392,7 +392,7 @@ def test_installs_as_replimesh_node_and_needs_only_the_standard_library(tmp_path
     package = tmp_path / "lib" / "replimesh_node"
     package.mkdir(parents=True)
     (package / "__init__.py").touch()
-    for name in ("mesh_cleanup.py", "mesh_status.py", "mesh_runner.py"):
+    for name in ("mesh_cleanup.py", "mesh_metrics.py", "mesh_status.py", "mesh_runner.py"):
         shutil.copy(MODULE_UTILS / name, package / name)
     python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
     script = (

@@ -1,0 +1,189 @@
+"""Is the mesh healthy? Per-node and per-edge health from what every node reported, and one verdict.
+
+Pure and standard library only: ``status.yml`` runs it on the control node (through the
+``mesh_node_status`` module) and ``meshctl status`` reads its report.
+
+Each node reports (``mesh_node_status``): its peers (from mesh.json), its edges' status records, the Unison
+version, each folder's marker, and whether its cron job is installed. An edge's record is on the node that
+last ran it (usually the initiator), so an edge is judged by the freshest record from either end. The
+edges expected are those that any reachable node lists as an active peer; an edge that has no record at
+all has never run, and is unhealthy like one that has never succeeded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+DEFAULT_MAX_LAG = 86400
+# The last run synced the edge; a skipped path or a failure needs attention.
+HEALTHY_RESULTS = frozenset({"ok", "conflict"})
+
+
+def timestamp(value: object) -> float | None:
+    """Unix time of an ISO 8601 UTC time as the status records write it ("...Z"); None if not one."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed.timestamp() if parsed.tzinfo else None
+
+
+def node_health(name: str, fact: Mapping[str, Any] | None) -> dict[str, Any]:
+    """One node's row: reachable, Unison version, markers, cron, and the problems that make it unhealthy.
+
+    `fact` is the node's registered mesh_node_status result; empty or None when the node was not reached.
+    """
+    if not fact or fact.get("unreachable"):
+        reason = str((fact or {}).get("msg") or "not reached").strip().rstrip(":")
+        return {"node": name, "reachable": False, "healthy": False, "problems": [f"unreachable: {reason}"]}
+    row: dict[str, Any] = {
+        "node": name,
+        "reachable": True,
+        "unison": fact.get("unison_version"),
+        "mode": fact.get("mode", "cron"),
+        "cron": bool(fact.get("cron")),
+        "folders": {f["name"]: bool(f.get("marker")) for f in fact.get("folders") or []},
+    }
+    problems = []
+    if fact.get("failed"):
+        problems.append(f"status not read: {fact.get('msg') or 'the module failed'}")
+    if not row["unison"]:
+        problems.append("unison not found")
+    problems += [f"folder {folder}: marker missing" for folder, ok in row["folders"].items() if not ok]
+    if row["mode"] == "cron" and not row["cron"] and not fact.get("failed"):
+        problems.append("cron job missing")
+    row["problems"] = problems
+    row["healthy"] = not problems
+    return row
+
+
+def _freshest(records: list[tuple[str, Mapping[str, Any]]]) -> tuple[str, Mapping[str, Any]] | None:
+    def finish(item: tuple[str, Mapping[str, Any]]) -> float:
+        return timestamp(item[1].get("last_finish")) or 0.0
+
+    return max(records, key=finish) if records else None
+
+
+def edge_health(
+    pair: tuple[str, str],
+    records: list[tuple[str, Mapping[str, Any]]],
+    now: float,
+    max_lag: float,
+    unreached: frozenset[str] = frozenset(),
+) -> dict[str, Any]:
+    """One edge's row from the records its two ends hold (node, record); `unreached`: nodes not heard from."""
+    row: dict[str, Any] = {"pair": list(pair), "edge": f"{pair[0]}<->{pair[1]}"}
+    found = _freshest(records)
+    if found is None:
+        # The record may be on an end that did not answer: then nobody knows, rather than "never".
+        silent = [node for node in pair if node in unreached]
+        row.update(
+            reported_by=None,
+            result="unknown" if silent else "never",
+            last_success=None,
+            last_finish=None,
+            lag_s=None,
+            files_changed=0,
+            conflicts=[],
+            error=None,
+            healthy=False,
+            problems=[f"no record ({', '.join(silent)} unreachable)" if silent else "never synced"],
+        )
+        return row
+    node, record = found
+    success = timestamp(record.get("last_success"))
+    lag = round(max(now - success, 0.0), 1) if success is not None else None
+    conflicts = record.get("conflicts")
+    row.update(
+        reported_by=node,
+        result=record.get("result", "failed"),
+        last_success=record.get("last_success"),
+        last_finish=record.get("last_finish"),
+        lag_s=lag,
+        files_changed=int(record.get("files_changed") or 0),
+        conflicts=list(conflicts) if isinstance(conflicts, list) else [],
+        error=record.get("error"),
+    )
+    problems = []
+    if row["result"] not in HEALTHY_RESULTS:
+        problems.append(f"last run {row['result']}" + (f": {row['error']}" if row["error"] else ""))
+    if lag is None:
+        problems.append("never succeeded")
+    elif lag > max_lag:
+        problems.append(f"last success {lag:.0f} s ago (more than {max_lag:g} s)")
+    row["problems"] = problems
+    row["healthy"] = not problems
+    return row
+
+
+def mesh_health(
+    facts: Mapping[str, Mapping[str, Any] | None], now: float, max_lag: float = DEFAULT_MAX_LAG
+) -> dict[str, Any]:
+    """The whole mesh: nodes (in the order given), edges (sorted by pair), problems, and the verdict."""
+    nodes = [node_health(name, fact) for name, fact in facts.items()]
+    reached = {row["node"]: facts[row["node"]] or {} for row in nodes if row["reachable"]}
+    by_pair: dict[tuple[str, str], list[tuple[str, Mapping[str, Any]]]] = {}
+    for name, fact in reached.items():
+        for peer in fact.get("peers") or []:
+            if peer.get("active", True) and isinstance(peer.get("name"), str):
+                by_pair.setdefault(_pair(name, peer["name"]), [])
+    for name, fact in reached.items():
+        for record in fact.get("edges") or []:
+            if isinstance(record, Mapping) and isinstance(record.get("peer"), str):
+                pair = _pair(name, record["peer"])
+                if pair in by_pair:  # a record of a removed edge is history, not part of the mesh
+                    by_pair[pair].append((name, record))
+    unreached = frozenset(row["node"] for row in nodes if not row["reachable"])
+    edges = [edge_health(pair, by_pair[pair], now, max_lag, unreached) for pair in sorted(by_pair)]
+    problems = [f"{row['node']}: {problem}" for row in nodes for problem in row["problems"]]
+    problems += [f"{row['edge']}: {problem}" for row in edges for problem in row["problems"]]
+    return {
+        "healthy": not problems,
+        "max_lag": max_lag,
+        "nodes": nodes,
+        "edges": edges,
+        "conflicts": sum(len(row["conflicts"]) for row in edges),
+        "problems": problems,
+    }
+
+
+def _pair(a: str, b: str) -> tuple[str, str]:
+    return (a, b) if a <= b else (b, a)
+
+
+def headline(report: Mapping[str, Any]) -> str:
+    nodes, edges = report["nodes"], report["edges"]
+    up = sum(1 for row in nodes if row["reachable"])
+    good = sum(1 for row in edges if row["healthy"])
+    state = "healthy" if report["healthy"] else f"UNHEALTHY ({len(report['problems'])} problems)"
+    return (
+        f"{state}: {up}/{len(nodes)} nodes reachable, {good}/{len(edges)} edges in sync, "
+        f"{report['conflicts']} conflicts in the last runs"
+    )
+
+
+def render_lines(report: Mapping[str, Any]) -> list[str]:
+    """A short plain-text summary: the headline, a line per node and per edge, then the problems."""
+    lines = [headline(report)]
+    for row in report["nodes"]:
+        if not row["reachable"]:
+            lines.append(f"node {row['node']}: UNREACHABLE")
+            continue
+        markers = ",".join(f"{name}={'ok' if ok else 'MISSING'}" for name, ok in row["folders"].items())
+        cron = "present" if row["cron"] else "MISSING"
+        lines.append(
+            f"node {row['node']}: unison {row['unison'] or '-'}, markers {markers or '-'}, cron {cron}"
+        )
+    for row in report["edges"]:
+        lag = "-" if row["lag_s"] is None else f"{row['lag_s']:.0f} s ago"
+        lines.append(
+            f"edge {row['edge']}: {row['result']}, last success {lag}, {row['files_changed']} files, "
+            f"{len(row['conflicts'])} conflicts"
+            + (f" ({', '.join(row['conflicts'])})" if row["conflicts"] else "")
+        )
+    lines += [f"problem: {problem}" for problem in report["problems"]]
+    return lines

@@ -1,0 +1,239 @@
+#!/usr/bin/python
+"""Ansible module: read a node's sync status, or judge the whole mesh's health on the controller."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: mesh_node_status
+short_description: Read a replimesh node's sync status, or judge the health of the whole mesh
+description:
+  - Without O(nodes), runs on a node (as root) and reads what its sync runner recorded - every edge's
+    status file (C(STATE_DIR/status/PEER.json)), the node's peer list and folders (O(config)), the Unison
+    version, whether each folder's marker file is present, and whether the cron job is installed.
+    It only reads, so it reports C(changed=false) and works in check mode.
+  - With O(nodes), runs on the controller and judges the mesh from the registered results of every node
+    (an unreachable node's result too), with the same core that C(meshctl status) uses. Healthy means every
+    node reachable, every folder marker present, the cron job installed, and every edge's freshest record
+    (from either end) an C(ok) or C(conflict) run with a last success within O(max_lag) seconds.
+options:
+  config:
+    description: The node's peer list and settings, as written by the control node.
+    type: path
+    default: /etc/replimesh/mesh.json
+  state_dir:
+    description: The runner's state directory (its C(status/) holds a record per edge).
+    type: path
+    default: /var/lib/replimesh/state
+  unison:
+    description: The Unison binary whose version is reported.
+    type: path
+    default: /usr/bin/unison
+  cron_file:
+    description: The cron file that holds the node's sync job.
+    type: path
+    default: /etc/cron.d/replimesh
+  mode:
+    description: How the node syncs; with V(cron) a missing cron job makes the node unhealthy.
+    type: str
+    default: cron
+  nodes:
+    description:
+      - Node name -> the registered result of this module's node run on that node (an empty one or an
+        unreachable one means the node was not reached). Mutually exclusive with the node options' use.
+    type: dict
+  max_lag:
+    description: With O(nodes), how many seconds an edge's last success may be old and still healthy.
+    type: int
+    default: 86400
+  output:
+    description: With O(nodes), also write the report as JSON to this file on the controller (mode 0600).
+    type: path
+author: replimesh
+"""
+
+EXAMPLES = r"""
+- name: Read this node's sync status
+  mesh_node_status:
+  register: mesh_node_status_result
+  ignore_unreachable: true
+
+- name: Judge the mesh (on the controller)
+  mesh_node_status:
+    nodes: "{{ dict(groups['mesh'] | zip(groups['mesh'] | map('extract', hostvars)
+               | map(attribute='mesh_node_status_result', default={}))) }}"
+    max_lag: 3600
+  register: status_report
+  delegate_to: localhost
+  run_once: true
+"""
+
+RETURN = r"""
+node:
+  description: The node's mesh name (from O(config)).
+  returned: without nodes
+  type: str
+peers:
+  description: The node's peers from O(config) (name, initiator, active).
+  returned: without nodes
+  type: list
+  elements: dict
+edges:
+  description: The node's edge status records, as the runner wrote them (peer, last_start, last_finish,
+    last_success, result, files_changed, conflicts, error, duration_s, first_sync).
+  returned: without nodes
+  type: list
+  elements: dict
+folders:
+  description: The node's folders with whether their marker file is present.
+  returned: without nodes
+  type: list
+  elements: dict
+  sample: [{"name": "shared", "path": "/srv/replimesh/shared", "marker": true}]
+unison_version:
+  description: The version Unison reports (e.g. C(2.52.1)), or null when it cannot be run.
+  returned: without nodes
+  type: str
+cron:
+  description: Whether the cron file holds an active sync job.
+  returned: without nodes
+  type: bool
+report:
+  description: The mesh's health (healthy, nodes, edges, conflicts, problems, max_lag).
+  returned: with nodes
+  type: dict
+healthy:
+  description: Whether the whole mesh is healthy.
+  returned: with nodes
+  type: bool
+lines:
+  description: The report as text lines, for a person.
+  returned: with nodes
+  type: list
+  elements: str
+"""
+
+import glob
+import json
+import os
+import re
+import tempfile
+import time
+from typing import Any
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.mesh_health import mesh_health, render_lines
+
+VERSION_RE = re.compile(r"version\s+(\S+)")
+CRON_JOB = "replimesh-sync"
+
+
+def _read_json(path: str) -> Any:
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def _cron_present(path: str) -> bool:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return False
+    return any(CRON_JOB in line and not line.lstrip().startswith("#") for line in lines)
+
+
+def node_status(module: AnsibleModule) -> dict[str, Any]:
+    params = module.params
+    try:
+        config = _read_json(params["config"])
+    except (OSError, ValueError) as exc:
+        module.fail_json(msg=f"cannot read {params['config']} ({exc}); is the node bootstrapped?")
+    if not isinstance(config, dict):
+        module.fail_json(msg=f"{params['config']} is not a JSON object; run bootstrap.yml again")
+    marker = config.get("marker", ".replimesh-folder")
+    folders = [
+        {
+            "name": folder.get("name"),
+            "path": folder.get("path"),
+            "marker": os.path.exists(os.path.join(str(folder.get("path")), marker)),
+        }
+        for folder in config.get("folders") or []
+        if isinstance(folder, dict)
+    ]
+    peers = [
+        {"name": p.get("name"), "initiator": bool(p.get("initiator")), "active": p.get("active", True)}
+        for p in config.get("peers") or []
+        if isinstance(p, dict)
+    ]
+    edges = []
+    for path in sorted(glob.glob(os.path.join(params["state_dir"], "status", "*.json"))):
+        try:
+            record = _read_json(path)
+        except (OSError, ValueError) as exc:
+            module.warn(f"{path} is not readable JSON ({exc}); it is left out")
+            continue
+        if isinstance(record, dict):
+            edges.append(record)
+    version = None
+    if os.access(params["unison"], os.X_OK):
+        rc, out, err = module.run_command([params["unison"], "-version"])
+        match = VERSION_RE.search(out + err)
+        version = match.group(1) if rc == 0 and match else None
+    return {
+        "changed": False,
+        "node": config.get("node"),
+        "peers": peers,
+        "edges": edges,
+        "folders": folders,
+        "unison_version": version,
+        "mode": params["mode"],
+        "cron": _cron_present(params["cron_file"]),
+        "now": time.time(),
+    }
+
+
+def _write_output(module: AnsibleModule, path: str, report: dict[str, Any]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=".mesh-status-", dir=os.path.dirname(path) or ".")
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(report, handle, indent=2)
+    module.atomic_move(tmp, path)
+    os.chmod(path, 0o600)
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec={
+            "config": {"type": "path", "default": "/etc/replimesh/mesh.json"},
+            "state_dir": {"type": "path", "default": "/var/lib/replimesh/state"},
+            "unison": {"type": "path", "default": "/usr/bin/unison"},
+            "cron_file": {"type": "path", "default": "/etc/cron.d/replimesh"},
+            "mode": {"type": "str", "default": "cron"},
+            "nodes": {"type": "dict"},
+            "max_lag": {"type": "int", "default": 86400},
+            "output": {"type": "path"},
+        },
+        supports_check_mode=True,
+    )
+    params = module.params
+    if params["nodes"] is None:
+        module.exit_json(**node_status(module))
+    if params["max_lag"] <= 0:
+        module.fail_json(msg=f"max_lag must be a positive number of seconds (got {params['max_lag']})")
+    report = mesh_health(params["nodes"], time.time(), params["max_lag"])
+    if params["output"]:
+        try:
+            _write_output(module, params["output"], report)
+        except OSError as exc:
+            module.fail_json(msg=f"could not write {params['output']}: {exc}")
+    args = {key: value for key, value in params.items() if key != "nodes"}
+    module.exit_json(
+        changed=False,
+        invocation={"module_args": args},
+        report=report,
+        healthy=report["healthy"],
+        lines=render_lines(report),
+    )
+
+
+if __name__ == "__main__":
+    main()

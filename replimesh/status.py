@@ -1,0 +1,132 @@
+"""meshctl status: is the whole mesh healthy, and if not, where? status.yml reads every node's status and
+judges it with the core (mesh_plugins.module_utils.mesh_health); this shows the report."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from mesh_plugins.module_utils.mesh_health import DEFAULT_MAX_LAG, headline, render_lines
+from replimesh.playbooks import run_playbook
+from replimesh.verify import DEFAULT_INVENTORY
+
+CONFLICTS_SHOWN = 5  # per edge in the table; --json has them all
+
+
+class StatusError(Exception):
+    """status.yml could not produce the report; the message says why and where its log is."""
+
+
+def resolve_inventory(inventory: Path | None) -> Path:
+    if inventory is None:
+        if not DEFAULT_INVENTORY.is_file():
+            raise StatusError(f"no mesh file given and no {DEFAULT_INVENTORY} here: pass -i MESH_FILE")
+        return DEFAULT_INVENTORY
+    if not inventory.is_file():
+        raise StatusError(f"{inventory}: no such mesh file")
+    return inventory
+
+
+def status(inventory: Path, max_lag: int = DEFAULT_MAX_LAG) -> dict[str, Any]:
+    """Run status.yml (quiet) and return the report it wrote, with `exit_code` and `seconds`."""
+    if max_lag <= 0:
+        raise StatusError(f"--max-lag must be a positive number of seconds (got {max_lag})")
+    started = time.monotonic()
+    work = Path(tempfile.mkdtemp(prefix="meshctl-status-"))
+    output = work / "status.json"
+    extravars = {"status_output": str(output), "status_max_lag": max_lag}
+    result = run_playbook("status.yml", inventory, extravars=extravars, quiet=True, log_dir=work)
+    try:
+        report = json.loads(output.read_text())
+    except (OSError, ValueError):
+        # status.yml fails on purpose when the mesh is unhealthy, but only after writing the report.
+        raise StatusError(
+            f"status.yml ended ({result.status}, exit {result.rc}) without a report; see {result.log}"
+        ) from None
+    shutil.rmtree(work, ignore_errors=True)
+    report["exit_code"] = 0 if report["healthy"] else 1
+    report["seconds"] = round(time.monotonic() - started, 2)
+    return report
+
+
+def _mark(ok: bool, text: str) -> str:
+    return f"[green]{escape(text)}[/]" if ok else f"[bold red]{escape(text)}[/]"
+
+
+def _lag(seconds: float | None) -> str:
+    if seconds is None:
+        return "never"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{seconds:.0f} s"
+
+
+def render_table(report: dict[str, Any], console: Console) -> None:
+    """Nodes, then edges, with what needs attention in red, then the problems."""
+    console.print(
+        headline(report), style="green" if report["healthy"] else "bold red", markup=False, highlight=False
+    )
+    nodes = Table("node", "reachable", "unison", "folder markers", "cron", title="nodes")
+    for row in report["nodes"]:
+        if not row["reachable"]:
+            nodes.add_row(escape(row["node"]), _mark(False, "no"), "-", "-", "-")
+            continue
+        markers = ", ".join(
+            _mark(ok, f"{name} {'ok' if ok else 'MISSING'}") for name, ok in row["folders"].items()
+        )
+        nodes.add_row(
+            escape(row["node"]),
+            _mark(True, "yes"),
+            _mark(bool(row["unison"]), row["unison"] or "missing"),
+            markers or "-",
+            _mark(row["cron"] or row["mode"] != "cron", "present" if row["cron"] else "MISSING"),
+        )
+    console.print(nodes)
+    edges = Table(title="edges")
+    for column in ("edge", "result", "last success", "lag", "files"):
+        edges.add_column(column, no_wrap=True)
+    edges.add_column("conflicts", min_width=16, overflow="fold")
+    edges.add_column("last error", min_width=12, overflow="fold")
+    for row in report["edges"]:
+        lag_ok = row["lag_s"] is not None and row["lag_s"] <= report["max_lag"]
+        paths = row["conflicts"][:CONFLICTS_SHOWN]
+        more = len(row["conflicts"]) - len(paths)
+        conflicts = escape("\n".join(paths + ([f"... {more} more"] if more > 0 else []))) or "0"
+        edges.add_row(
+            escape(row["edge"]),
+            _mark(row["result"] in ("ok", "conflict"), row["result"]),
+            (row["last_success"] or "never").replace("T", " "),
+            _mark(lag_ok, _lag(row["lag_s"])),
+            str(row["files_changed"]),
+            f"[yellow]{conflicts}[/]" if row["conflicts"] else conflicts,
+            _mark(False, row["error"]) if row["error"] else "-",
+        )
+    console.print(edges)
+    for problem in report["problems"]:
+        console.print(f"problem: {problem}", style="red", markup=False, highlight=False)
+
+
+def run(inventory: Path | None, as_json: bool, max_lag: int, echo: Callable[[str], Any]) -> int:
+    """`meshctl status`: print the report (a table, plain lines when not on a terminal, or JSON); the exit
+    code is 0 only when the whole mesh is healthy."""
+    report = status(resolve_inventory(inventory), max_lag)
+    if as_json:
+        echo(json.dumps(report, indent=2))
+    else:
+        console = Console()
+        if console.is_terminal:
+            render_table(report, console)
+        else:
+            for line in render_lines(report):
+                echo(line)
+    return int(report["exit_code"])

@@ -1,0 +1,327 @@
+"""Mesh health from node reports (per node, per edge by the freshest record from either end, the verdict),
+the Prometheus textfile parsed back with prometheus_client's parser, and the runner writing it."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import stat
+import sys
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import pytest
+from ansible.module_utils import basic
+from prometheus_client.parser import text_string_to_metric_families
+
+from mesh_plugins.module_utils import mesh_health as health_core
+from mesh_plugins.module_utils import mesh_runner
+from mesh_plugins.module_utils.mesh_health import headline, mesh_health, render_lines, timestamp
+from mesh_plugins.module_utils.mesh_metrics import EDGE_FAMILIES, FOLDER_FAMILY, render_metrics
+from mesh_plugins.module_utils.mesh_status import iso_utc
+from tests.unit.module_harness import patch_module_args
+
+sys.modules.setdefault("ansible.module_utils.mesh_health", health_core)
+node_status_module = importlib.import_module("mesh_plugins.modules.mesh_node_status")
+
+NOW = 1_800_000_000.0
+
+
+def record(
+    peer: str, result: str = "ok", ago: float = 60, success_ago: float | None = 60, **extra: Any
+) -> dict:
+    return {
+        "peer": peer,
+        "last_start": iso_utc(NOW - ago - 2),
+        "last_finish": iso_utc(NOW - ago),
+        "last_success": None if success_ago is None else iso_utc(NOW - success_ago),
+        "result": result,
+        "files_changed": extra.pop("files_changed", 0),
+        "conflicts": extra.pop("conflicts", []),
+        "error": extra.pop("error", None),
+        "duration_s": extra.pop("duration_s", 1.5),
+        "first_sync": False,
+    }
+
+
+def fact(node: str, peers: list[str], edges: list[dict], **extra: Any) -> dict[str, Any]:
+    return {
+        "changed": False,
+        "node": node,
+        "peers": [{"name": p, "initiator": node < p, "active": True} for p in peers],
+        "edges": edges,
+        "folders": extra.pop("folders", [{"name": "shared", "path": "/srv/shared", "marker": True}]),
+        "unison_version": extra.pop("unison_version", "2.52.1"),
+        "mode": "cron",
+        "cron": extra.pop("cron", True),
+        **extra,
+    }
+
+
+def triangle(**overrides: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A healthy 3-node full mesh: the initiator (lower name) holds each edge's record."""
+    facts = {
+        "node1": fact("node1", ["node2", "node3"], [record("node2"), record("node3")]),
+        "node2": fact("node2", ["node1", "node3"], [record("node3")]),
+        "node3": fact("node3", ["node1", "node2"], []),
+    }
+    for node, values in overrides.items():
+        facts[node] = {**facts[node], **values}
+    return facts
+
+
+def edges_by_name(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {row["edge"]: row for row in report["edges"]}
+
+
+def test_a_synced_mesh_is_healthy_with_every_edge_once() -> None:
+    report = mesh_health(triangle(), NOW, 3600)
+    assert report["healthy"] and report["problems"] == []
+    assert list(edges_by_name(report)) == ["node1<->node2", "node1<->node3", "node2<->node3"]
+    row = edges_by_name(report)["node2<->node3"]
+    assert (row["reported_by"], row["result"], row["lag_s"]) == ("node2", "ok", 60.0)
+    assert [n["node"] for n in report["nodes"]] == ["node1", "node2", "node3"]
+    assert headline(report).startswith("healthy: 3/3 nodes reachable, 3/3 edges in sync")
+
+
+@pytest.mark.parametrize("unreached", [{}, {"unreachable": True, "msg": "timed out", "changed": False}, None])
+def test_an_unreachable_node_makes_the_mesh_unhealthy_but_its_edges_are_judged(unreached: Any) -> None:
+    facts = triangle()
+    facts["node3"] = unreached
+    report = mesh_health(facts, NOW, 3600)
+    node3 = report["nodes"][2]
+    assert (node3["reachable"], node3["healthy"]) == (False, False)
+    assert not report["healthy"] and report["problems"][0].startswith("node3: unreachable")
+    # node1 and node2 still list node3 as a peer and hold those edges' records.
+    assert all(row["healthy"] for row in report["edges"]) and len(report["edges"]) == 3
+
+
+def test_the_freshest_record_from_either_end_wins() -> None:
+    old = record("node2", "unreachable", ago=500, success_ago=900, error="ssh: connect ... refused")
+    facts = triangle(
+        node1={"edges": [old, record("node3")]},
+        node2={"edges": [record("node1", ago=10, success_ago=10, files_changed=4), record("node3")]},
+    )
+    row = edges_by_name(mesh_health(facts, NOW, 3600))["node1<->node2"]
+    assert (row["reported_by"], row["result"], row["files_changed"], row["healthy"]) == (
+        "node2",
+        "ok",
+        4,
+        True,
+    )
+
+
+@pytest.mark.parametrize(
+    ("rec", "problem"),
+    [
+        (record("node2", "failed", error="Fatal error: boom"), "last run failed: Fatal error: boom"),
+        (record("node2", "skipped"), "last run skipped"),
+        (record("node2", "ok", success_ago=7200), "last success 7200 s ago (more than 3600 s)"),
+        (record("node2", "marker", success_ago=None, error="no marker"), "never succeeded"),
+    ],
+)
+def test_an_edge_needs_attention(rec: dict[str, Any], problem: str) -> None:
+    report = mesh_health(triangle(node1={"edges": [rec, record("node3")]}), NOW, 3600)
+    row = edges_by_name(report)["node1<->node2"]
+    assert not row["healthy"] and problem in row["problems"] and not report["healthy"]
+    assert f"node1<->node2: {problem}" in report["problems"]
+
+
+def test_a_conflict_is_healthy_and_its_paths_are_listed() -> None:
+    rec = record("node2", "conflict", conflicts=["shared/notes.txt"], files_changed=1)
+    report = mesh_health(triangle(node1={"edges": [rec, record("node3")]}), NOW, 3600)
+    row = edges_by_name(report)["node1<->node2"]
+    assert row["healthy"] and row["conflicts"] == ["shared/notes.txt"] and report["conflicts"] == 1
+    assert any("(shared/notes.txt)" in line for line in render_lines(report))
+
+
+def test_an_edge_that_never_ran_is_unhealthy_and_a_removed_edge_is_ignored() -> None:
+    facts = triangle(node2={"edges": [record("node4")]})  # node4 was removed; node2<->node3 never ran
+    report = mesh_health(facts, NOW, 3600)
+    assert list(edges_by_name(report)) == ["node1<->node2", "node1<->node3", "node2<->node3"]
+    row = edges_by_name(report)["node2<->node3"]
+    assert (row["result"], row["healthy"], row["problems"]) == ("never", False, ["never synced"])
+
+
+def test_an_edge_whose_only_record_is_on_an_unreachable_node_is_unknown() -> None:
+    facts = triangle()
+    facts["node2"] = {"unreachable": True, "msg": "Timeout waiting for privilege escalation prompt:"}
+    report = mesh_health(facts, NOW, 3600)
+    row = edges_by_name(report)["node2<->node3"]
+    assert (row["result"], row["problems"]) == ("unknown", ["no record (node2 unreachable)"])
+    assert report["problems"][0] == "node2: unreachable: Timeout waiting for privilege escalation prompt"
+    assert edges_by_name(report)["node1<->node2"]["healthy"]
+
+
+def test_an_inactive_peer_is_not_expected_yet() -> None:
+    facts = triangle()
+    facts["node1"]["peers"].append({"name": "node9", "initiator": True, "active": False})
+    assert mesh_health(facts, NOW, 3600)["healthy"]
+
+
+@pytest.mark.parametrize(
+    ("values", "problem"),
+    [
+        (
+            {"folders": [{"name": "shared", "path": "/srv/shared", "marker": False}]},
+            "folder shared: marker missing",
+        ),
+        ({"cron": False}, "cron job missing"),
+        ({"unison_version": None}, "unison not found"),
+        ({"failed": True, "msg": "cannot read mesh.json"}, "status not read: cannot read mesh.json"),
+    ],
+)
+def test_a_node_needs_attention(values: dict[str, Any], problem: str) -> None:
+    report = mesh_health(triangle(node2=values), NOW, 3600)
+    assert report["nodes"][1]["problems"] == [problem] and not report["healthy"]
+
+
+def test_timestamps_round_trip() -> None:
+    assert timestamp(iso_utc(NOW)) == NOW
+    assert (
+        timestamp(None) is None
+        and timestamp("yesterday") is None
+        and timestamp("2026-01-01T00:00:00") is None
+    )
+
+
+def parse(text: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    """family -> labels -> value, through prometheus_client's own parser."""
+    found: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for family in text_string_to_metric_families(text):
+        assert family.type == "gauge" and family.documentation
+        for sample in family.samples:
+            found.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
+    return found
+
+
+def test_metrics_parse_with_one_sample_per_edge_and_folder() -> None:
+    records = [
+        record("node3", "conflict", conflicts=["shared/a", "shared/b"], files_changed=3, duration_s=2.25),
+        record("node2", "unreachable", success_ago=None, error="refused"),
+    ]
+    text = render_metrics(records, {"shared": True, "photos": False})
+    metrics = parse(text)
+    assert set(metrics) == {*EDGE_FAMILIES, FOLDER_FAMILY}
+    peer2, peer3 = (("peer", "node2"),), (("peer", "node3"),)
+    assert metrics["replimesh_edge_last_success_timestamp_seconds"] == {peer2: 0.0, peer3: NOW - 60}
+    assert metrics["replimesh_edge_last_run_timestamp_seconds"][peer3] == NOW - 60
+    assert metrics["replimesh_edge_up"] == {peer2: 0.0, peer3: 1.0}
+    assert metrics["replimesh_edge_conflicts"] == {peer2: 0.0, peer3: 2.0}
+    assert metrics["replimesh_edge_files_changed"][peer3] == 3.0
+    assert metrics["replimesh_edge_duration_seconds"][peer3] == 2.25
+    assert metrics[FOLDER_FAMILY] == {(("folder", "photos"),): 0.0, (("folder", "shared"),): 1.0}
+    assert "replimesh_watcher_up" not in text
+
+
+def test_metrics_escape_labels_and_list_each_peer_once() -> None:
+    text = render_metrics([record('we"ird\\'), record('we"ird\\', "failed")], {})
+    assert parse(text)["replimesh_edge_up"] == {(("peer", 'we"ird\\'),): 1.0}
+
+
+def test_the_runner_writes_the_textfile_from_every_status_file(tmp_path: Path) -> None:
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    (folder / ".replimesh-folder").touch()
+    config = mesh_runner.parse_config(
+        {
+            "node": "node1",
+            "folders": [{"name": "shared", "path": str(folder)}],
+            "peers": [{"name": "node2", "address": "10.0.0.2"}],
+            "state_dir": str(tmp_path / "state"),
+            "log_file": str(tmp_path / "log" / "sync.log"),
+        }
+    )
+    assert config.metrics_file == f"{tmp_path}/state/metrics/replimesh.prom"
+    runner = mesh_runner.Runner(config)
+    runner.prepare()
+    for peer in ("node2", "node3"):  # node3's record is from an earlier run: it is still shown
+        (tmp_path / "state" / "status" / f"{peer}.json").write_text(json.dumps(record(peer)))
+    path = runner.write_metrics()
+    assert path == Path(config.metrics_file)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o644
+    assert stat.S_IMODE(os.stat(path.parent).st_mode) == 0o755
+    metrics = parse(path.read_text())
+    assert set(metrics["replimesh_edge_last_success_timestamp_seconds"]) == {
+        (("peer", "node2"),),
+        (("peer", "node3"),),
+    }
+    assert metrics[FOLDER_FAMILY] == {(("folder", "shared"),): 1.0}
+    assert [p.name for p in path.parent.iterdir()] == ["replimesh.prom"]  # no temporary file left
+
+
+class Exited(Exception):
+    pass
+
+
+def run_module(args: dict[str, Any], check: bool = False) -> dict[str, Any]:
+    def exit_json(self: basic.AnsibleModule, **result: Any) -> None:
+        raise Exited(result)
+
+    def fail_json(self: basic.AnsibleModule, msg: str, **result: Any) -> None:
+        raise Exited({"failed": True, "msg": msg, **result})
+
+    with (
+        patch_module_args({**args, "_ansible_check_mode": check}),
+        mock.patch.object(basic.AnsibleModule, "exit_json", exit_json),
+        mock.patch.object(basic.AnsibleModule, "fail_json", fail_json),
+        pytest.raises(Exited) as exited,
+    ):
+        node_status_module.main()
+    return exited.value.args[0]
+
+
+@pytest.mark.parametrize("check", [False, True])
+def test_the_module_reads_a_node(tmp_path: Path, check: bool) -> None:
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / ".replimesh-folder").touch()
+    (tmp_path / "state" / "status").mkdir(parents=True)
+    (tmp_path / "state" / "status" / "node2.json").write_text(json.dumps(record("node2")))
+    (tmp_path / "state" / "status" / "broken.json").write_text("{")
+    config = {
+        "node": "node1",
+        "folders": [
+            {"name": "shared", "path": str(tmp_path / "shared")},
+            {"name": "gone", "path": "/nonexistent"},
+        ],
+        "peers": [{"name": "node2", "address": "10.0.0.2", "initiator": True}],
+    }
+    (tmp_path / "mesh.json").write_text(json.dumps(config))
+    (tmp_path / "cron").write_text(
+        "#Ansible: replimesh sync round\n*/15 * * * * replimesh /usr/local/sbin/replimesh-sync\n"
+    )
+    unison = tmp_path / "unison"
+    unison.write_text("#!/bin/sh\necho 'unison version 2.52.1'\n")
+    unison.chmod(0o755)
+    args = {
+        "config": str(tmp_path / "mesh.json"),
+        "state_dir": str(tmp_path / "state"),
+        "unison": str(unison),
+    }
+    result = run_module({**args, "cron_file": str(tmp_path / "cron")}, check)
+    assert (result["changed"], result["node"], result["unison_version"], result["cron"]) == (
+        False,
+        "node1",
+        "2.52.1",
+        True,
+    )
+    assert [(f["name"], f["marker"]) for f in result["folders"]] == [("shared", True), ("gone", False)]
+    assert result["edges"] == [record("node2")] and result["peers"][0]["name"] == "node2"
+    assert run_module({**args, "cron_file": str(tmp_path / "nocron")})["cron"] is False
+
+
+def test_the_module_fails_clearly_without_mesh_json(tmp_path: Path) -> None:
+    result = run_module({"config": str(tmp_path / "missing.json")})
+    assert result["failed"] and "is the node bootstrapped?" in result["msg"]
+
+
+def test_the_module_judges_the_mesh_and_writes_the_report(tmp_path: Path) -> None:
+    out = tmp_path / "status.json"
+    facts = triangle()
+    facts["node3"] = {"unreachable": True, "msg": "timed out", "changed": False}
+    result = run_module({"nodes": facts, "max_lag": 10**9, "output": str(out)})
+    assert result["healthy"] is False and result["lines"][0].startswith("UNHEALTHY")
+    assert json.loads(out.read_text())["problems"] == result["report"]["problems"]
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
