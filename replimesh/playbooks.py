@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -12,6 +14,45 @@ from typing import Any
 import ansible_runner
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_INVENTORY = Path(".lab/lab.mesh.yml")  # the lab's mesh file, when a lab is up here
+
+
+class PlaybookError(Exception):
+    """A playbook could not produce its report; the message says why and where its log is."""
+
+
+def resolve_inventory(inventory: Path | None) -> Path:
+    """The mesh file given with -i, else the lab's; a clear error when there is neither."""
+    if inventory is None:
+        if not DEFAULT_INVENTORY.is_file():
+            raise PlaybookError(f"no mesh file given and no {DEFAULT_INVENTORY} here: pass -i MESH_FILE")
+        return DEFAULT_INVENTORY
+    if not inventory.is_file():
+        raise PlaybookError(f"{inventory}: no such mesh file")
+    return inventory
+
+
+def run_report_playbook(
+    playbook: str, inventory: Path, output_var: str, extravars: dict[str, Any]
+) -> dict[str, Any]:
+    """Run a playbook that writes a JSON report to the path in `output_var`, and return the report.
+
+    Such playbooks fail on purpose when the mesh is not as it should be, but only after writing the
+    report: the report, not the exit code, is what counts here.
+    """
+    work = Path(tempfile.mkdtemp(prefix=f"meshctl-{Path(playbook).stem}-"))
+    output = work / "report.json"
+    result = run_playbook(
+        playbook, inventory, extravars={**extravars, output_var: str(output)}, quiet=True, log_dir=work
+    )
+    try:
+        report = json.loads(output.read_text())
+    except (OSError, ValueError):
+        raise PlaybookError(
+            f"{playbook} ended ({result.status}, exit {result.rc}) without a report; see {result.log}"
+        ) from None
+    shutil.rmtree(work, ignore_errors=True)
+    return report
 
 
 @dataclass(frozen=True)

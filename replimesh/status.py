@@ -4,8 +4,6 @@ judges it with the core (mesh_plugins.module_utils.mesh_health); this shows the 
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,24 +14,12 @@ from rich.markup import escape
 from rich.table import Table
 
 from mesh_plugins.module_utils.mesh_health import DEFAULT_MAX_LAG, headline, render_lines
-from replimesh.playbooks import run_playbook
-from replimesh.verify import DEFAULT_INVENTORY
+from replimesh.playbooks import PlaybookError, resolve_inventory, run_report_playbook
 
 CONFLICTS_SHOWN = 5  # per edge in the table; --json has them all
 
 
-class StatusError(Exception):
-    """status.yml could not produce the report; the message says why and where its log is."""
-
-
-def resolve_inventory(inventory: Path | None) -> Path:
-    if inventory is None:
-        if not DEFAULT_INVENTORY.is_file():
-            raise StatusError(f"no mesh file given and no {DEFAULT_INVENTORY} here: pass -i MESH_FILE")
-        return DEFAULT_INVENTORY
-    if not inventory.is_file():
-        raise StatusError(f"{inventory}: no such mesh file")
-    return inventory
+StatusError = PlaybookError
 
 
 def status(inventory: Path, max_lag: int = DEFAULT_MAX_LAG) -> dict[str, Any]:
@@ -41,18 +27,7 @@ def status(inventory: Path, max_lag: int = DEFAULT_MAX_LAG) -> dict[str, Any]:
     if max_lag <= 0:
         raise StatusError(f"--max-lag must be a positive number of seconds (got {max_lag})")
     started = time.monotonic()
-    work = Path(tempfile.mkdtemp(prefix="meshctl-status-"))
-    output = work / "status.json"
-    extravars = {"status_output": str(output), "status_max_lag": max_lag}
-    result = run_playbook("status.yml", inventory, extravars=extravars, quiet=True, log_dir=work)
-    try:
-        report = json.loads(output.read_text())
-    except (OSError, ValueError):
-        # status.yml fails on purpose when the mesh is unhealthy, but only after writing the report.
-        raise StatusError(
-            f"status.yml ended ({result.status}, exit {result.rc}) without a report; see {result.log}"
-        ) from None
-    shutil.rmtree(work, ignore_errors=True)
+    report = run_report_playbook("status.yml", inventory, "status_output", {"status_max_lag": max_lag})
     report["exit_code"] = 0 if report["healthy"] else 1
     report["seconds"] = round(time.monotonic() - started, 2)
     return report

@@ -4,8 +4,6 @@ compares the digests with the core (mesh_plugins.module_utils.mesh_digest) and r
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,41 +13,17 @@ from rich.console import Console
 from rich.table import Table
 
 from mesh_plugins.module_utils.mesh_digest import cells, compare, exit_code, headline, render_lines
-from replimesh.playbooks import run_playbook
+from replimesh.playbooks import PlaybookError, resolve_inventory, run_report_playbook
 
-DEFAULT_INVENTORY = Path(".lab/lab.mesh.yml")
 TABLE_ROWS = 200  # diverging paths shown; --json has them all
 
-
-class VerifyError(Exception):
-    """verify.yml could not produce the digests; the message says why and where its log is."""
-
-
-def resolve_inventory(inventory: Path | None) -> Path:
-    if inventory is None:
-        if not DEFAULT_INVENTORY.is_file():
-            raise VerifyError(f"no mesh file given and no {DEFAULT_INVENTORY} here: pass -i MESH_FILE")
-        return DEFAULT_INVENTORY
-    if not inventory.is_file():
-        raise VerifyError(f"{inventory}: no such mesh file")
-    return inventory
+VerifyError = PlaybookError
 
 
 def gather(inventory: Path, allow_unreachable: bool) -> dict[str, Any]:
     """Run verify.yml (quiet) and return the digests it wrote: {digests, unreachable, failed}."""
-    work = Path(tempfile.mkdtemp(prefix="meshctl-verify-"))
-    output = work / "digests.json"
-    extravars = {"verify_output": str(output), "verify_allow_unreachable": allow_unreachable}
-    result = run_playbook("verify.yml", inventory, extravars=extravars, quiet=True, log_dir=work)
-    try:
-        data = json.loads(output.read_text())
-    except (OSError, ValueError):
-        # verify.yml fails on purpose when the replicas differ, but only after writing the digests.
-        raise VerifyError(
-            f"verify.yml ended ({result.status}, exit {result.rc}) without the digests; see {result.log}"
-        ) from None
-    shutil.rmtree(work, ignore_errors=True)
-    return data
+    extravars = {"verify_allow_unreachable": allow_unreachable}
+    return run_report_playbook("verify.yml", inventory, "verify_output", extravars)
 
 
 def verify(inventory: Path, allow_unreachable: bool = False) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import re
 import shlex
 import subprocess
@@ -48,6 +49,13 @@ class Mesh:
             " -print0 | sort -z | xargs -0 -r sha256sum",
         )
         return {line[66:]: line[:64] for line in out.splitlines()}
+
+    def verify(self, inventory: Path | None = None) -> dict:
+        """`meshctl verify --json`, the project's own oracle: every replica identical, every node reached."""
+        proc = run_tool("meshctl", "verify", "-i", str(inventory or self.inventory), "--json", timeout=300)
+        report = json.loads(proc.stdout)
+        assert proc.returncode == 0 and report["identical"], proc.stdout[-3000:] + proc.stderr[-2000:]
+        return report
 
     def converged(self, nodes: list[str] | None = None) -> bool:
         digests = [self.digest(n) for n in nodes or self.nodes]

@@ -33,6 +33,7 @@ def test_file_from_one_node_reaches_all_after_one_sync(mesh: Mesh) -> None:
     for node in mesh.nodes:
         assert mesh.digest(node) == {"./greeting.txt": sha(data)}, node
     assert "edges synced: 10 of 10" in proc.stdout
+    mesh.verify()
 
 
 def test_files_written_everywhere_at_once_converge_after_one_sync(mesh: Mesh) -> None:
@@ -45,6 +46,7 @@ def test_files_written_everywhere_at_once_converge_after_one_sync(mesh: Mesh) ->
     assert proc.returncode == 0, proc.stdout[-4000:]
     for node in mesh.nodes:
         assert mesh.digest(node) == expected, node
+    mesh.verify()
     owners = mesh.lab.sh("node3", f"stat -c '%U %a' {FOLDER}/from-node1/data.bin").split()
     assert owners == [MESH_USER, "644"]
 

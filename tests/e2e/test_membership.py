@@ -72,6 +72,7 @@ def test_grow_to_five_then_remove_a_paused_node(mesh: Mesh, tmp_path: Path) -> N
     _write_mesh_file(mesh, mesh_file, five)
     _run(mesh_file, "add-node.yml", "-e", "node=node5")
     assert mesh.digest("node5") == reference
+    mesh.verify(mesh_file)
     mesh.write("node5", "from-node5.txt", b"the newcomer writes\n")
     _run(mesh_file, "sync.yml")
     after = mesh.digest("node1")
@@ -136,3 +137,5 @@ def test_grow_to_five_then_remove_a_paused_node(mesh: Mesh, tmp_path: Path) -> N
     assert "./from-the-removed.txt" in final  # what it wrote while out now joins, as a new file
     assert all(mesh.digest(n) == final for n in five)
     assert _conflict_copies(mesh, five) == {}
+    report = mesh.verify(mesh_file)
+    assert all(folder["conflict_copies"] == {} for folder in report["folders"].values())
