@@ -7,11 +7,13 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import ansible_runner
+from rich.console import Console
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_INVENTORY = Path(".lab/lab.mesh.yml")  # the lab's mesh file, when a lab is up here
@@ -111,3 +113,23 @@ def run_playbook(
     stdout = log_dir / "ansible.log"
     stdout.write_text(runner.stdout.read() if runner.stdout else "")
     return PlaybookResult(runner.status, runner.rc, runner.stats or {}, stdout, tuple(runner.events))
+
+
+def print_report(
+    report: dict[str, Any],
+    as_json: bool,
+    echo: Callable[[str], Any],
+    table: Callable[[dict[str, Any], Console], None],
+    lines: Callable[[dict[str, Any]], Iterable[str]],
+) -> int:
+    """Show a meshctl report as JSON, as a table on a terminal, or as plain lines; return its exit code."""
+    if as_json:
+        echo(json.dumps(report, indent=2))
+    else:
+        console = Console()
+        if console.is_terminal:
+            table(report, console)
+        else:
+            for line in lines(report):
+                echo(line)
+    return int(report["exit_code"])

@@ -3,7 +3,6 @@ judges it with the core (mesh_plugins.module_utils.mesh_health); this shows the 
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from mesh_plugins.module_utils.mesh_health import DEFAULT_MAX_LAG, headline, render_lines
-from replimesh.playbooks import PlaybookError, resolve_inventory, run_report_playbook
+from replimesh.playbooks import PlaybookError, print_report, resolve_inventory, run_report_playbook
 
 CONFLICTS_SHOWN = 5  # per edge in the table; --json has them all
 
@@ -95,13 +94,4 @@ def run(inventory: Path | None, as_json: bool, max_lag: int, echo: Callable[[str
     """`meshctl status`: print the report (a table, plain lines when not on a terminal, or JSON); the exit
     code is 0 only when the whole mesh is healthy."""
     report = status(resolve_inventory(inventory), max_lag)
-    if as_json:
-        echo(json.dumps(report, indent=2))
-    else:
-        console = Console()
-        if console.is_terminal:
-            render_table(report, console)
-        else:
-            for line in render_lines(report):
-                echo(line)
-    return int(report["exit_code"])
+    return print_report(report, as_json, echo, render_table, render_lines)

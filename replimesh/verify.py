@@ -3,7 +3,6 @@ compares the digests with the core (mesh_plugins.module_utils.mesh_digest) and r
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mesh_plugins.module_utils.mesh_digest import cells, compare, exit_code, headline, render_lines
-from replimesh.playbooks import PlaybookError, resolve_inventory, run_report_playbook
+from replimesh.playbooks import PlaybookError, print_report, resolve_inventory, run_report_playbook
 
 TABLE_ROWS = 200  # diverging paths shown; --json has them all
 
@@ -58,13 +57,4 @@ def run(inventory: Path | None, as_json: bool, allow_unreachable: bool, echo: Ca
     """`meshctl verify`: print the report (a table, plain lines when not on a terminal, or JSON); the exit
     code is 0 only when every reachable replica is identical and no node is unreachable (unless allowed)."""
     report = verify(resolve_inventory(inventory), allow_unreachable)
-    if as_json:
-        echo(json.dumps(report, indent=2))
-    else:
-        console = Console()
-        if console.is_terminal:
-            render_table(report, console)
-        else:
-            for line in render_lines(report, limit=TABLE_ROWS):
-                echo(line)
-    return int(report["exit_code"])
+    return print_report(report, as_json, echo, render_table, lambda rep: render_lines(rep, limit=TABLE_ROWS))
