@@ -15,8 +15,20 @@ from replimesh.lab.lab import Host, Lab, LabConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
-# The test lab has its own name and /24, so it never collides with a demo lab (`.lab/`, 172.31.77.0/24).
-TEST_LAB = LabConfig(name="rmtest", subnet="172.31.78.0/24")
+# The test labs have their own names and /24s, so they never collide with a demo lab (`.lab/`,
+# 172.31.77.0/24). REPLIMESH_TEST_SLOT=N (1-9) moves every lab of a run to its own names and subnets, so
+# two runs of the suite (two work trees) can share one Docker engine.
+TEST_SLOT = int(os.environ.get("REPLIMESH_TEST_SLOT", "0"))
+
+
+def slot_lab_config(role: str, offset: int) -> LabConfig:
+    """The lab a test run uses for `role` (test, down, nobody): slot 0 keeps the historic names."""
+    if TEST_SLOT == 0:
+        return LabConfig(name=f"rm{role}", subnet=f"172.31.{78 + offset}.0/24")
+    return LabConfig(name=f"rm{role}{TEST_SLOT}", subnet=f"172.31.{100 + 10 * TEST_SLOT + offset}.0/24")
+
+
+TEST_LAB = slot_lab_config("test", 0)
 
 
 class SessionLab:

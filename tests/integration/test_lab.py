@@ -9,10 +9,13 @@ import time
 import pytest
 
 from replimesh.lab import system
-from replimesh.lab.lab import Lab, LabConfig
-from tests.conftest import ROOT, SessionLab, run_tool, tool, wait_until
+from replimesh.lab.lab import Lab
+from tests.conftest import ROOT, TEST_LAB, SessionLab, run_tool, slot_lab_config, tool, wait_until
 
 pytestmark = pytest.mark.lab
+
+DOWN_LAB = slot_lab_config("down", 1)
+NOBODY_LAB = slot_lab_config("nobody", 2)
 
 
 def _remote_users(inventory: str) -> dict[str, str]:
@@ -50,12 +53,12 @@ def test_host_keys_are_per_host_and_pinned(lab: SessionLab) -> None:
 def test_second_up_changes_nothing(lab: SessionLab) -> None:
     lab.ensure(3)
     count = len(lab.lab.hosts())
-    before = system.docker("ps", "-q", "--filter", "label=replimesh.lab=rmtest").split()
+    before = system.docker("ps", "-q", "--filter", f"label=replimesh.lab={TEST_LAB.name}").split()
     files = {p: p.stat().st_mtime_ns for p in (lab.lab.inventory_path, lab.lab.known_hosts)}
     started = time.monotonic()
     lab.lab.up(count)
     elapsed = time.monotonic() - started
-    after = system.docker("ps", "-q", "--filter", "label=replimesh.lab=rmtest").split()
+    after = system.docker("ps", "-q", "--filter", f"label=replimesh.lab={TEST_LAB.name}").split()
     assert sorted(after) == sorted(before)
     assert {p: p.stat().st_mtime_ns for p in files} == files
     assert elapsed < 10, f"second up took {elapsed:.1f}s"
@@ -104,18 +107,18 @@ def test_lab_traffic_is_guarded(lab: SessionLab) -> None:
     assert probe.returncode != 0 or "unreachable" in probe.stdout
     default = [r for r in routes.splitlines() if r.startswith("default")]
     assert default and "dev eth0" in default[0]
-    internal = json.loads(system.docker("network", "inspect", "rmtest"))[0]["Internal"]
+    internal = json.loads(system.docker("network", "inspect", TEST_LAB.name))[0]["Internal"]
     assert internal is True
 
 
 def test_down_leaves_no_host_or_network(tmp_path, lab: SessionLab) -> None:  # type: ignore[no-untyped-def]
     lab.ensure(1)  # keeps dockerd up for the session's lab while this one goes
-    small = Lab(tmp_path / "small", LabConfig(name="rmdown", subnet="172.31.79.0/24"), log=lambda _: None)
+    small = Lab(tmp_path / "small", DOWN_LAB, log=lambda _: None)
     small.up(1)
-    assert system.docker("ps", "-q", "--filter", "label=replimesh.lab=rmdown")
+    assert system.docker("ps", "-q", "--filter", f"label=replimesh.lab={DOWN_LAB.name}")
     small.down()
-    assert system.docker("ps", "-aq", "--filter", "label=replimesh.lab=rmdown") == ""
-    assert "rmdown" not in system.docker("network", "ls", "--format", "{{.Name}}").split()
+    assert system.docker("ps", "-aq", "--filter", f"label=replimesh.lab={DOWN_LAB.name}") == ""
+    assert DOWN_LAB.name not in system.docker("network", "ls", "--format", "{{.Name}}").split()
     assert system.docker_ready(), "the session lab's dockerd must survive another lab's down"
 
 
@@ -144,7 +147,7 @@ def test_no_root_rights_is_refused_before_anything(tmp_path) -> None:  # type: i
     state.mkdir()
     proc = subprocess.run(
         ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", tool("meshctl"), "lab", "up", "2",
-         "--lab-dir", str(state), "--name", "rmnobody", "--subnet", "172.31.80.0/24"],
+         "--lab-dir", str(state), "--name", NOBODY_LAB.name, "--subnet", NOBODY_LAB.subnet],
         capture_output=True, text=True, timeout=60, cwd=ROOT, check=False,
     )  # fmt: skip
     assert proc.returncode != 0

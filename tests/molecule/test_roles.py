@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 
-from tests.conftest import ROOT, VENV_BIN
+from tests.conftest import ROOT, TEST_SLOT, VENV_BIN
 
 TIMEOUT = 900
 ROLES = ("unison", "mesh_ssh", "mesh_sync")
@@ -32,6 +32,9 @@ def _molecule(role: str, *args: str, timeout: float) -> subprocess.CompletedProc
         "PY_COLORS": "0",
         "ANSIBLE_FORCE_COLOR": "0",
     }
+    if TEST_SLOT:
+        # Molecule keeps a scenario's state under $XDG_CACHE_HOME/molecule/<role>: one per slot.
+        env["XDG_CACHE_HOME"] = f"/tmp/replimesh-molecule-cache-{TEST_SLOT}"
     with subprocess.Popen(
         [str(VENV_BIN / "molecule"), *args],
         cwd=ROOT / "roles" / role,
