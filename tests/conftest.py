@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from replimesh.lab.lab import Host, Lab, LabConfig
+from tests.reliability import stamp_outcome
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -91,3 +92,12 @@ def wait_until(predicate: Callable[[], object], timeout: float, interval: float 
         if value or time.monotonic() >= deadline:
             return value
         time.sleep(interval)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Stamp the reliability records a test made (tests/reliability.py) with its outcome and duration."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call":
+        stamp_outcome(item.nodeid, "passed" if report.passed else "failed", report.duration)
