@@ -18,6 +18,8 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .mesh_paths import UnsafePathError, check_folder_path, check_ignore_pattern
+
 DEFAULT_USER = "replimesh"
 DEFAULT_PORT = 22
 DEFAULT_SCHEDULE = "*/15 * * * *"
@@ -43,7 +45,6 @@ USER_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 IDENTIFIER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 HOST_LABEL_RE = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
-CONTROL_CHAR_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 # Names Ansible (or this plugin) already uses for groups: a node or group of that name would collide.
 RESERVED_NAMES = frozenset({"all", "ungrouped", "mesh"})
@@ -57,17 +58,6 @@ COMPUTED_VARS = frozenset(
     ]
     + [f"mesh_sync_{name}" for name in SYNC_KEYS]
 )
-
-# A synced folder may be neither one of these nor inside one: syncing them would damage the node.
-# fmt: off
-SYSTEM_DIRS = (
-    "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/root", "/run", "/sbin",
-    "/sys", "/usr", "/var/cache/apt", "/var/lib/apt", "/var/lib/dpkg", "/var/lib/rpm", "/var/lib/systemd",
-    "/var/log", "/var/run",
-)
-# fmt: on
-# Shared parents: a subdirectory is fine, the directory itself is not.
-SHARED_PARENT_DIRS = ("/home", "/media", "/mnt", "/opt", "/srv", "/tmp", "/var", "/var/lib")
 
 _MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
 _WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
@@ -322,40 +312,17 @@ def _check_group(key: str, value: object, node_names: Collection[str]) -> str:
 
 
 def _check_path(key: str, path: str) -> str:
-    if not path.startswith("/"):
-        raise MeshConfigError(key, f"{path!r} must be an absolute path (start with /)")
-    if path == "/":
-        raise MeshConfigError(key, "must not be / (the whole file system)")
-    if CONTROL_CHAR_RE.search(path):
-        raise MeshConfigError(key, f"{path!r} must not contain control characters such as newlines")
-    if any(ch.isspace() for ch in path):
-        # The path goes into /etc/fstab (the jail's bind mount) and ssh:// roots, both space-delimited.
-        raise MeshConfigError(key, f"{path!r} must not contain spaces or other white space")
-    if path.endswith("/"):
-        raise MeshConfigError(key, f"{path!r} must not end with /; write {path.rstrip('/') or '/'!r}")
-    if "//" in path:
-        raise MeshConfigError(key, f"{path!r} must not contain //")
-    if any(part in (".", "..") for part in path.split("/")):
-        raise MeshConfigError(key, f"{path!r} must be normalized (no . or .. components)")
-    for system_dir in SYSTEM_DIRS:
-        if path == system_dir or path.startswith(system_dir + "/"):
-            raise MeshConfigError(key, f"{path} is inside the system directory {system_dir}; try /srv/...")
-    if path in SHARED_PARENT_DIRS:
-        raise MeshConfigError(key, f"{path} is shared with other software; use a subdirectory of it")
-    return path
+    try:
+        return check_folder_path(path)
+    except UnsafePathError as err:
+        raise MeshConfigError(key, str(err)) from None
 
 
 def _check_ignore(key: str, value: object) -> str:
-    pattern = _string(key, value)
-    if not pattern.strip():
-        raise MeshConfigError(key, "ignore patterns must not be empty")
-    if CONTROL_CHAR_RE.search(pattern):
-        raise MeshConfigError(key, f"{pattern!r} must not contain control characters such as newlines")
-    if pattern.startswith("/"):
-        raise MeshConfigError(key, f"{pattern!r} must be relative to the folder (not start with /)")
-    if ".." in pattern.split("/"):
-        raise MeshConfigError(key, f"{pattern!r} must not contain .. components")
-    return pattern
+    try:
+        return check_ignore_pattern(_string(key, value))
+    except UnsafePathError as err:
+        raise MeshConfigError(key, str(err)) from None
 
 
 def _check_cron(key: str, raw: object) -> str:

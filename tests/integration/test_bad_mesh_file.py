@@ -28,6 +28,10 @@ CASES = {
     "unknown key": (GOOD + "colour: blue\n", "colour"),
     "one node": (GOOD.replace("  node2: {address: 172.31.78.12}\n", ""), "nodes"),
     "escaping path": (GOOD.replace("/srv/replimesh/shared", "/srv/../etc"), "folders[0].path"),
+    # The mesh's own home holds the node's private key and the jail: never a synced folder.
+    "mesh home": (GOOD.replace("/srv/replimesh/shared", "/var/lib/replimesh"), "folders[0].path"),
+    "newline in path": (GOOD.replace("/srv/replimesh/shared", '"/srv/a\\nb"'), "folders[0].path"),
+    "escaping ignore": (GOOD.replace("shared}", "shared, ignore: [../x]}"), "folders[0].ignore[0]"),
 }
 
 

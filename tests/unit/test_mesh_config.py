@@ -171,6 +171,15 @@ def test_top_level_must_be_a_mapping(data: object) -> None:
         ("folders[0].path", "/root/data", "folders[0].path", "/root"),
         ("folders[0].path", "/proc/1", "folders[0].path", "/proc"),
         ("folders[0].path", "/srv", "folders[0].path", "subdirectory"),
+        ("folders[0].path", "/var/lib/replimesh", "folders[0].path", "replimesh's own directory"),
+        ("folders[0].path", "/var/lib/replimesh/jail/srv", "folders[0].path", "replimesh's own directory"),
+        ("folders[0].path", "/var/spool/cron", "folders[0].path", "system directory /var/spool"),
+        ("folders[0].path", "/var/tmp", "folders[0].path", "subdirectory"),
+        ("folders[0].path", "/srv/a,b", "folders[0].path", "must not contain ,"),
+        ("folders[0].path", "/srv/a=b", "folders[0].path", "must not contain ="),
+        ("folders[0].path", "/srv/'a\"", "folders[0].path", "must not contain \" '"),
+        ("folders[0].path", "/srv/" + "n" * 256, "folders[0].path", "too long"),
+        ("folders[0].path", "/srv" * 1024, "folders[0].path", "too long"),
         ("folders[0].path", "/home", "folders[0].path", "subdirectory"),
         ("folders[0].path", "/var", "folders[0].path", "subdirectory"),
         ("folders[0].ignore", "*.tmp", "folders[0].ignore", "must be a list, got a string"),
@@ -181,6 +190,10 @@ def test_top_level_must_be_a_mapping(data: object) -> None:
         ("folders[0].ignore", ["../up"], "folders[0].ignore[0]", ".."),
         ("folders[0].ignore", ["a/../b"], "folders[0].ignore[0]", ".."),
         ("folders[0].ignore", [3], "folders[0].ignore[0]", "must be a string"),
+        ("folders[0].ignore", ["a/.."], "folders[0].ignore[0]", ".."),
+        ("folders[0].ignore", [".."], "folders[0].ignore[0]", ".."),
+        ("folders[0].ignore", ["/etc/shadow"], "folders[0].ignore[0]", "relative"),
+        ("folders[0].ignore", ["x" * 5000], "folders[0].ignore[0]", "too long"),
         # nodes
         ("nodes", DELETE, "nodes", "required"),
         ("nodes", [{"address": "10.0.0.1"}], "nodes", "must be a mapping"),
@@ -317,7 +330,16 @@ def test_duplicate_address_is_rejected_even_on_another_port() -> None:
 
 
 @pytest.mark.parametrize(
-    "path", ["/srv/replimesh/x", "/home/alice/sync", "/var/lib/replimesh", "/etcetera/x", "/data"]
+    "path",
+    [
+        "/srv/replimesh/x",
+        "/home/alice/sync",
+        "/var/lib/replimesh-data",
+        "/etcetera/x",
+        "/data",
+        "/srv/données",
+        "/srv/" + "n" * 255,
+    ],
 )
 def test_valid_folder_paths(path: str) -> None:
     assert parse_mesh(with_value("folders[0].path", path)).folders[0].path == path
