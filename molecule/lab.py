@@ -14,12 +14,12 @@ from pathlib import Path
 from replimesh.lab.errors import LabError
 from replimesh.lab.lab import Lab, LabConfig
 
-# REPLIMESH_TEST_SLOT=N (1-9) gives a second test run (another work tree) its own molecule lab too.
+# REPLIMESH_TEST_SLOT=N (1-6) gives a second test run (another work tree) its own molecule lab too.
 SLOT = int(os.environ.get("REPLIMESH_TEST_SLOT", "0"))
 CONFIG = (
     LabConfig(name="rmmol", subnet="172.31.81.0/24")
     if SLOT == 0
-    else LabConfig(name=f"rmmol{SLOT}", subnet=f"172.31.{100 + 10 * SLOT + 3}.0/24")
+    else LabConfig(name=f"rmmol{SLOT}", subnet=f"172.31.{40 + 5 * SLOT + 3}.0/24")  # see tests/conftest.py
 )
 # One fixed directory per slot: a lab left behind by any interrupted scenario is found and removed.
 LAB_DIR = Path("/tmp/replimesh-molecule" + (f"-{SLOT}" if SLOT else ""))

@@ -17,16 +17,19 @@ from tests.reliability import stamp_outcome
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 # The test labs have their own names and /24s, so they never collide with a demo lab (`.lab/`,
-# 172.31.77.0/24). REPLIMESH_TEST_SLOT=N (1-9) moves every lab of a run to its own names and subnets, so
-# two runs of the suite (two work trees) can share one Docker engine.
+# 172.31.77.0/24). REPLIMESH_TEST_SLOT=N (1-6) moves every lab of a run to its own names and subnets
+# (172.31.(40+5N+offset).0/24, offsets 0-4), so two runs of the suite (two work trees) can share one
+# Docker engine.
 TEST_SLOT = int(os.environ.get("REPLIMESH_TEST_SLOT", "0"))
+if not 0 <= TEST_SLOT <= 6:
+    raise SystemExit(f"REPLIMESH_TEST_SLOT must be 0..6, not {TEST_SLOT}")
 
 
 def slot_lab_config(role: str, offset: int) -> LabConfig:
-    """The lab a test run uses for `role` (test, down, nobody): slot 0 keeps the historic names."""
+    """The lab a test run uses for `role` (test, down, nobody, ...): slot 0 keeps the historic names."""
     if TEST_SLOT == 0:
         return LabConfig(name=f"rm{role}", subnet=f"172.31.{78 + offset}.0/24")
-    return LabConfig(name=f"rm{role}{TEST_SLOT}", subnet=f"172.31.{100 + 10 * TEST_SLOT + offset}.0/24")
+    return LabConfig(name=f"rm{role}{TEST_SLOT}", subnet=f"172.31.{40 + 5 * TEST_SLOT + offset}.0/24")
 
 
 TEST_LAB = slot_lab_config("test", 0)
