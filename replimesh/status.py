@@ -50,10 +50,10 @@ def render_table(report: dict[str, Any], console: Console) -> None:
     console.print(
         headline(report), style="green" if report["healthy"] else "bold red", markup=False, highlight=False
     )
-    nodes = Table("node", "reachable", "unison", "folder markers", "cron", title="nodes")
+    nodes = Table("node", "reachable", "unison", "folder markers", "cron", "watcher", title="nodes")
     for row in report["nodes"]:
         if not row["reachable"]:
-            nodes.add_row(escape(row["node"]), _mark(False, "no"), "-", "-", "-")
+            nodes.add_row(escape(row["node"]), _mark(False, "no"), "-", "-", "-", "-")
             continue
         markers = ", ".join(
             _mark(ok, f"{name} {'ok' if ok else 'MISSING'}") for name, ok in row["folders"].items()
@@ -64,6 +64,7 @@ def render_table(report: dict[str, Any], console: Console) -> None:
             _mark(bool(row["unison"]), row["unison"] or "missing"),
             markers or "-",
             _mark(row["cron"] or row["mode"] != "cron", "present" if row["cron"] else "MISSING"),
+            _mark(row.get("watcher") != "down", row.get("watcher") or "-"),
         )
     console.print(nodes)
     edges = Table(title="edges")

@@ -40,11 +40,15 @@ def node_health(name: str, fact: Mapping[str, Any] | None) -> dict[str, Any]:
     if not fact or fact.get("unreachable"):
         reason = str((fact or {}).get("msg") or "not reached").strip().rstrip(":")
         return {"node": name, "reachable": False, "healthy": False, "problems": [f"unreachable: {reason}"]}
+    watcher = fact.get("watcher")
+    watcher_row = ("alive" if watcher.get("alive") else "down") if isinstance(watcher, Mapping) else None
     row: dict[str, Any] = {
         "node": name,
         "reachable": True,
         "unison": fact.get("unison_version"),
-        "mode": fact.get("mode", "cron"),
+        # The node itself says whether it runs a watcher (the mesh_sync role set it up).
+        "mode": "watch" if watcher_row else fact.get("mode", "cron"),
+        "watcher": watcher_row,
         "cron": bool(fact.get("cron")),
         "folders": {f["name"]: bool(f.get("marker")) for f in fact.get("folders") or []},
     }
@@ -56,6 +60,8 @@ def node_health(name: str, fact: Mapping[str, Any] | None) -> dict[str, Any]:
     problems += [f"folder {folder}: marker missing" for folder, ok in row["folders"].items() if not ok]
     if row["mode"] == "cron" and not row["cron"] and not fact.get("failed"):
         problems.append("cron job missing")
+    if watcher_row == "down":
+        problems.append("watcher not running")
     row["problems"] = problems
     row["healthy"] = not problems
     return row
@@ -175,8 +181,10 @@ def render_lines(report: Mapping[str, Any]) -> list[str]:
             continue
         markers = ",".join(f"{name}={'ok' if ok else 'MISSING'}" for name, ok in row["folders"].items())
         cron = "present" if row["cron"] else "MISSING"
+        watcher = {"alive": ", watcher alive", "down": ", watcher DOWN"}.get(row.get("watcher") or "", "")
         lines.append(
             f"node {row['node']}: unison {row['unison'] or '-'}, markers {markers or '-'}, cron {cron}"
+            + watcher
         )
     for row in report["edges"]:
         lag = "-" if row["lag_s"] is None else f"{row['lag_s']:.0f} s ago"

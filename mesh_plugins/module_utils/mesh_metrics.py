@@ -25,6 +25,8 @@ EDGE_FAMILIES: dict[str, str] = {
     "replimesh_edge_files_changed": "Files transferred in the edge's last run.",
     "replimesh_edge_duration_seconds": "How long the edge's last run took.",
 }
+WATCHER_FAMILY = "replimesh_watcher_up"
+WATCHER_HELP = "1 if the watch-mode watcher is running (only on watch-mode nodes), else 0."
 FOLDER_FAMILY = "replimesh_folder_marker_ok"
 FOLDER_HELP = "1 if the folder's marker file is present (the folder is mounted and not emptied), else 0."
 
@@ -68,8 +70,11 @@ def _family(name: str, help_text: str, samples: Iterable[tuple[str, str, float]]
     return lines
 
 
-def render_metrics(records: Sequence[Mapping[str, Any]], markers: Mapping[str, bool]) -> str:
-    """The textfile: one sample per edge (label ``peer``) and per folder (label ``folder``).
+def render_metrics(
+    records: Sequence[Mapping[str, Any]], markers: Mapping[str, bool], watcher_up: bool | None = None
+) -> str:
+    """The textfile: one sample per edge (label ``peer``) and per folder (label ``folder``), and on a
+    watch-mode node (`watcher_up` not None) whether its watcher runs.
 
     Records without a peer name are left out; each peer appears once (the first record wins).
     """
@@ -83,4 +88,7 @@ def render_metrics(records: Sequence[Mapping[str, Any]], markers: Mapping[str, b
         lines += _family(name, help_text, (("peer", peer, edges[peer][name]) for peer in sorted(edges)))
     folder_samples = (("folder", folder, 1.0 if markers[folder] else 0.0) for folder in sorted(markers))
     lines += _family(FOLDER_FAMILY, FOLDER_HELP, folder_samples)
+    if watcher_up is not None:
+        lines += [f"# HELP {WATCHER_FAMILY} {WATCHER_HELP}", f"# TYPE {WATCHER_FAMILY} gauge"]
+        lines.append(f"{WATCHER_FAMILY} {1 if watcher_up else 0}")
     return "\n".join(lines) + "\n"

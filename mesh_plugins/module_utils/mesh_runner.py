@@ -46,6 +46,7 @@ from .mesh_status import (
     render_table,
     summarize,
 )
+from .mesh_watchstate import watcher_up
 
 DEFAULT_CONFIG = "/etc/replimesh/mesh.json"
 DEFAULTS: dict[str, Any] = {
@@ -416,7 +417,8 @@ class Runner:
         target.parent.mkdir(mode=METRICS_DIR_MODE, parents=True, exist_ok=True)
         with contextlib.suppress(OSError):  # mkdir's mode is cut by the umask; a dir not ours stays as is
             target.parent.chmod(METRICS_DIR_MODE)
-        write_text_atomic(target, render_metrics(records, markers), METRICS_FILE_MODE)
+        text = render_metrics(records, markers, watcher_up(self.config.state_dir))
+        write_text_atomic(target, text, METRICS_FILE_MODE)
         return target
 
     def _sync_edge_safely(self, peer: Peer) -> dict[str, Any]:

@@ -98,6 +98,12 @@ cron:
   description: Whether the cron file holds an active sync job.
   returned: without nodes
   type: bool
+watcher:
+  description: >-
+    On a watch-mode node, whether its watcher is alive (a live process with a fresh heartbeat) and what it
+    did last (pid, started, heartbeat, last_event, last_sync, last_result, syncs, forward); null elsewhere.
+  returned: without nodes
+  type: dict
 report:
   description: The mesh's health (healthy, nodes, edges, conflicts, problems, max_lag).
   returned: with nodes
@@ -123,6 +129,7 @@ from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.mesh_health import mesh_health, render_lines
+from ansible.module_utils.mesh_watchstate import watcher_state
 
 VERSION_RE = re.compile(r"version\s+(\S+)")
 CRON_JOB = "replimesh-sync"
@@ -188,6 +195,7 @@ def node_status(module: AnsibleModule) -> dict[str, Any]:
         "unison_version": version,
         "mode": params["mode"],
         "cron": _cron_present(params["cron_file"]),
+        "watcher": watcher_state(params["state_dir"]),
         "now": time.time(),
     }
 

@@ -17,13 +17,14 @@ from ansible.module_utils import basic
 from prometheus_client.parser import text_string_to_metric_families
 
 from mesh_plugins.module_utils import mesh_health as health_core
-from mesh_plugins.module_utils import mesh_runner
+from mesh_plugins.module_utils import mesh_runner, mesh_watchstate
 from mesh_plugins.module_utils.mesh_health import headline, mesh_health, render_lines, timestamp
 from mesh_plugins.module_utils.mesh_metrics import EDGE_FAMILIES, FOLDER_FAMILY, render_metrics
 from mesh_plugins.module_utils.mesh_status import iso_utc
 from tests.unit.module_harness import patch_module_args
 
 sys.modules.setdefault("ansible.module_utils.mesh_health", health_core)
+sys.modules.setdefault("ansible.module_utils.mesh_watchstate", mesh_watchstate)
 node_status_module = importlib.import_module("mesh_plugins.modules.mesh_node_status")
 
 NOW = 1_800_000_000.0
@@ -176,6 +177,25 @@ def test_an_inactive_peer_is_not_expected_yet() -> None:
 def test_a_node_needs_attention(values: dict[str, Any], problem: str) -> None:
     report = mesh_health(triangle(node2=values), NOW, 3600)
     assert report["nodes"][1]["problems"] == [problem] and not report["healthy"]
+
+
+def test_a_watch_mode_node_needs_its_watcher_alive() -> None:
+    alive = {"alive": True, "pid": 42, "last_sync": iso_utc(NOW - 5)}
+    report = mesh_health(triangle(node2={"watcher": alive, "cron": False}), NOW, 3600)
+    assert report["healthy"], report["problems"]
+    row = report["nodes"][1]
+    assert (row["mode"], row["watcher"]) == ("watch", "alive")
+    assert "watcher alive" in render_lines(report)[2]
+    report = mesh_health(triangle(node2={"watcher": {**alive, "alive": False}}), NOW, 3600)
+    assert report["nodes"][1]["problems"] == ["watcher not running"]
+    assert "watcher DOWN" in render_lines(report)[2]
+    assert mesh_health(triangle(), NOW, 3600)["nodes"][0]["watcher"] is None
+
+
+def test_metrics_say_whether_the_watcher_runs_only_on_watch_mode_nodes() -> None:
+    for up in (True, False):
+        metrics = parse(render_metrics([record("node2")], {"shared": True}, watcher_up=up))
+        assert metrics["replimesh_watcher_up"] == {(): 1.0 if up else 0.0}
 
 
 def test_timestamps_round_trip() -> None:

@@ -19,10 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from mesh_plugins.module_utils import mesh_runner
 from mesh_plugins.module_utils.mesh_runner import main
 
+ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = Path(__file__).parent / "fixtures" / "unison"
 MODULE_UTILS = Path(mesh_runner.__file__).parent
 MARKER = ".replimesh-folder"
@@ -387,21 +389,29 @@ def test_unreadable_or_invalid_config_and_bad_usage_exit_2(tmp_path: Path, capsy
     assert mesh.calls() == []
 
 
-def test_installs_as_replimesh_node_and_needs_only_the_standard_library(tmp_path: Path) -> None:
-    """The role copies the two files into replimesh_node/; Debian's python3 runs them without the venv."""
+def role_files() -> list[str]:
+    """The module_utils files the mesh_sync role installs on a node (its runner.yml's loop)."""
+    tasks = yaml.safe_load((ROOT / "roles/mesh_sync/tasks/runner.yml").read_text())
+    return next(task["loop"] for task in tasks if "module_utils" in str(task.get("ansible.builtin.copy")))
+
+
+@pytest.mark.parametrize(("entry", "option"), [("mesh_runner", "--all-peers"), ("mesh_watch", "--supervise")])
+def test_installs_as_replimesh_node_and_needs_only_the_standard_library(
+    tmp_path: Path, entry: str, option: str
+) -> None:
+    """The role copies the files into replimesh_node/; Debian's python3 runs them without the venv."""
     package = tmp_path / "lib" / "replimesh_node"
     package.mkdir(parents=True)
-    (package / "__init__.py").touch()
-    for name in ("mesh_cleanup.py", "mesh_metrics.py", "mesh_status.py", "mesh_runner.py"):
+    for name in role_files():
         shutil.copy(MODULE_UTILS / name, package / name)
     python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
     script = (
         f"import sys; sys.path.insert(0, {str(package.parent)!r}); "
-        "from replimesh_node.mesh_runner import main; sys.exit(main(['--help']))"
+        f"from replimesh_node.{entry} import main; sys.exit(main(['--help']))"
     )
     proc = subprocess.run([python, "-I", "-c", script], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0, proc.stderr
-    assert "--all-peers" in proc.stdout
+    assert option in proc.stdout
 
 
 @pytest.mark.skipif(not Path("/usr/bin/unison").exists(), reason="unison is not installed")

@@ -1,0 +1,161 @@
+"""Keep the watcher running on a host without systemd (the lab's containers, docker-init).
+
+``replimesh-watch --start`` starts the supervisor in the background unless one runs (prints ``started``
+or ``running``); cron runs it every minute, so a supervisor that is gone is back within a minute. The
+supervisor holds ``{state_dir}/watch/supervisor.lock`` (flock) for its whole life, so there is only ever
+one; it starts the watcher and starts it again about a second after it exits, however it exits (with a
+growing pause, up to 30 s, while it keeps failing at once). The watcher gets SIGTERM when its supervisor
+dies (PR_SET_PDEATHSIG), so a killed supervisor never leaves an orphan watcher behind.
+``replimesh-watch --stop`` ends the supervisor and its watcher (prints ``stopped`` or ``not running``).
+Where systemd runs, the unit (Restart=always) does all this instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from .mesh_watchstate import pid_of, signal_pid, watch_dir
+
+RESTART_DELAY_S = 1.0
+MAX_RESTART_DELAY_S = 30.0
+QUICK_EXIT_S = 10.0  # a watcher that ends sooner than this after its start counts as failing
+STOP_WAIT_S = 10.0
+PR_SET_PDEATHSIG = 1
+
+
+def _lock_path(state_dir: str) -> Path:
+    return watch_dir(state_dir) / "supervisor.lock"
+
+
+def _pid_path(state_dir: str) -> Path:
+    return watch_dir(state_dir) / "supervisor.pid"
+
+
+def _try_lock(path: Path) -> int | None:
+    """The locked descriptor, or None when another process holds the lock."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def running(state_dir: str) -> bool:
+    watch_dir(state_dir).mkdir(mode=0o750, parents=True, exist_ok=True)
+    fd = _try_lock(_lock_path(state_dir))
+    if fd is None:
+        return True
+    os.close(fd)
+    return False
+
+
+def next_delay(previous: float, lived: float) -> float:
+    """The pause before the next start: short after a watcher that ran a while, growing while it fails."""
+    if lived >= QUICK_EXIT_S:
+        return RESTART_DELAY_S
+    return min(max(previous * 2, RESTART_DELAY_S), MAX_RESTART_DELAY_S)
+
+
+def _die_with_parent() -> None:
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def supervise(
+    state_dir: str, watcher: Sequence[str], log_file: str, on_exit: Callable[[], None] = lambda: None
+) -> int:
+    """Run `watcher` for as long as this process lives; 0 at once when another supervisor runs.
+    `on_exit` runs each time the watcher has ended (the metrics then say it is down)."""
+    watch_dir(state_dir).mkdir(mode=0o750, parents=True, exist_ok=True)
+    lock = _try_lock(_lock_path(state_dir))
+    if lock is None:
+        return 0
+    _pid_path(state_dir).write_text(f"{os.getpid()}\n", encoding="utf-8")
+    stop = threading.Event()
+    child: list[subprocess.Popen[bytes]] = []
+
+    def on_term(_signum: int, _frame: object) -> None:
+        stop.set()
+        for proc in child:
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    delay = 0.0
+    try:
+        while not stop.is_set():
+            started = time.monotonic()
+            with open(log_file, "ab") as log:
+                proc = subprocess.Popen(
+                    list(watcher),
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                    preexec_fn=_die_with_parent,
+                )
+            child[:] = [proc]
+            code = proc.wait()
+            on_exit()
+            if stop.is_set():
+                break
+            delay = next_delay(delay, time.monotonic() - started)
+            with open(log_file, "a", encoding="utf-8") as log:
+                log.write(f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} supervisor: watcher "
+                          f"exited with {code}; starting it again in {delay:g} s\n")  # fmt: skip
+            stop.wait(delay)
+    finally:
+        with contextlib.suppress(OSError):
+            _pid_path(state_dir).unlink()
+        os.close(lock)
+    return 0
+
+
+def start_background(state_dir: str, supervisor: Sequence[str]) -> str:
+    """Start `supervisor` detached from this process (its own session, no terminal) unless one runs."""
+    if running(state_dir):
+        return "running"
+    subprocess.Popen(
+        list(supervisor),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        cwd="/",
+    )
+    deadline = time.monotonic() + STOP_WAIT_S
+    while not running(state_dir) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return "started"
+
+
+def stop(state_dir: str) -> str:
+    if not watch_dir(state_dir).is_dir() or not running(state_dir):
+        return "not running"
+    pid = pid_of(_pid_path(state_dir))
+    if pid is None or not signal_pid(pid, signal.SIGTERM):
+        return "not running"
+    deadline = time.monotonic() + STOP_WAIT_S
+    while running(state_dir) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if running(state_dir):
+        signal_pid(pid, signal.SIGKILL)  # its watcher follows it (PR_SET_PDEATHSIG)
+    return "stopped"
+
+
+def command(argv: Sequence[str]) -> list[str]:
+    """How this process was started, to start the same entry point again (python3 SCRIPT ARGS)."""
+    return [sys.executable, os.path.abspath(sys.argv[0]), *argv]

@@ -1,0 +1,436 @@
+"""Watch mode on a node: inotify events -> coalesced paths -> Unison runs of only those paths, per edge.
+
+Installed beside the runner (``replimesh_node.mesh_watch``) and started as ``replimesh-watch``: by a
+systemd unit where systemd runs, else by ``replimesh-watch --supervise`` (mesh_supervise), which cron
+starts again if it is gone. Standard library only.
+
+- Events are coalesced until the folder has been quiet for ``delay`` seconds (at most ``max_delay`` after
+  the first), then each edge gets one run per folder with every changed path (``-path``, several at once).
+  The watch path never scans the whole tree for a one-file change: Unison looks only at those paths.
+- Unison's own temporary entries (``.unison.*``) and the folder marker are not changes. A file that Unison
+  renamed into place from its temporary name arrived from a peer: it is forwarded to this node's other
+  peers only when ``forward`` is on (overlay). In a full mesh the origin syncs with every node itself, so
+  forwarding would only add N*(N-1) no-op runs.
+- Edges run in parallel (at most ``concurrency`` at once), each under the runner's edge lock; a busy or
+  failed run is retried a bounded number of times. The cron round stays the full safety net.
+- A change of mesh.json (membership) ends the watcher with exit 0: its supervisor starts it again at once
+  with the new peers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fnmatch
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from . import mesh_supervise
+from .mesh_inotify import IN_CREATE, IN_DELETE, IN_MOVED_FROM, IN_MOVED_TO, IN_Q_OVERFLOW, Inotify
+from .mesh_runner import (
+    DEFAULT_CONFIG,
+    DEFAULTS,
+    Config,
+    ConfigError,
+    Folder,
+    Peer,
+    Runner,
+    load_config,
+    write_json_atomic,
+)
+from .mesh_status import iso_utc
+from .mesh_watchstate import HEARTBEAT_S, watch_dir
+
+UNISON_TEMP_PREFIX = ".unison."
+MAX_PATHS = 200  # -path arguments per run; more are folded into their parent directories
+IDLE_WAKE_S = 5.0  # when idle, how often the watcher looks for a new mesh.json
+RETRY_KINDS = frozenset({"busy", "failed"})
+WATCHER_DEFAULTS: dict[str, Any] = {"delay": 0.3, "max_delay": 3.0, "forward": False, "retries": 4}
+
+
+# ---- pure logic (unit-tested) ---------------------------------------------------------------------
+
+
+def ignored(rel: str, marker: str, patterns: Sequence[str] = ()) -> bool:
+    """Whether a path (relative to the folder) is never a change to sync: Unison's own temporary entries,
+    the marker, and the folder's ignore patterns (Unison's `Name` on any component, `Path` on the whole)."""
+    parts = rel.split("/")
+    if not rel or rel == marker or any(part.startswith(UNISON_TEMP_PREFIX) for part in parts):
+        return True
+    for pattern in patterns:
+        if "/" in pattern:
+            if fnmatch.fnmatchcase(rel, pattern):
+                return True
+        elif any(fnmatch.fnmatchcase(part, pattern) for part in parts):
+            return True
+    return False
+
+
+def compact_paths(paths: Iterable[str], limit: int = MAX_PATHS) -> list[str] | None:
+    """The fewest paths that cover `paths` (a directory covers what is below it), folded into parent
+    directories until at most `limit` remain; None means the whole folder."""
+    current = set(paths)
+    while True:
+        if "" in current:
+            return None
+        kept = sorted(p for p in current if not any(p.startswith(q + "/") for q in _ancestors(p) & current))
+        if len(kept) <= limit:
+            return kept
+        deepest = max(p.count("/") for p in kept)
+        current = {p.rsplit("/", 1)[0] if p.count("/") == deepest and "/" in p else p for p in kept}
+        if deepest == 0:
+            return None
+
+
+def _ancestors(path: str) -> set[str]:
+    parts = path.split("/")
+    return {"/".join(parts[:i]) for i in range(1, len(parts))}
+
+
+def targets(peers: Sequence[Peer], arrived: bool, forward: bool) -> list[Peer]:
+    """The edges a change goes over: every active peer for a local change; for a change that arrived
+    from a peer, every active peer only when forwarding (the origin's edge then runs as a cheap no-op)."""
+    if arrived and not forward:
+        return []
+    return [peer for peer in peers if peer.active]
+
+
+@dataclass
+class Batch:
+    """Changed paths per folder, split by origin; `full` folders had an event overflow (sync them whole)."""
+
+    local: dict[str, set[str]] = field(default_factory=dict)
+    arrived: dict[str, set[str]] = field(default_factory=dict)
+    full: set[str] = field(default_factory=set)
+    first: float = 0.0
+    last: float = 0.0
+
+    def add(self, folder: str, rel: str, arrived: bool, now: float) -> None:
+        (self.arrived if arrived else self.local).setdefault(folder, set()).add(rel)
+        self._touch(now)
+
+    def overflow(self, folder: str, now: float) -> None:
+        self.full.add(folder)
+        self._touch(now)
+
+    def _touch(self, now: float) -> None:
+        self.first = self.first or now
+        self.last = now
+
+    def __bool__(self) -> bool:
+        return bool(self.local or self.arrived or self.full)
+
+    def ready(self, now: float, delay: float, max_delay: float) -> bool:
+        return bool(self) and (now - self.last >= delay or now - self.first >= max_delay)
+
+    def settle(self) -> None:
+        """A directory Unison created on the way to a file it delivered (``-path a/b/f``) arrived too."""
+        for folder, paths in self.arrived.items():
+            local = self.local.get(folder, set())
+            covering = {p for p in local if any(a.startswith(p + "/") for a in paths)}
+            local -= covering
+            paths |= covering
+        self.local = {f: p for f, p in self.local.items() if p}
+
+    def plan(self, peers: Sequence[Peer], forward: bool) -> dict[str, dict[str, list[str] | None]]:
+        """peer -> folder -> paths to sync (None: the whole folder)."""
+        self.settle()
+        work: dict[str, dict[str, set[str]]] = {}
+        for arrived, source in ((False, self.local), (True, self.arrived)):
+            for folder, paths in source.items():
+                for peer in targets(peers, arrived, forward):
+                    work.setdefault(peer.name, {}).setdefault(folder, set()).update(paths)
+        for folder in self.full:
+            for peer in targets(peers, False, forward):
+                work.setdefault(peer.name, {})[folder] = {""}
+        return {peer: {f: compact_paths(p) for f, p in folders.items()} for peer, folders in work.items()}
+
+
+class Arrivals:
+    """Tells a file Unison delivered from a local change: Unison writes ``.unison.NAME.*.unison.tmp`` and
+    renames it into place, so an IN_MOVED_TO whose IN_MOVED_FROM was such a name arrived from a peer."""
+
+    def __init__(self) -> None:
+        self._cookies: dict[int, float] = {}
+
+    def arrived(self, mask: int, cookie: int, name: str, now: float) -> bool:
+        if mask & IN_MOVED_FROM and name.startswith(UNISON_TEMP_PREFIX) and cookie:
+            self._cookies = {c: t for c, t in self._cookies.items() if now - t < 60} | {cookie: now}
+            return False
+        return bool(mask & IN_MOVED_TO and self._cookies.pop(cookie, None) is not None)
+
+
+# ---- the edges -------------------------------------------------------------------------------------
+
+
+class PathRunner(Runner):
+    """The runner's edge sync (edge lock, marker check, status record, log) for some paths only."""
+
+    def __init__(self, config: Config, paths: Mapping[str, list[str] | None], bigdel_ok: bool) -> None:
+        super().__init__(replace(config, folders=tuple(f for f in config.folders if f.name in paths)))
+        self.paths = paths
+        self.bigdel_ok = bigdel_ok
+
+    def command(self, peer: Peer, folder: Folder) -> list[str]:
+        argv = super().command(peer, folder)
+        for path in self.paths[folder.name] or []:
+            argv += ["-path", path]
+        if self.paths[folder.name] and self.bigdel_ok:
+            # A deleted path is "completely emptied" to Unison, which then refuses to sync it. The
+            # marker still guards the folder itself (an unmounted or emptied disk is never synced).
+            argv += ["-confirmbigdel=false"]
+        return argv
+
+
+class Edges:
+    """One worker thread per busy edge; paths for an edge that is running wait for its next run."""
+
+    def __init__(self, config: Config, retries: int, on_result: Any) -> None:
+        self.config = config
+        self.retries = retries
+        self.on_result = on_result
+        self._lock = threading.Lock()
+        self._pending: dict[str, dict[str, set[str] | None]] = {}
+        self._running: set[str] = set()
+        self._slots = threading.Semaphore(config.concurrency)
+        self._peers = {peer.name: peer for peer in config.peers}
+
+    def submit(self, work: Mapping[str, Mapping[str, list[str] | None]]) -> None:
+        with self._lock:
+            for peer, folders in work.items():
+                pending = self._pending.setdefault(peer, {})
+                for folder, paths in folders.items():
+                    if paths is None or pending.get(folder, set()) is None:
+                        pending[folder] = None
+                    else:
+                        pending.setdefault(folder, set()).update(paths)  # type: ignore[union-attr]
+                if peer not in self._running:
+                    self._running.add(peer)
+                    threading.Thread(target=self._work, args=(peer,), daemon=True).start()
+
+    def idle(self) -> bool:
+        with self._lock:
+            return not self._running
+
+    def _take(self, peer: str) -> dict[str, list[str] | None] | None:
+        with self._lock:
+            pending = self._pending.pop(peer, {})
+            if not pending:
+                self._running.discard(peer)
+                return None
+        return {f: None if p is None else compact_paths(p) for f, p in pending.items()}
+
+    def _work(self, peer: str) -> None:
+        while (paths := self._take(peer)) is not None:
+            for attempt in range(self.retries + 1):
+                with self._slots:
+                    result = self._sync(peer, paths)
+                self.on_result(peer, result)
+                if result["result"] not in RETRY_KINDS or attempt == self.retries:
+                    break
+                time.sleep(min(0.5 * 2**attempt, 8.0))
+
+    def _sync(self, peer: str, paths: Mapping[str, list[str] | None]) -> dict[str, Any]:
+        runner = PathRunner(self.config, paths, bigdel_ok=self._replicas_not_emptied())
+        return runner._sync_edge_safely(self._peers[peer])
+
+    def _replicas_not_emptied(self) -> bool:
+        """Unison's big-deletion check stays on when a folder holds nothing but its marker."""
+        for folder in self.config.folders:
+            try:
+                names = [n for n in os.listdir(folder.path) if n != self.config.marker]
+            except OSError:
+                return False
+            if not [n for n in names if not n.startswith(UNISON_TEMP_PREFIX)]:
+                return False
+        return True
+
+
+# ---- the watcher -----------------------------------------------------------------------------------
+
+
+class Watcher:
+    def __init__(self, config: Config, config_path: str, options: Mapping[str, Any]) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.options = {**WATCHER_DEFAULTS, **options}
+        self.state = watch_dir(config.state_dir)
+        self.record: dict[str, Any] = {
+            "pid": os.getpid(),
+            "node": config.node,
+            "started": iso_utc(time.time()),
+            "forward": bool(self.options["forward"]),
+            "delay": self.options["delay"],
+            "last_event": None,
+            "last_sync": None,
+            "last_result": None,
+            "syncs": 0,
+        }
+        self.edges = Edges(config, int(self.options["retries"]), self._on_result)
+        self._record_lock = threading.Lock()
+        self._stop = False
+
+    def _on_result(self, peer: str, result: Mapping[str, Any]) -> None:
+        with self._record_lock:
+            self.record.update(last_sync=iso_utc(time.time()), last_result=f"{peer}: {result['result']}")
+            self.record["syncs"] += 1
+            self._write_record()
+            write_metrics(self.config)
+
+    def _write_record(self) -> None:
+        self.record["heartbeat"] = iso_utc(time.time())
+        write_json_atomic(self.state / "watcher.json", self.record)
+
+    def _folder_of(self, path: str) -> tuple[Folder, str] | None:
+        for folder in self.config.folders:
+            if path == folder.path or path.startswith(folder.path.rstrip("/") + "/"):
+                return folder, path[len(folder.path) :].strip("/")
+        return None
+
+    def _skip_dir(self, path: str) -> bool:
+        found = self._folder_of(path)
+        return found is None or ignored(found[1], self.config.marker, found[0].ignore)
+
+    def run(self) -> int:
+        Runner(self.config).prepare()
+        self.state.mkdir(mode=0o750, parents=True, exist_ok=True)
+        config_mtime = os.stat(self.config_path).st_mtime
+        inotify = Inotify(skip=self._skip_dir)
+        for folder in self.config.folders:
+            inotify.add_tree(folder.path)
+        self.record["watches"] = inotify.watches
+        with self._record_lock:
+            self._write_record()
+        write_metrics(self.config)
+        signal.signal(signal.SIGTERM, lambda *_: setattr(self, "_stop", True))
+        arrivals, batch = Arrivals(), Batch()
+        delay, max_delay = float(self.options["delay"]), float(self.options["max_delay"])
+        next_beat = time.monotonic() + HEARTBEAT_S
+        while not self._stop:
+            now = time.monotonic()
+            due = min(batch.last + delay, batch.first + max_delay) if batch else now + IDLE_WAKE_S
+            timeout = max(due - now, 0.01)
+            for event in inotify.read(timeout):
+                self._collect(event, arrivals, batch)
+            now = time.monotonic()
+            if batch.ready(now, delay, max_delay):
+                self.edges.submit(batch.plan(self.config.peers, bool(self.options["forward"])))
+                batch = Batch()
+            if now >= next_beat:
+                next_beat = now + HEARTBEAT_S
+                with self._record_lock:
+                    self._write_record()
+            if not batch and os.stat(self.config_path).st_mtime != config_mtime:
+                self.note("mesh.json changed: restarting with the new peers")
+                break
+        inotify.close()
+        return 0
+
+    def _collect(self, event: Any, arrivals: Arrivals, batch: Batch) -> None:
+        now = time.monotonic()
+        if event.mask & IN_Q_OVERFLOW:
+            for folder in self.config.folders:
+                batch.overflow(folder.name, now)
+            return
+        found = self._folder_of(event.path)
+        if found is None:
+            return
+        folder, rel = found
+        arrived = arrivals.arrived(event.mask, event.cookie, os.path.basename(rel), now)
+        if ignored(rel, self.config.marker, folder.ignore):
+            return
+        if not event.mask & (IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO) and not rel:
+            return  # the folder's own attributes
+        batch.add(folder.name, rel, arrived, now)
+        with self._record_lock:
+            self.record["last_event"] = iso_utc(time.time())
+
+    def note(self, message: str) -> None:
+        Runner(self.config).note(f"watcher: {message}")
+
+
+def write_metrics(config: Config) -> None:
+    """The node's textfile, now with the watcher's state; a failure to write it stops no sync."""
+    with contextlib.suppress(OSError):
+        Runner(config).write_metrics()
+
+
+def load_options(path: str) -> dict[str, Any]:
+    """The watcher's settings (/etc/replimesh/watch.json, the role's); missing file: the defaults."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return dict(WATCHER_DEFAULTS)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: must be a JSON object")
+    options = {**WATCHER_DEFAULTS, **{k: v for k, v in data.items() if k in WATCHER_DEFAULTS}}
+    for key in ("delay", "max_delay"):
+        value = options[key]
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 60:
+            raise ConfigError(f"{path}: {key} must be a number of seconds in (0, 60] (got {value!r})")
+    if not isinstance(options["forward"], bool):
+        raise ConfigError(f"{path}: forward must be true or false")
+    retries = options["retries"]
+    if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 20:
+        raise ConfigError(f"{path}: retries must be 0..20 (got {retries!r})")
+    return options
+
+
+DEFAULT_OPTIONS = "/etc/replimesh/watch.json"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="replimesh-watch", description="Sync changed paths over this node's edges as they change."
+    )
+    parser.add_argument("--config", default=DEFAULT_CONFIG, help="the node's mesh file (written by Ansible)")
+    parser.add_argument("--options", default=DEFAULT_OPTIONS, help="the watcher's settings (JSON)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--start", action="store_true", help="start the supervisor in the background")
+    which.add_argument("--stop", action="store_true", help="stop the supervisor and its watcher")
+    which.add_argument("--supervise", action="store_true", help="run the watcher, restarting it (foreground)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    files = ["--config", args.config, "--options", args.options]
+    try:
+        config = load_config(args.config)
+        options = load_options(args.options)
+    except ConfigError as exc:
+        if args.stop:  # stopping needs only the state directory
+            print(mesh_supervise.stop(str(DEFAULTS["state_dir"])))
+            return 0
+        print(f"replimesh-watch: bad config: {exc}", file=sys.stderr)
+        return 2
+    try:
+        if args.stop:
+            print(mesh_supervise.stop(config.state_dir))
+            return 0
+        if args.start:
+            print(
+                mesh_supervise.start_background(
+                    config.state_dir, mesh_supervise.command(["--supervise", *files])
+                )
+            )
+            return 0
+        if args.supervise:
+            log = str(Path(config.log_file).parent / "watch.log")
+            return mesh_supervise.supervise(
+                config.state_dir, mesh_supervise.command(files), log, on_exit=lambda: write_metrics(config)
+            )
+        return Watcher(config, args.config, options).run()
+    except OSError as exc:
+        print(f"replimesh-watch: {exc}", file=sys.stderr)
+        return 1

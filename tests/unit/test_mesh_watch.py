@@ -1,0 +1,217 @@
+"""Watch mode's logic: what counts as a change, how events coalesce, which edges a change goes over, the
+real inotify source, the watcher against the runner's fake Unison, and the supervisor that restarts it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from mesh_plugins.module_utils import mesh_supervise, mesh_watch
+from mesh_plugins.module_utils.mesh_inotify import IN_CLOSE_WRITE, IN_MOVED_FROM, IN_MOVED_TO, Inotify
+from mesh_plugins.module_utils.mesh_runner import ConfigError, Peer, load_config
+from mesh_plugins.module_utils.mesh_watch import (
+    Arrivals,
+    Batch,
+    Watcher,
+    compact_paths,
+    ignored,
+    load_options,
+    targets,
+)
+from mesh_plugins.module_utils.mesh_watchstate import process_alive, watcher_state
+from tests.conftest import wait_until
+from tests.unit.test_mesh_runner import MARKER, Mesh
+
+TEMP = ".unison.report.txt.b177728791efa6f93cd49885694cff73.unison.tmp"
+PEERS = [Peer("node2", "10.0.0.2", 22, True), Peer("node3", "10.0.0.3", 22, False)]
+
+
+@pytest.mark.parametrize(
+    ("rel", "expected"),
+    [
+        ("report.txt", False),
+        ("a/b/c.bin", False),
+        (MARKER, True),
+        ("sub/" + MARKER, False),  # only the folder's own marker is Unison's concern
+        (TEMP, True),
+        (f"dir/{TEMP}/inner.txt", True),
+        ("", True),
+        ("draft.tmp", True),  # the folder ignores Name *.tmp
+        ("cache/x/y", True),  # ... and Path cache/*
+        ("cachex/y", False),
+    ],
+)
+def test_what_is_not_a_change(rel: str, expected: bool) -> None:
+    assert ignored(rel, MARKER, ["*.tmp", "cache/*"]) is expected
+
+
+def test_compact_paths_covers_children_by_their_directory_and_folds_to_a_limit() -> None:
+    assert compact_paths(["b.txt", "a", "a/x", "a/y/z", "ab"]) == ["a", "ab", "b.txt"]
+    assert compact_paths([f"d/{i}" for i in range(5)] + ["e/1", "top"], limit=3) == ["d", "e", "top"]
+    assert compact_paths([f"f{i}" for i in range(5)], limit=3) is None  # only the whole folder covers them
+    assert compact_paths(["x", ""]) is None
+    assert compact_paths([]) == []
+
+
+def test_targets_forward_arrivals_only_in_an_overlay() -> None:
+    inactive = Peer("node4", "10.0.0.4", 22, True, active=False)
+    peers = [*PEERS, inactive]
+    assert [p.name for p in targets(peers, arrived=False, forward=False)] == ["node2", "node3"]
+    assert targets(peers, arrived=True, forward=False) == []
+    assert [p.name for p in targets(peers, arrived=True, forward=True)] == ["node2", "node3"]
+
+
+def test_batch_is_ready_after_a_quiet_window_or_the_longest_wait() -> None:
+    batch = Batch()
+    assert not batch.ready(100.0, 0.3, 3.0)
+    batch.add("shared", "a.txt", False, 100.0)
+    assert not batch.ready(100.2, 0.3, 3.0)
+    assert batch.ready(100.31, 0.3, 3.0)
+    for step in range(1, 30):  # events keep coming every 0.1 s: the longest wait ends it
+        batch.add("shared", f"f{step}", False, 100.0 + step / 10)
+    assert batch.ready(103.0, 0.3, 3.0)
+
+
+def test_batch_plan_sends_local_changes_everywhere_and_arrivals_only_when_forwarding() -> None:
+    batch = Batch()
+    batch.add("shared", "mine.txt", False, 1.0)
+    batch.add("shared", "new/dir/theirs.txt", True, 1.0)
+    batch.add("shared", "new", False, 1.0)  # Unison made the parent on its way to theirs.txt
+    batch.add("media", "x/y", False, 1.0)
+    assert batch.plan(PEERS, forward=False) == {
+        "node2": {"shared": ["mine.txt"], "media": ["x/y"]},
+        "node3": {"shared": ["mine.txt"], "media": ["x/y"]},
+    }
+    batch = Batch()
+    batch.add("shared", "theirs.txt", True, 1.0)
+    batch.overflow("media", 1.0)
+    plan = batch.plan(PEERS, forward=True)
+    assert plan["node2"] == {"shared": ["theirs.txt"], "media": None}
+
+
+def test_arrivals_are_renames_from_unison_temporary_names() -> None:
+    arrivals = Arrivals()
+    assert not arrivals.arrived(IN_MOVED_FROM, 7, TEMP, 1.0)
+    assert arrivals.arrived(IN_MOVED_TO, 7, "report.txt", 1.0)
+    assert not arrivals.arrived(IN_MOVED_TO, 7, "report.txt", 1.0)  # the cookie is used up
+    assert not arrivals.arrived(IN_MOVED_FROM, 8, "draft.txt", 1.0)  # an application's own rename
+    assert not arrivals.arrived(IN_MOVED_TO, 8, "final.txt", 1.0)
+    assert not arrivals.arrived(IN_CLOSE_WRITE, 0, "written.txt", 1.0)
+
+
+def test_load_options_defaults_and_refusals(tmp_path: Path) -> None:
+    path = tmp_path / "watch.json"
+    assert load_options(str(path))["delay"] == 0.3
+    path.write_text(json.dumps({"delay": 0.5, "forward": True, "unknown": 1}))
+    assert load_options(str(path)) | {} == {"delay": 0.5, "max_delay": 3.0, "forward": True, "retries": 4}
+    for bad in ({"delay": 0}, {"delay": True}, {"forward": "yes"}, {"retries": 99}, []):
+        path.write_text(json.dumps(bad))
+        with pytest.raises(ConfigError):
+            load_options(str(path))
+
+
+def wait_for_path(inotify: Inotify, path: Path) -> list[str]:
+    paths: list[str] = []
+    deadline = time.monotonic() + 5
+    while str(path) not in paths and time.monotonic() < deadline:
+        paths += [e.path for e in inotify.read(0.5)]
+    return paths
+
+
+def test_inotify_follows_new_and_moved_directories(tmp_path: Path) -> None:
+    inotify = Inotify()
+    inotify.add_tree(str(tmp_path))
+    (tmp_path / "d" / "e").mkdir(parents=True)
+    seen = {e.path for e in inotify.read(1.0)}
+    assert str(tmp_path / "d") in seen
+    (tmp_path / "d" / "e" / "f.txt").write_text("x")  # d/e was watched as soon as d appeared
+    (tmp_path / "d").rename(tmp_path / "moved")
+    # The move names the directory (a sync of "moved" covers all below it); the old paths' watches go.
+    assert str(tmp_path / "moved") in wait_for_path(inotify, tmp_path / "moved")
+    (tmp_path / "moved" / "g.txt").write_text("y")
+    paths = wait_for_path(inotify, tmp_path / "moved" / "g.txt")
+    assert str(tmp_path / "moved" / "g.txt") in paths
+    assert not any("/d/" in p for p in paths)
+    inotify.close()
+
+
+def test_the_watcher_syncs_only_the_changed_paths_over_every_edge(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mesh = Mesh(tmp_path, {"node2": True, "node3": False})
+    config = load_config(str(mesh.config_path))
+    watcher = Watcher(config, str(mesh.config_path), {"delay": 0.2, "retries": 0})
+    monkeypatch.setattr(mesh_watch, "IDLE_WAKE_S", 0.5)
+    thread = threading.Thread(target=watcher.run, daemon=True)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(signal, "signal", lambda *_args: None)  # not the main thread
+        thread.start()
+        assert wait_until(lambda: (mesh.state_dir / "watch" / "watcher.json").exists(), 10)
+        folder = mesh.folders["shared"]
+        (folder / "sub").mkdir()
+        (folder / "sub" / "new.txt").write_text("hello")
+        (folder / "top.txt").write_text("hi")
+        (folder / "draft.tmp").write_text("ignored")
+        assert wait_until(lambda: len(mesh.calls()) >= 2, 10), mesh.calls()
+        watcher._stop = True
+        thread.join(15)
+    argvs = sorted(call["argv"] for call in mesh.calls())
+    expected = ["-path", "sub", "-path", "top.txt", "-confirmbigdel=false"]
+    assert argvs == [["node2--shared", *expected], ["node3--shared", *expected]]
+    record = json.loads((mesh.state_dir / "watch" / "watcher.json").read_text())
+    assert record["syncs"] == 2 and record["last_event"] and record["pid"] == os.getpid()
+    assert mesh.status("node3")["result"] == "ok"  # the runner's status record, as for a cron round
+    state = watcher_state(str(mesh.state_dir))
+    assert state is not None and state["alive"] is False  # this test process is not a replimesh-watch
+
+
+CHILD = "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(60)"
+
+
+def test_the_supervisor_restarts_its_watcher_and_stops_with_it(tmp_path: Path) -> None:
+    state, pidfile = tmp_path / "state", tmp_path / "child.pid"
+    code = (
+        "import sys; from mesh_plugins.module_utils import mesh_supervise as s; "
+        f"s.supervise({str(state)!r}, [sys.executable, '-c', {CHILD!r}, {str(pidfile)!r}], "
+        f"{str(tmp_path / 'watch.log')!r})"
+    )
+    root = Path(__file__).resolve().parents[2]
+    supervisor = subprocess.Popen([sys.executable, "-c", code], cwd=root)
+    try:
+        assert wait_until(pidfile.exists, 10)
+        first = int(pidfile.read_text())
+        assert mesh_supervise.running(str(state))
+        # A second supervisor sees the lock and leaves at once.
+        assert mesh_supervise.supervise(str(state), ["false"], str(tmp_path / "other.log")) == 0
+        started = time.monotonic()
+        os.kill(first, signal.SIGKILL)
+        assert wait_until(lambda: pidfile.exists() and pidfile.read_text() not in ("", str(first)), 10)
+        assert time.monotonic() - started < 3  # back within about a second
+        second = int(pidfile.read_text())
+        assert mesh_supervise.stop(str(state)) == "stopped"
+        assert supervisor.wait(10) == 0
+        assert wait_until(lambda: not Path(f"/proc/{second}").exists(), 10)
+        assert mesh_supervise.stop(str(state)) == "not running"
+        assert "exited with -9" in (tmp_path / "watch.log").read_text()
+    finally:
+        supervisor.kill()
+
+
+def test_restart_pauses_grow_only_while_the_watcher_keeps_failing() -> None:
+    assert mesh_supervise.next_delay(0.0, 100.0) == 1.0
+    assert mesh_supervise.next_delay(1.0, 0.5) == 2.0
+    assert mesh_supervise.next_delay(16.0, 0.5) == 30.0
+    assert mesh_supervise.next_delay(30.0, 20.0) == 1.0
+
+
+def test_process_alive_wants_a_watcher() -> None:
+    assert not process_alive(os.getpid())  # pytest is not replimesh-watch
+    assert not process_alive(True) and not process_alive(-1) and not process_alive("12")
