@@ -17,6 +17,20 @@ lab_app = typer.Typer(help="A lab of real SSH hosts on this machine (Docker), fo
                       no_args_is_help=True)  # fmt: skip
 app.add_typer(lab_app, name="lab")
 
+Inventory = Annotated[
+    Path | None,
+    typer.Option(
+        "-i",
+        "--inventory",
+        envvar="REPLIMESH_INVENTORY",
+        help="The mesh file. Default: .lab/lab.mesh.yml while a lab is up here, else the one"
+        " *.mesh.yml in inventory/ (example.mesh.yml aside).",
+    ),
+]
+ExtraVars = Annotated[
+    list[str] | None,
+    typer.Option("-e", "--extra-vars", help="KEY=VALUE handed to the playbook, as with ansible-playbook."),
+]
 LabDir = Annotated[
     Path,
     typer.Option("--lab-dir", envvar="REPLIMESH_LAB_DIR", help="Where the lab keeps its key and inventory."),
@@ -129,11 +143,108 @@ def demo(
     raise typer.Exit(0 if ok else 1)
 
 
+def _step(playbook: str, inventory: Path | None, extravars: dict[str, str], limit: str | None = None) -> None:
+    from replimesh.operate import run_step
+    from replimesh.playbooks import PlaybookError
+
+    try:
+        result = run_step(playbook, inventory, extravars, limit)
+    except PlaybookError as exc:
+        _fail(str(exc))
+    typer.echo(f"{playbook}: done; full log: {result.log}")
+
+
+def _extravars(pairs: list[str] | None, **fixed: str) -> dict[str, str]:
+    from replimesh.operate import parse_extravars
+    from replimesh.playbooks import PlaybookError
+
+    try:
+        return {**parse_extravars(pairs or []), **fixed}
+    except PlaybookError as exc:
+        _fail(str(exc))
+        raise  # unreachable: _fail exits
+
+
+@app.command("up")
+def up(inventory: Inventory = None, extra_vars: ExtraVars = None) -> None:
+    """Bootstrap (or re-converge) every node of the mesh: bootstrap.yml. Safe to re-run."""
+    _step("bootstrap.yml", inventory, _extravars(extra_vars))
+
+
+@app.command("add")
+def add(
+    node: Annotated[str, typer.Argument(help="The node to join, as already written in the mesh file.")],
+    inventory: Inventory = None,
+    extra_vars: ExtraVars = None,
+) -> None:
+    """Join one node without disturbing the others: add-node.yml."""
+    _step("add-node.yml", inventory, _extravars(extra_vars, node=node))
+
+
+@app.command("remove")
+def remove(
+    node: Annotated[str, typer.Argument(help="The member to remove (its key is revoked everywhere).")],
+    inventory: Inventory = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    ungraceful: Annotated[
+        bool, typer.Option("--ungraceful", help="The node is dead or gone: remove it without reaching it.")
+    ] = False,
+    extra_vars: ExtraVars = None,
+) -> None:
+    """Cut one node off everywhere at once: remove-node.yml (its data stays unless -e wipe_data=true)."""
+    if not yes:
+        typer.confirm(f"Remove {node} from the mesh, revoking its key on every other node?", abort=True)
+    fixed = {"node": node, "skip_confirmation": "true"}
+    if ungraceful:
+        fixed["allow_ungraceful_removal"] = "true"
+    _step("remove-node.yml", inventory, _extravars(extra_vars, **fixed))
+
+
+@app.command("sync")
+def sync(
+    inventory: Inventory = None,
+    limit: Annotated[str | None, typer.Option("--limit", "-l", help="Only these nodes' edges.")] = None,
+    extra_vars: ExtraVars = None,
+) -> None:
+    """A full-mesh round now (sync.yml); shows every edge's result. Exit 1 when an edge did not sync."""
+    from replimesh.operate import show_sync, sync_edges
+    from replimesh.playbooks import PlaybookError, resolve_inventory, run_playbook
+
+    try:
+        result = run_playbook("sync.yml", resolve_inventory(inventory), extravars=_extravars(extra_vars),
+                              limit=limit)  # fmt: skip
+    except PlaybookError as exc:
+        _fail(str(exc))
+    show_sync(sync_edges(result), typer.echo)
+    if not result.ok:
+        _fail(result.failure("sync.yml"))
+
+
+@app.command("topology")
+def topology(
+    inventory: Inventory = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Draw it: mesh.svg, .png, .pdf or .dot.")
+    ] = None,
+    health: Annotated[
+        bool, typer.Option("--health/--no-health", help="Colour by health (runs status.yml).")
+    ] = True,
+) -> None:
+    """The mesh's nodes and edges (who starts each), coloured by health; --out draws the picture."""
+    from replimesh.playbooks import PlaybookError, resolve_inventory
+    from replimesh.status import status as status_report
+    from replimesh.topology import run as run_topology
+
+    try:
+        code = run_topology(resolve_inventory(inventory), out, health, status_report, typer.echo)
+    except PlaybookError as exc:
+        _fail(str(exc))
+    raise typer.Exit(code)
+
+
 @app.command("verify")
 def verify(
-    inventory: Annotated[
-        Path | None, typer.Option("-i", "--inventory", help="The mesh file (default: .lab/lab.mesh.yml).")
-    ] = None,
+    inventory: Inventory = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     allow_unreachable: Annotated[
         bool, typer.Option("--allow-unreachable", help="An unreachable node alone does not fail the check.")
@@ -151,9 +262,7 @@ def verify(
 
 @app.command("status")
 def status(
-    inventory: Annotated[
-        Path | None, typer.Option("-i", "--inventory", help="The mesh file (default: .lab/lab.mesh.yml).")
-    ] = None,
+    inventory: Inventory = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     max_lag: Annotated[
         int, typer.Option("--max-lag", help="Seconds an edge's last success may be old and still healthy.")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,8 +15,13 @@ from typing import Any
 import ansible_runner
 from rich.console import Console
 
+from replimesh.progress import Progress
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_INVENTORY = Path(".lab/lab.mesh.yml")  # the lab's mesh file, when a lab is up here
+LAB_INVENTORY = Path(".lab/lab.mesh.yml")  # the lab's mesh file: there while a lab is up here
+SITE_INVENTORY = Path("inventory")  # where an operator keeps the mesh file
+EXAMPLE_MESH = "example.mesh.yml"  # the documented example in inventory/, never a default
+LOGS_KEPT = 50
 
 
 class PlaybookError(Exception):
@@ -24,14 +29,40 @@ class PlaybookError(Exception):
 
 
 def resolve_inventory(inventory: Path | None) -> Path:
-    """The mesh file given with -i, else the lab's; a clear error when there is neither."""
-    if inventory is None:
-        if not DEFAULT_INVENTORY.is_file():
-            raise PlaybookError(f"no mesh file given and no {DEFAULT_INVENTORY} here: pass -i MESH_FILE")
-        return DEFAULT_INVENTORY
-    if not inventory.is_file():
-        raise PlaybookError(f"{inventory}: no such mesh file")
-    return inventory
+    """The mesh file given with -i; else the lab's while a lab is up here; else the one mesh file in
+    inventory/ (the example aside). Anything ambiguous is an error that says what to pass."""
+    if inventory is not None:
+        if not inventory.exists():
+            raise PlaybookError(f"{inventory}: no such mesh file")
+        return inventory
+    if LAB_INVENTORY.is_file():
+        return LAB_INVENTORY
+    found = sorted(p for p in SITE_INVENTORY.glob("*.mesh.yml") if p.name != EXAMPLE_MESH)
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise PlaybookError(
+            f"no mesh file: no lab is up here ({LAB_INVENTORY}) and {SITE_INVENTORY}/ has no *.mesh.yml"
+            f" besides {EXAMPLE_MESH}; pass -i MESH_FILE"
+        )
+    names = ", ".join(map(str, found))
+    raise PlaybookError(f"several mesh files in {SITE_INVENTORY}/ ({names}): pick one with -i")
+
+
+def log_root() -> Path:
+    """Where meshctl keeps the full Ansible log of each run ($REPLIMESH_LOG_DIR, else ~/.cache)."""
+    configured = os.environ.get("REPLIMESH_LOG_DIR")
+    return Path(configured) if configured else Path.home() / ".cache" / "replimesh" / "logs"
+
+
+def _new_log(playbook: str) -> Path:
+    """A fresh log file name for this run; only the newest LOGS_KEPT logs are kept."""
+    root = log_root()
+    root.mkdir(parents=True, exist_ok=True)
+    for old in sorted(root.glob("*.log"))[:-LOGS_KEPT]:
+        old.unlink(missing_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return root / f"{stamp}-{os.getpid()}-{Path(playbook).stem}.log"
 
 
 def run_report_playbook(
@@ -42,19 +73,15 @@ def run_report_playbook(
     Such playbooks fail on purpose when the mesh is not as it should be, but only after writing the
     report: the report, not the exit code, is what counts here.
     """
-    work = Path(tempfile.mkdtemp(prefix=f"meshctl-{Path(playbook).stem}-"))
-    output = work / "report.json"
-    result = run_playbook(
-        playbook, inventory, extravars={**extravars, output_var: str(output)}, quiet=True, log_dir=work
-    )
-    try:
-        report = json.loads(output.read_text())
-    except (OSError, ValueError):
-        raise PlaybookError(
-            f"{playbook} ended ({result.status}, exit {result.rc}) without a report; see {result.log}"
-        ) from None
-    shutil.rmtree(work, ignore_errors=True)
-    return report
+    with tempfile.TemporaryDirectory(prefix=f"meshctl-{Path(playbook).stem}-") as work:
+        output = Path(work) / "report.json"
+        result = run_playbook(playbook, inventory, extravars={**extravars, output_var: str(output)})
+        try:
+            return json.loads(output.read_text())
+        except (OSError, ValueError):
+            raise PlaybookError(
+                f"{playbook} ended ({result.status}, exit {result.rc}) without a report; see {result.log}"
+            ) from None
 
 
 @dataclass(frozen=True)
@@ -63,8 +90,8 @@ class PlaybookResult:
     rc: int
     stats: dict[str, Any]
     log: Path
-
     events: tuple[dict[str, Any], ...]
+    failed_hosts: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -79,40 +106,52 @@ class PlaybookResult:
                 results[data["host"]] = data.get("res", {})
         return results
 
+    def failure(self, playbook: str) -> str:
+        """A short reason for a failed run: the hosts that failed and why, and where the log is."""
+        hosts = "; ".join(self.failed_hosts) or f"ansible-playbook {self.status} (exit {self.rc})"
+        return f"{playbook} failed: {hosts}. Full log: {self.log}"
+
 
 def run_playbook(
     playbook: str,
     inventory: Path,
     *,
     extravars: dict[str, Any] | None = None,
-    quiet: bool = False,
-    log_dir: Path | None = None,
+    limit: str | None = None,
+    progress: bool = True,
 ) -> PlaybookResult:
-    """Run `playbook` (a root-level entry point) and return its result with the runner's events.
+    """Run `playbook` (a root-level entry point) through ansible-runner and return its result.
 
-    The full Ansible output is kept in a file under `log_dir` (a temp dir by default) so a short
-    failure message can point at it.
+    A live per-host view goes to stderr while it runs (see replimesh.progress); the full Ansible output
+    is kept in a log file under log_root(), named in every failure message.
     """
-    log_dir = log_dir or Path(tempfile.mkdtemp(prefix="meshctl-"))
-    log_dir.mkdir(parents=True, exist_ok=True)
-    runner = ansible_runner.run(
-        private_data_dir=str(log_dir),
-        project_dir=str(PROJECT_ROOT),
-        playbook=str(PROJECT_ROOT / playbook),
-        inventory=str(inventory.resolve()),
-        extravars=extravars or {},
-        quiet=quiet,
-        envvars={
-            "ANSIBLE_CONFIG": str(PROJECT_ROOT / "ansible.cfg"),
-            "ANSIBLE_FORCE_COLOR": "0",
-            # ansible-runner starts `ansible-playbook` from PATH: this venv's, even when meshctl was
-            # started by its path with the venv not on PATH.
-            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
-        },
-    )
-    stdout = log_dir / "ansible.log"
-    stdout.write_text(runner.stdout.read() if runner.stdout else "")
-    return PlaybookResult(runner.status, runner.rc, runner.stats or {}, stdout, tuple(runner.events))
+    log = _new_log(playbook)
+    view = Progress(f"{playbook} on {inventory}") if progress else None
+    with tempfile.TemporaryDirectory(prefix="meshctl-runner-") as private:
+        runner = ansible_runner.run(
+            private_data_dir=private,
+            project_dir=str(PROJECT_ROOT),
+            playbook=str(PROJECT_ROOT / playbook),
+            inventory=str(inventory.resolve()),
+            extravars=extravars or {},
+            limit=limit,
+            quiet=True,
+            event_handler=view,
+            envvars={
+                "ANSIBLE_CONFIG": str(PROJECT_ROOT / "ansible.cfg"),
+                "ANSIBLE_FORCE_COLOR": "0",
+                # ansible-runner starts `ansible-playbook` from PATH: this venv's, even when meshctl was
+                # started by its path with the venv not on PATH.
+                "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+            },
+        )
+        log.write_text(runner.stdout.read() if runner.stdout else "")
+        events = tuple(runner.events)
+        stats = runner.stats or {}
+    failed = tuple(view.failures()) if view else ()
+    if view is not None:
+        view.close(runner.status)
+    return PlaybookResult(runner.status, runner.rc, stats, log, events, failed)
 
 
 def print_report(

@@ -27,6 +27,7 @@ REQUIRED_COMMANDS = {
     "ip": "iproute2",
     "ssh": "openssh-client",
     "ssh-keygen": "openssh-client",
+    "dot": "graphviz",  # the demo draws the mesh (meshctl topology)
 }
 
 Log = Callable[[str], None]

@@ -1,0 +1,81 @@
+"""meshctl's playbook commands on the shared lab: they run the real playbooks through ansible-runner, show
+per-host progress, keep the full log in a file, and fail with a short reason."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_tool
+from tests.e2e.conftest import Mesh, sha
+
+pytestmark = pytest.mark.lab
+
+
+def meshctl(mesh: Mesh, logs: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    return run_tool("meshctl", *args, "-i", str(mesh.inventory), timeout=timeout,
+                    env={"REPLIMESH_LOG_DIR": str(logs)})  # fmt: skip
+
+
+def test_up_is_bootstrap_with_progress_a_log_and_nothing_to_change(mesh: Mesh, tmp_path: Path) -> None:
+    proc = meshctl(mesh, tmp_path, "up")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # Off a terminal the progress is one line per changed/failed task, then a recap per host.
+    recap = re.findall(r"(node\d) ok=(\d+) changed=(\d+) failed=(\d+) unreachable=(\d+)", proc.stderr)
+    assert sorted(r[0] for r in recap) == mesh.nodes, proc.stderr[-3000:]
+    assert all(r[2:] == ("0", "0", "0") for r in recap), recap  # a second bootstrap changes nothing
+    logs = list(tmp_path.glob("*-bootstrap.log"))
+    assert len(logs) == 1 and "PLAY RECAP" in logs[0].read_text()
+    assert f"full log: {logs[0]}" in proc.stdout
+
+
+def test_sync_moves_a_file_and_shows_every_edge(mesh: Mesh, tmp_path: Path) -> None:
+    payload = b"written on node2, carried by meshctl sync\n"
+    mesh.write("node2", "from-meshctl.txt", payload)
+    proc = meshctl(mesh, tmp_path, "sync")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    edges = len(mesh.nodes) * (len(mesh.nodes) - 1) // 2
+    assert f"edges synced: {edges} of {edges}" in proc.stdout
+    assert len(re.findall(r"^node\d -> node\d: ok, \d+ files$", proc.stdout, re.MULTILINE)) == edges
+    for node in mesh.nodes:
+        assert mesh.digest(node).get("./from-meshctl.txt") == sha(payload), node
+
+
+@pytest.mark.parametrize(
+    ("command", "reason"),
+    [
+        (("add", "node9"), r"add-node.yml failed: localhost: failed \(Name the node to add"),
+        (("remove", "node9", "-y"), r"remove-node.yml failed: localhost: failed \(Name the node to remove"),
+    ],
+)
+def test_a_bad_request_fails_with_a_short_reason_and_changes_nothing(
+    mesh: Mesh, tmp_path: Path, command: tuple[str, ...], reason: str
+) -> None:
+    keys = "sha256sum /etc/ssh/authorized_keys/replimesh"
+    before = {node: mesh.lab.sh(node, keys) for node in mesh.nodes}
+    proc = meshctl(mesh, tmp_path, *command)
+    assert proc.returncode == 1
+    message = proc.stderr.strip().splitlines()[-1]
+    assert message.startswith("meshctl: error: ") and re.search(reason, message), proc.stderr[-2000:]
+    log = Path(message.rsplit("Full log: ", 1)[1])
+    assert log.parent == tmp_path and "Nothing was changed" in log.read_text()
+    assert before == {node: mesh.lab.sh(node, keys) for node in mesh.nodes}
+
+
+def test_topology_picture_is_drawn_and_coloured_by_health(mesh: Mesh, tmp_path: Path) -> None:
+    assert mesh.playbook("sync.yml").returncode == 0
+    picture = tmp_path / "mesh.svg"
+    proc = meshctl(mesh, tmp_path, "topology", "--out", str(picture))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    edges = len(mesh.nodes) * (len(mesh.nodes) - 1) // 2
+    assert f"{len(mesh.nodes)} nodes, {edges} edges" in proc.stdout
+    healthy = re.findall(r"^edge node\d <-> node\d \(started by node\d\) healthy$", proc.stdout, re.M)
+    assert len(healthy) == edges
+    svg = picture.read_text()
+    assert svg.lstrip().startswith("<?xml") and "<svg" in svg
+    assert all(f">{node}<" in svg for node in mesh.nodes)
+    # Graphviz writes one path per edge, in the edge's colour: every edge healthy here.
+    assert svg.count('stroke="forestgreen"') >= edges and "red3" not in svg
