@@ -73,7 +73,7 @@ class Progress:
             self._live = Live(self._table(), console=self.console, refresh_per_second=8, transient=False)
             self._live.start()
         else:
-            self.console.print(f"{self.title}: started", markup=False, highlight=False)
+            self._line(f"{self.title}: started")
 
     def __call__(self, event: dict[str, Any]) -> bool:
         kind = event.get("event", "")
@@ -95,13 +95,12 @@ class Progress:
         if outcome == "failed" and data.get("ignore_errors"):
             outcome = "ok"
         setattr(host, outcome, getattr(host, outcome) + 1)
+        host.ok += outcome == "changed"  # as in Ansible's recap, a changed task is also ok
         if outcome in ("failed", "unreachable"):
             host.last_error = _message(data)
         if self._live is None and outcome in ("changed", "failed", "unreachable"):
             reason = f": {host.last_error}" if outcome != "changed" and host.last_error else ""
-            self.console.print(
-                f"  {data['host']}: {outcome}: {host.task}{reason}", markup=False, highlight=False
-            )
+            self._line(f"  {data['host']}: {outcome}: {host.task}{reason}")
 
     def _table(self) -> Table:
         table = Table(title=escape(f"{self.title} · {self.play}" if self.play else self.title))
@@ -127,11 +126,14 @@ class Progress:
             self._live.update(self._table())
             self._live.stop()
         else:
-            counts = ", ".join(
-                f"{name} ok={h.ok} changed={h.changed} failed={h.failed} unreachable={h.unreachable}"
-                for name, h in sorted(self.hosts.items())
-            )
-            self.console.print(f"{self.title}: {status}; {counts}", markup=False, highlight=False)
+            self._line(f"{self.title}: {status}")
+            for name, h in sorted(self.hosts.items()):
+                counts = f"ok={h.ok} changed={h.changed} failed={h.failed} unreachable={h.unreachable}"
+                self._line(f"  {name} {counts}")
+
+    def _line(self, text: str) -> None:
+        """One line of plain output, never wrapped (log readers and tests grep it)."""
+        self.console.print(text, markup=False, highlight=False, soft_wrap=True)
 
     def failures(self) -> list[str]:
         """One line per host that failed or was unreachable, with Ansible's reason."""

@@ -23,7 +23,7 @@ def _event(kind: str, host: str, task: str, **res: Any) -> dict[str, Any]:
 
 def _progress() -> tuple[Progress, io.StringIO]:
     out = io.StringIO()
-    return Progress("bootstrap.yml", console=Console(file=out, force_terminal=False, width=200)), out
+    return Progress("bootstrap.yml", console=Console(file=out, force_terminal=False, width=40)), out
 
 
 def test_progress_counts_each_hosts_outcomes_and_keeps_every_event() -> None:
@@ -38,7 +38,7 @@ def test_progress_counts_each_hosts_outcomes_and_keeps_every_event() -> None:
     ]
     assert all(view(event) for event in events)  # True: ansible-runner keeps the event
     assert view.play == "Bootstrap"
-    assert (view.hosts["node1"].ok, view.hosts["node1"].changed) == (1, 1)
+    assert (view.hosts["node1"].ok, view.hosts["node1"].changed) == (2, 1)  # ok counts changed too
     assert view.hosts["node2"].skipped == 1 and view.hosts["node2"].state == "failed"
     assert view.failures() == [
         "node2: failed (sshd -t failed)",
@@ -55,7 +55,8 @@ def test_progress_off_a_terminal_prints_only_what_changed_or_failed_then_a_recap
     text = out.getvalue()
     assert "node1: changed: Install unison" in text and "Quiet task" not in text
     assert "node2: failed: Check sshd: bad config" in text
-    assert text.rstrip().endswith("node2 ok=0 changed=0 failed=1 unreachable=0")
+    assert text.rstrip().endswith("  node2 ok=0 changed=0 failed=1 unreachable=0")
+    assert "bootstrap.yml: failed\n  node1 ok=2 changed=1 failed=0 unreachable=0\n" in text
     assert view.hosts["node1"].state == "done"
 
 
