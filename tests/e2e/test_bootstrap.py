@@ -10,19 +10,9 @@ import time
 import pytest
 
 from tests.conftest import wait_until
-from tests.e2e.conftest import FOLDER, MESH_USER, Mesh, recap, sha
+from tests.e2e.conftest import FOLDER, MESH_USER, Mesh, sha
 
 pytestmark = pytest.mark.lab
-
-
-def test_bootstrap_is_idempotent(mesh: Mesh) -> None:
-    first = recap(mesh.bootstrap_output)
-    assert set(first) >= set(mesh.nodes)
-    assert all(first[n]["failed"] == 0 and first[n]["unreachable"] == 0 for n in mesh.nodes)
-    proc = mesh.playbook("bootstrap.yml")
-    assert proc.returncode == 0, proc.stdout[-4000:]
-    second = recap(proc.stdout)
-    assert {n: second[n]["changed"] for n in mesh.nodes} == dict.fromkeys(mesh.nodes, 0)
 
 
 def test_file_from_one_node_reaches_all_after_one_sync(mesh: Mesh) -> None:

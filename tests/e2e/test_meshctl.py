@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import run_tool
-from tests.e2e.conftest import Mesh, sha
+from tests.e2e.conftest import Mesh, recap, sha
 
 pytestmark = pytest.mark.lab
 
@@ -21,12 +21,16 @@ def meshctl(mesh: Mesh, logs: Path, *args: str, timeout: float = 900) -> subproc
 
 
 def test_up_is_bootstrap_with_progress_a_log_and_nothing_to_change(mesh: Mesh, tmp_path: Path) -> None:
+    """bootstrap.yml is idempotent: the session's bootstrap set everything up, `meshctl up` (the same
+    playbook through ansible-runner) finds nothing to change."""
+    first = recap(mesh.bootstrap_output)
+    assert all(first[n]["failed"] == 0 and first[n]["unreachable"] == 0 for n in mesh.nodes), first
     proc = meshctl(mesh, tmp_path, "up")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     # Off a terminal the progress is one line per changed/failed task, then a recap per host.
-    recap = re.findall(r"(node\d) ok=(\d+) changed=(\d+) failed=(\d+) unreachable=(\d+)", proc.stderr)
-    assert sorted(r[0] for r in recap) == mesh.nodes, proc.stderr[-3000:]
-    assert all(r[2:] == ("0", "0", "0") for r in recap), recap  # a second bootstrap changes nothing
+    second = re.findall(r"(node\d) ok=(\d+) changed=(\d+) failed=(\d+) unreachable=(\d+)", proc.stderr)
+    assert sorted(r[0] for r in second) == mesh.nodes, proc.stderr[-3000:]
+    assert all(r[2:] == ("0", "0", "0") for r in second), second  # a second bootstrap changes nothing
     logs = list(tmp_path.glob("*-bootstrap.log"))
     assert len(logs) == 1 and "PLAY RECAP" in logs[0].read_text()
     assert f"full log: {logs[0]}" in proc.stdout
