@@ -78,6 +78,7 @@ class Inotify:
         self.fd: int = fd
         self.skip = skip
         self._paths: dict[int, str] = {}  # wd -> directory path
+        self._roots: dict[str, int] = {}  # top of each tree -> its wd
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -88,24 +89,30 @@ class Inotify:
     def watches(self) -> int:
         return len(self._paths)
 
+    def watching(self, path: str) -> bool:
+        return path in self._roots
+
     def add_tree(self, top: str) -> None:
         """Watch `top` and every directory below it (symlinks are not followed)."""
-        self._add(top)
+        wd = self._add(top)
+        if wd is not None and not any(top.startswith(root.rstrip("/") + "/") for root in self._roots):
+            self._roots[top] = wd
         for root, dirs, _files in os.walk(top):
             dirs[:] = [d for d in dirs if not self.skip(os.path.join(root, d))]
             for name in dirs:
                 self._add(os.path.join(root, name))
 
-    def _add(self, path: str) -> None:
+    def _add(self, path: str) -> int | None:
         wd = self._libc.inotify_add_watch(self.fd, os.fsencode(path), WATCH_MASK)
         if wd < 0:
             err = ctypes.get_errno()
             if err in (errno.ENOENT, errno.ENOTDIR):
-                return  # gone again already: its parent's event covers it
+                return None  # gone again already: its parent's event covers it
             if err == errno.ENOSPC:
                 raise InotifyError(err, f"{path}: inotify watch limit reached (fs.inotify.max_user_watches)")
             raise InotifyError(err, f"inotify_add_watch {path}: {os.strerror(err)}")
         self._paths[wd] = path
+        return wd
 
     def _drop_tree(self, top: str) -> None:
         prefix = top.rstrip("/") + "/"
@@ -136,7 +143,11 @@ class Inotify:
                 continue
             if mask & IN_IGNORED:
                 self._paths.pop(wd, None)
+                self._roots = {root: w for root, w in self._roots.items() if w != wd}
                 continue
+            if mask & IN_MOVE_SELF and wd in self._roots.values():
+                # A watched tree's top was moved away: its paths are stale; the caller sees it unwatched.
+                self._roots = {root: w for root, w in self._roots.items() if w != wd}
             directory = self._paths.get(wd)
             if directory is None or mask & (IN_DELETE_SELF | IN_MOVE_SELF):
                 continue  # the parent's IN_DELETE / IN_MOVED_* names the entry

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from . import mesh_supervise
-from .mesh_inotify import IN_CREATE, IN_DELETE, IN_MOVED_FROM, IN_MOVED_TO, IN_Q_OVERFLOW, Inotify
+from .mesh_inotify import IN_MOVED_FROM, IN_MOVED_TO, IN_Q_OVERFLOW, Inotify
 from .mesh_runner import (
     DEFAULT_CONFIG,
     DEFAULTS,
@@ -331,6 +331,11 @@ class Watcher:
             if not batch and os.stat(self.config_path).st_mtime != config_mtime:
                 self.note("mesh.json changed: restarting with the new peers")
                 break
+            if not batch and not all(inotify.watching(f.path) for f in self.config.folders):
+                # The folder itself was removed or moved: start again (and watch it anew) when it is back.
+                self.note("a folder is gone: restarting")
+                inotify.close()
+                return 1
         inotify.close()
         return 0
 
@@ -346,9 +351,7 @@ class Watcher:
         folder, rel = found
         arrived = arrivals.arrived(event.mask, event.cookie, os.path.basename(rel), now)
         if ignored(rel, self.config.marker, folder.ignore):
-            return
-        if not event.mask & (IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO) and not rel:
-            return  # the folder's own attributes
+            return  # also the folder's own attributes (rel "")
         batch.add(folder.name, rel, arrived, now)
         with self._record_lock:
             self.record["last_event"] = iso_utc(time.time())

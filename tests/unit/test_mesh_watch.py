@@ -215,3 +215,31 @@ def test_restart_pauses_grow_only_while_the_watcher_keeps_failing() -> None:
 def test_process_alive_wants_a_watcher() -> None:
     assert not process_alive(os.getpid())  # pytest is not replimesh-watch
     assert not process_alive(True) and not process_alive(-1) and not process_alive("12")
+
+
+def test_the_watcher_ends_when_a_folder_is_gone_and_when_mesh_json_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(mesh_watch, "IDLE_WAKE_S", 0.2)
+    monkeypatch.setattr(signal, "signal", lambda *_args: None)
+    mesh = Mesh(tmp_path, {"node2": True})
+    config = load_config(str(mesh.config_path))
+    results: list[int] = []
+
+    def run() -> None:
+        results.append(Watcher(config, str(mesh.config_path), {"delay": 0.1}).run())
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert wait_until(lambda: (mesh.state_dir / "watch" / "watcher.json").exists(), 10)
+    os.utime(mesh.config_path, (time.time() + 5, time.time() + 5))  # the peer list was rewritten
+    thread.join(10)
+    assert results == [0]  # ends cleanly: its supervisor starts it again with the new peers
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert wait_until(lambda: len(results) == 1 and thread.is_alive(), 10)
+    time.sleep(0.5)  # let it set its watches up
+    mesh.folders["shared"].rename(tmp_path / "elsewhere")
+    thread.join(10)
+    assert results == [0, 1]
