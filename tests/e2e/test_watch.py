@@ -1,0 +1,112 @@
+"""Watch mode on the session's 5-node mesh: a file written on one node is on every node within seconds
+with no cron round and no ad-hoc run (the cron job is removed for the test); a watcher killed by PID is
+back within seconds and still delivers; status and the metrics textfile show the watchers alive. The
+module puts the mesh back in cron mode, without watchers, for the other tests."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.conftest import run_tool, wait_until
+from tests.e2e.conftest import FOLDER, Mesh, sha
+
+pytestmark = pytest.mark.lab
+
+STATE = "/var/lib/replimesh/state"
+RECORD = f"{STATE}/watch/watcher.json"
+# Only the watcher's and the cron job's tasks of the role: the rest of the mesh stays as bootstrapped.
+ROLE_TAGS = ("--tags", "mesh_sync_watch,mesh_sync_cron")
+DELIVERY_TIMEOUT_S = 30.0
+RESTART_TIMEOUT_S = 15.0
+
+
+def log(message: str) -> None:
+    print(f"[watch] {message}", file=sys.stderr)
+
+
+def switch(mesh: Mesh, *extra: str) -> None:
+    started = time.monotonic()
+    proc = mesh.playbook("bootstrap.yml", *ROLE_TAGS, *extra, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
+    log(f"bootstrap.yml {' '.join(extra) or '(cron mode)'}: {time.monotonic() - started:.1f} s")
+
+
+@pytest.fixture(scope="module")
+def watch_mode(mesh_session: Mesh) -> Iterator[dict[str, bool]]:
+    switched = {"on": False}
+    yield switched
+    if switched["on"]:
+        switch(mesh_session)  # cron mode again: watchers stopped and removed, the cron job back
+        for node in mesh_session.nodes:
+            assert not watcher_pids(mesh_session, node), f"{node}: a watcher still runs"
+            assert "replimesh-sync" in mesh_session.lab.sh(node, "cat /etc/cron.d/replimesh")
+
+
+@pytest.fixture
+def watching(mesh: Mesh, watch_mode: dict[str, bool]) -> Mesh:
+    """The mesh, reset, in watch mode, with the cron job removed so that only the watchers can sync."""
+    if not watch_mode["on"]:
+        watch_mode["on"] = True
+        switch(mesh, "-e", "mesh_sync_mode=watch", "-e", "mesh_sync_cron_enabled=false")
+    return mesh
+
+
+def watcher_pids(mesh: Mesh, node: str) -> list[int]:
+    out = mesh.lab.sh(node, "ps -eo pid=,args= | grep '[r]eplimesh-watch' | grep -v -- --supervise || true")
+    return [int(line.split()[0]) for line in out.splitlines() if line.strip()]
+
+
+def record(mesh: Mesh, node: str) -> dict:
+    return json.loads(mesh.lab.sh(node, f"cat {RECORD} 2>/dev/null || echo '{{}}'"))
+
+
+def write_and_time(mesh: Mesh, node: str, rel: str, data: bytes) -> float:
+    """Write on `node`; seconds until the file is byte-identical on every node, from the nodes' own clock
+    (one kernel): the file's change time on each node minus the time just before the write."""
+    written = float(mesh.lab.sh(node, "date +%s.%N"))
+    mesh.write(node, rel, data)
+    want = sha(data)
+    assert wait_until(
+        lambda: all(mesh.digest(n).get(f"./{rel}") == want for n in mesh.nodes), DELIVERY_TIMEOUT_S
+    ), {n: mesh.digest(n) for n in mesh.nodes}
+    arrived = [float(mesh.lab.sh(n, f"stat -c %.9Z {FOLDER}/{rel}")) for n in mesh.nodes]
+    return max(arrived) - written
+
+
+def test_watch_mode_delivers_without_rounds_and_a_killed_watcher_comes_back(watching: Mesh) -> None:
+    mesh = watching
+    for node in mesh.nodes:
+        assert "replimesh-sync" not in mesh.lab.sh(node, "cat /etc/cron.d/replimesh 2>/dev/null || true")
+        assert len(watcher_pids(mesh, node)) == 1, f"{node}: not exactly one watcher"
+
+    first = write_and_time(mesh, "node1", "watched/first.txt", b"written on node1\n" * 64)
+    log(f"a 1 KiB file written on node1 was on all {len(mesh.nodes)} nodes after {first:.2f} s")
+
+    # Kill node3's watcher by PID: its supervisor starts a new one within seconds.
+    (old,) = watcher_pids(mesh, "node3")
+    killed = time.monotonic()
+    mesh.lab.sh("node3", f"kill -9 {old}")
+
+    def restarted() -> bool:
+        pids = watcher_pids(mesh, "node3")
+        return len(pids) == 1 and pids[0] != old and record(mesh, "node3").get("pid") == pids[0]
+
+    assert wait_until(restarted, RESTART_TIMEOUT_S, interval=0.2), watcher_pids(mesh, "node3")
+    log(f"node3's watcher was killed and back after {time.monotonic() - killed:.1f} s")
+    second = write_and_time(mesh, "node3", "watched/second.bin", bytes(range(256)) * 16)
+    log(f"after the restart a file written on node3 was on all nodes after {second:.2f} s")
+    assert first < DELIVERY_TIMEOUT_S and second < DELIVERY_TIMEOUT_S
+
+    # What delivered the files: the watchers (their records), never a cron job (none is installed).
+    assert record(mesh, "node1")["syncs"] >= len(mesh.nodes) - 1
+    metrics = mesh.lab.sh("node3", f"cat {STATE}/metrics/replimesh.prom")
+    assert "\nreplimesh_watcher_up 1\n" in metrics
+
+    proc = run_tool("meshctl", "status", "-i", str(mesh.inventory), "--json", timeout=600)
+    report = json.loads(proc.stdout)
+    assert {row["node"]: row.get("watcher") for row in report["nodes"]} == dict.fromkeys(mesh.nodes, "alive")
