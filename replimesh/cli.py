@@ -298,6 +298,31 @@ def simulate(
     typer.echo(report_json(report) if as_json else as_text(report))
 
 
+@app.command("bench")
+def bench(
+    nodes: Annotated[int, typer.Option(help="Lab hosts (the issue's figures are for 8).")] = 8,
+    repeat: Annotated[
+        int | None, typer.Option(help="Trials per small-file series (default 5, quick 2).")
+    ] = None,
+    quick: Annotated[
+        bool, typer.Option(help="Smaller sizes and counts: a smoke run of every phase.")
+    ] = False,
+    out: Annotated[Path, typer.Option(help="Where results.json and RESULTS.md go.")] = Path("bench"),
+    name: Annotated[str, typer.Option(help="Docker name prefix of the bench's own lab.")] = "rmbench",
+    subnet: Annotated[
+        str, typer.Option(help="The bench lab's /24, inside 172.31.0.0/16.")
+    ] = "172.31.160.0/24",
+) -> None:
+    """replimesh vs Syncthing on its own lab (made and removed here): results.json and RESULTS.md."""
+    from bench.run import run_bench
+
+    try:
+        code = run_bench(out, nodes, repeat, quick, name, subnet, _log)
+    except LabError as exc:
+        _fail(str(exc))
+    raise typer.Exit(code)
+
+
 def main() -> None:  # pragma: no cover - console entry for `python -m replimesh`
     os.environ.setdefault("ANSIBLE_FORCE_COLOR", "0")
     app()

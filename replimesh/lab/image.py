@@ -30,8 +30,10 @@ PACKAGES = (
     "logrotate",
     "rsync",
 )
-# What the lab's apt repository serves: what the roles install that the image lacks on purpose.
-REPO_PACKAGES = ("unison", "unison-2.52")
+# What the lab's apt repository serves: what the roles install that the image lacks on purpose, and
+# Debian's Syncthing, the peer `meshctl bench` measures replimesh against on the same hosts (it needs
+# nothing beyond libc and init-system-helpers, both in the image).
+REPO_PACKAGES = ("unison", "unison-2.52", "syncthing")
 LAB_USER = "lab"
 
 INIT_SCRIPT = f"""#!/bin/sh

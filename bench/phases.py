@@ -1,0 +1,275 @@
+"""The bench's phases on the lab hosts (see bench.run for the order and why)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
+
+from bench import mesh as rm
+from bench import probe
+from bench.syncthing import FOLDER as ST_FOLDER
+from bench.syncthing import STAGING as ST_STAGING
+from bench.syncthing import Syncthing
+from replimesh.lab.lab import Host
+
+if TYPE_CHECKING:
+    from bench.run import Run
+
+SMALL = 1024
+SSH_KEY = "/root/.ssh/bench_ed25519"
+BIG = "bench-large.bin"
+# Between two trials: wider than the tool's own delay, so that trials never share a batch.
+GAP_SYNCTHING_DEFAULT_S = 12.0
+GAP_FAST_S = 3.0
+
+
+class Phases:
+    def __init__(self, run: Run, hosts: Sequence[Host]) -> None:
+        self.run = run
+        self.plan = run.plan
+        self.log = run.log
+        self.hosts = list(hosts)
+        self.node1, self.node2 = self.hosts[0], self.hosts[1]
+        self.mesh_file = run.work / "bench.mesh.yml"
+
+    @contextlib.contextmanager
+    def phase(self, title: str, *series: str) -> Iterator[None]:
+        """Run one phase; if it fails, its series are recorded as not measured and the run goes on."""
+        self.log(f"== {title}")
+        start = time.monotonic()
+        try:
+            yield
+        except (probe.ProbeError, rm.MeshError, OSError, ValueError, KeyError) as exc:
+            self.log(f"   {title}: FAILED: {exc}")
+            for name in series:
+                if not self.run.raw.get(name):
+                    self.run.not_measured[name] = f"{title} failed: {exc}"
+        self.log(f"   {title}: {time.monotonic() - start:.0f} s")
+
+    def skip(self, why: str, *series: str) -> None:
+        self.log(f"== skipped: {why}")
+        for name in series:
+            self.run.not_measured[name] = why
+
+    def add(self, name: str, value: float) -> None:
+        self.run.raw.setdefault(name, []).append(value)
+        self.log(f"   {name}: {value:.3f} s")
+
+    def all(self) -> None:
+        watch = rm.watch_supported()
+        with self.phase("bare hosts idle (baseline)", "baseline_idle"):
+            self.run.raw["baseline_idle"] = probe.idle(self.hosts, min(self.plan.idle_s, 20))
+        with self.phase("raw ssh cat node1 -> node2", "ssh_hop_s"):
+            self.ssh_ceiling()
+        with self.phase(
+            "Syncthing",
+            "syncthing_idle",
+            "syncthing_default_small_s",
+            "syncthing_fast_small_s",
+            "syncthing_large_s",
+        ):
+            self.syncthing()
+        with self.phase("replimesh full mesh, cron mode: one hop", "replimesh_hop_s"):
+            self.hop()
+        series = ("watch_idle", "watch_full_small_s", "watch_large_s")
+        if watch:
+            with self.phase("replimesh watch, full mesh", *series):
+                self.watch_full()
+            with self.phase("replimesh watch, overlay", "watch_overlay_small_s"):
+                self.watch_overlay()
+        else:
+            self.skip(
+                "watch mode is not in this checkout (mesh_sync accepts no mode: watch)",
+                *series,
+                "watch_overlay_small_s",
+                "pair_empty_small_s",
+                "pair_tree_small_s",
+            )
+        tree = ("tree_first_sync_s", "nochange_runner_s", "nochange_bare_s", "pair_empty_small_s")
+        with self.phase("2-node mesh: the big tree", *tree, "pair_tree_small_s"):
+            self.pair(watch)
+
+    # --- 0. the ceiling -------------------------------------------------------------------------
+    def ssh_ceiling(self) -> None:
+        a, b = self.node1, self.node2
+        probe.sh(a, f"test -s {SSH_KEY} || ssh-keygen -q -t ed25519 -N '' -f {SSH_KEY}")
+        pub = probe.dexec(a, ["cat", f"{SSH_KEY}.pub"]).strip()
+        probe.sh(
+            b,
+            f"k=/home/lab/.ssh/authorized_keys; grep -qxF '{pub}' $k || echo '{pub}' >> $k",
+        )
+        host_key = probe.dexec(b, ["cat", "/etc/ssh/ssh_host_ed25519_key.pub"]).split()[:2]
+        probe.sh(a, f"echo '{b.address} {' '.join(host_key)}' > /root/.ssh/bench_known_hosts")
+        src = "/root/bench-large.bin"
+        sha = probe.make_file(a, src, self.plan.large_bytes)
+        ssh = (
+            f"ssh -i {SSH_KEY} -o BatchMode=yes -o UserKnownHostsFile=/root/.ssh/bench_known_hosts "
+            f"-o StrictHostKeyChecking=yes lab@{b.address}"
+        )
+        command = f"{ssh} 'cat > /tmp/bench-large.bin' < {src}"
+        self.run.commands.append(f"node1# {command}")
+        for _ in range(max(3, self.plan.repeat // 2)):
+            seconds, _ = probe.timed(a, ["sh", "-c", command], timeout=600)
+            got = probe.dexec(b, ["sha256sum", "/tmp/bench-large.bin"]).split()[0]
+            if got != sha:
+                raise probe.ProbeError("ssh cat: node2's copy differs")
+            self.add("ssh_hop_s", seconds)
+        probe.sh(b, "rm -f /tmp/bench-large.bin")
+        probe.sh(a, f"rm -f {src}")
+
+    # --- 1. Syncthing -----------------------------------------------------------------------------
+    def syncthing(self) -> None:
+        st = Syncthing(self.hosts, self.log)
+        self.run.versions["syncthing"] = st.install()
+        self.run.commands.append("each node# apt-get install syncthing   (from the lab's apt repository)")
+        st.configure()
+        self.run.commands.append(
+            "each node# syncthing generate --home=/var/lib/stbench --no-default-folder --skip-port-probing"
+        )
+        self.run.commands.append(
+            "each node# STNOUPGRADE=1 syncthing serve --home=/var/lib/stbench --no-browser --no-restart "
+            "--logflags=0 &"
+        )
+        try:
+            st.start()
+            self.log(f"   syncthing connected and idle after {st.wait_ready():.0f} s")
+            self.run.raw["syncthing_idle"] = probe.idle(self.hosts, self.plan.idle_s)
+            self.small_trials("syncthing_default_small_s", ST_FOLDER, None, GAP_SYNCTHING_DEFAULT_S)
+            st.set_watcher_delay(1)
+            self.run.commands.append(
+                'each node# REST PATCH /rest/config/folders/bench {"fsWatcherDelayS": 1}'
+            )
+            st.wait_ready()
+            self.small_trials("syncthing_fast_small_s", ST_FOLDER, None, GAP_FAST_S)
+            self.large_trial("syncthing_large_s", ST_FOLDER, ST_STAGING, None)
+        finally:
+            st.stop()
+            st.remove_data()
+
+    # --- trials -----------------------------------------------------------------------------------
+    def small_trials(
+        self,
+        name: str,
+        folder: str,
+        user: str | None,
+        gap: float,
+        targets: Sequence[Host] | None = None,
+        sub: str = "",
+    ) -> None:
+        for i in range(self.plan.repeat):
+            data = os.urandom(SMALL)
+            path = f"{folder}/{sub}{name}-{i}-{int(time.time())}.bin"
+            arrival = probe.small_file(
+                self.node1, targets or self.hosts[1:], path, data, self.plan.small_timeout_s, user
+            )
+            self.add(name, arrival.seconds)
+            time.sleep(gap)
+
+    def large_trial(
+        self, name: str, folder: str, staging: str, user: str | None, targets: Sequence[Host] | None = None
+    ) -> None:
+        probe.sh(self.node1, f"mkdir -p {staging}" + (f" && chown {user}:{user} {staging}" if user else ""))
+        src, dst = f"{staging}/{BIG}", f"{folder}/{BIG}"
+        sha = probe.make_file(self.node1, src, self.plan.large_bytes, owner=user)
+        arrival = probe.move_in(
+            self.node1,
+            targets or self.hosts[1:],
+            src,
+            dst,
+            sha,
+            self.plan.large_bytes,
+            self.plan.large_timeout_s,
+        )
+        self.add(name, arrival.seconds)
+
+    # --- 2.-4. replimesh ----------------------------------------------------------------------------
+    def bootstrap(self, nodes: Sequence[Host], topology: dict[str, object], mode: str, label: str) -> None:
+        rm.write_mesh_file(
+            self.run.lab.inventory_path, self.mesh_file, [h.name for h in nodes], topology, mode
+        )
+        seconds = rm.bootstrap(self.mesh_file, self.run.work / "runs" / label)
+        self.log(f"   bootstrap.yml ({label}): {seconds:.0f} s")
+        self.run.commands.append(f"control# ansible-playbook -i bench.mesh.yml bootstrap.yml   ({label})")
+        if "unison" not in self.run.versions:
+            self.run.versions["unison"] = rm.unison_version(self.node1)
+
+    def hop(self) -> None:
+        self.bootstrap(self.hosts, {"kind": "full"}, "cron", "full-cron")
+        a = self.node1
+        probe.sh(a, f"mkdir -p {rm.STAGING} && chown {rm.USER}:{rm.USER} {rm.STAGING}")
+        self.run.commands.append(f"node1$ {rm.RUNNER} --peer node2   (as {rm.USER}, timed)")
+        for i in range(max(3, self.plan.repeat // 2)):
+            src, dst = f"{rm.STAGING}/{BIG}", f"{rm.FOLDER}/hop-{i}.bin"
+            sha = probe.make_file(a, src, self.plan.large_bytes, owner=rm.USER)
+            probe.dexec(a, ["mv", src, dst])
+            self.add("replimesh_hop_s", rm.runner_round(a, self.node2.name))
+            got = probe.dexec(self.node2, ["sha256sum", dst]).split()[0]
+            if got != sha:
+                raise probe.ProbeError("replimesh hop: node2's copy differs")
+            probe.dexec(a, ["rm", "-f", dst])
+            rm.runner_round(a, self.node2.name)  # the deletion, untimed: node2 is clean again
+
+    def watch_full(self) -> None:
+        self.bootstrap(self.hosts, {"kind": "full"}, "watch", "full-watch")
+        self.warm_up("full mesh")
+        self.run.raw["watch_idle"] = probe.idle(self.hosts, self.plan.idle_s)
+        self.small_trials("watch_full_small_s", rm.FOLDER, rm.USER, GAP_FAST_S)
+        self.large_trial("watch_large_s", rm.FOLDER, rm.STAGING, rm.USER)
+        probe.dexec(self.node1, ["rm", "-f", f"{rm.FOLDER}/{BIG}"])
+
+    def watch_overlay(self) -> None:
+        self.bootstrap(self.hosts, {"kind": "overlay"}, "watch", "overlay-watch")
+        self.warm_up("overlay")
+        self.small_trials("watch_overlay_small_s", rm.FOLDER, rm.USER, GAP_FAST_S)
+
+    def warm_up(self, what: str, targets: Sequence[Host] | None = None) -> None:
+        """One untimed small-file trial: the watchers are up and the first runs are behind us."""
+        path = f"{rm.FOLDER}/warm-up-{int(time.time())}"
+        arrival = probe.small_file(
+            self.node1, targets or self.hosts[1:], path, os.urandom(SMALL), 300, rm.USER
+        )
+        self.log(f"   watch ({what}) works: warm-up file everywhere in {arrival.seconds:.2f} s")
+        time.sleep(GAP_FAST_S)
+
+    # --- 5. the big tree on one edge --------------------------------------------------------------------
+    def pair(self, watch: bool) -> None:
+        pair = [self.node1, self.node2]
+        for host in self.hosts[2:]:
+            self.run.lab.fault("kill", host.name)  # the others are done: they must not use CPU now
+        self.bootstrap(pair, {"kind": "full"}, "watch" if watch else "cron", "pair")
+        a, b = pair
+        if watch:
+            self.warm_up("2 nodes", [b])
+            self.small_trials("pair_empty_small_s", rm.FOLDER, rm.USER, GAP_FAST_S, [b])
+        staging_tree = f"{rm.STAGING}/tree"
+        probe.sh(
+            a, f"rm -rf {staging_tree} && mkdir -p {rm.STAGING} && chown {rm.USER}:{rm.USER} {rm.STAGING}"
+        )
+        last = probe.py(
+            a, rm.TREE_MAKER, staging_tree, str(self.plan.tree_files), user=rm.USER, timeout=900
+        ).strip()
+        last_rel = last.removeprefix(f"{staging_tree}/")
+        sha = probe.dexec(a, ["sha256sum", last]).split()[0]
+        size = int(probe.dexec(a, ["stat", "-c", "%s", last]).strip())
+        if watch:
+            arrival = probe.move_in(a, [b], staging_tree, f"{rm.FOLDER}/tree", sha, size, 1800)
+            self.add("tree_first_sync_s", arrival.seconds)
+            probe.sh(b, f"test -s {rm.FOLDER}/tree/{last_rel}")
+        else:
+            probe.dexec(a, ["mv", staging_tree, f"{rm.FOLDER}/tree"])
+            self.add("tree_first_sync_s", rm.runner_round(a, b.name))
+        count = probe.sh(b, f"find {rm.FOLDER}/tree -type f | wc -l").strip()
+        if int(count) != self.plan.tree_files:
+            raise probe.ProbeError(f"node2 has {count} of {self.plan.tree_files} tree files")
+        rm.runner_round(a, b.name)  # untimed: both sides' caches warm, the archive settled
+        bare = rm.bare_unison_argv(a, b.name)
+        self.run.commands.append(f"node1$ {' '.join(bare)}   (as {rm.USER}, timed)")
+        for _ in range(max(3, self.plan.repeat // 2 + 1)):
+            self.add("nochange_runner_s", rm.runner_round(a, b.name))
+            self.add("nochange_bare_s", rm.bare_unison(a, bare))
+        if watch:
+            middle = f"tree/d{self.plan.tree_files // 2000:03d}/"  # a directory in the middle of the tree
+            self.small_trials("pair_tree_small_s", rm.FOLDER, rm.USER, GAP_FAST_S, [b], sub=middle)

@@ -1,0 +1,110 @@
+"""RESULTS.md: the results document rendered for a person (machine, versions, commands, figures, verdicts)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from bench.results import KEYS
+
+SERIES_TEXT = {
+    "ssh_hop_s": "256 MiB, raw `ssh cat` node1 -> node2 (the ceiling for a hop)",
+    "replimesh_hop_s": "256 MiB, one `replimesh-sync --peer node2` run on node1 (one hop)",
+    "syncthing_default_small_s": "1 KiB on node1 -> identical on all nodes, Syncthing default (10 s delay)",
+    "syncthing_fast_small_s": "1 KiB on node1 -> identical on all nodes, Syncthing fsWatcherDelayS=1",
+    "syncthing_large_s": "256 MiB on node1 -> identical on all nodes, Syncthing (fsWatcherDelayS=1)",
+    "watch_full_small_s": "1 KiB on node1 -> identical on all nodes, replimesh watch, full mesh",
+    "watch_overlay_small_s": "1 KiB on node1 -> identical on all nodes, replimesh watch, overlay",
+    "watch_large_s": "256 MiB on node1 -> identical on all nodes, replimesh watch, full mesh",
+    "nochange_runner_s": "no-change full round of one edge over the big tree: `replimesh-sync --peer node2`",
+    "nochange_bare_s": "the same edge and tree: bare `unison PROFILE` (same roots and options)",
+    "tree_first_sync_s": "first full sync of the big tree over one edge (informational)",
+    "pair_empty_small_s": "1 KiB, node1 -> node2, replimesh watch, 2-node mesh, small tree",
+    "pair_tree_small_s": "1 KiB, node1 -> node2, replimesh watch, 2-node mesh, inside the big tree",
+}
+
+
+def _num(value: Any) -> str:
+    if value is None:
+        return "—"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _verdict(met: bool | None) -> str:
+    return {True: "met", False: "**missed**", None: "not measured"}[met]
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+    return lines
+
+
+def render(doc: Mapping[str, Any]) -> str:
+    meta = doc.get("meta", {})
+    out = [
+        "# replimesh vs Syncthing: benchmark results",
+        "",
+        f"Written by `meshctl bench` on {meta.get('date', '?')} ({_num(meta.get('duration_s'))} s run"
+        f"{', QUICK smoke run: sizes and counts are cut down' if meta.get('quick') else ''}).",
+        "Every ratio below compares two figures measured in this same run on the same lab hosts.",
+        "",
+        "Re-run (as root, from the repository root):",
+        "",
+        "```",
+        str(meta.get("command", "meshctl bench")),
+        "```",
+        "",
+        "## Machine and versions",
+        "",
+    ]
+    machine = meta.get("machine", {})
+    out += [f"- {key}: {value}" for key, value in machine.items()]
+    out += [f"- {key}: {value}" for key, value in meta.get("versions", {}).items()]
+    out += [f"- {key}: {value}" for key, value in meta.get("lab", {}).items()]
+    out += ["", "## Targets (issue 6)", ""]
+    out += _table(
+        ["target", "rule", "measured (this run)", "verdict"],
+        [[t["name"], t["rule"], t["measured"], _verdict(t["met"])] for t in doc.get("targets", [])],
+    )
+    reasons = meta.get("reasons", {})
+    missed = [t for t in doc.get("targets", []) if t["met"] is not True]
+    if missed:
+        out += ["", "### Why a target is missed or not measured", ""]
+        for t in missed:
+            why = reasons.get(t["name"]) or t.get("note") or "no analysis recorded for this run"
+            out.append(f"- **{t['name']}**: {why}")
+    out += ["", "## The figures (results.json)", ""]
+    out += _table(["key", "value"], [[f"`{key}`", _num(doc.get(key))] for key in KEYS])
+    out += ["", "## Every series: min / median / max (seconds)", ""]
+    rows = []
+    for name, s in doc.get("series", {}).items():
+        if s.get("n"):
+            rows.append(
+                [SERIES_TEXT.get(name, name), str(s["n"]), _num(s["min"]), _num(s["median"]), _num(s["max"])]
+            )
+    out += _table(["what", "n", "min", "median", "max"], rows)
+    idle = doc.get("idle", {})
+    if idle:
+        out += ["", "## Idle, per node (60 s window unless stated in meta)", ""]
+        rows = []
+        for name, data in idle.items():
+            cpu = ", ".join(_num(v) for v in data.get("cpu_percent", []))
+            rss = ", ".join(_num(v) for v in data.get("rss_mib", []))
+            rows.append([name, str(data.get("window_s", "")), cpu, rss, ", ".join(data.get("processes", []))])
+        out += _table(
+            ["what", "window s", "CPU % of one core, node1..N", "RSS MiB, node1..N", "processes"], rows
+        )
+    if doc.get("not_measured"):
+        out += ["", "## Not measured", ""]
+        out += [f"- `{key}`: {why}" for key, why in doc["not_measured"].items()]
+    method = meta.get("method", [])
+    if method:
+        out += ["", "## How each figure is measured", ""]
+        out += [f"- {line}" for line in method]
+    commands = meta.get("commands", [])
+    if commands:
+        out += ["", "## Commands run on the lab hosts", "", "```"]
+        out += list(commands)
+        out += ["```"]
+    return "\n".join(out) + "\n"

@@ -1,0 +1,220 @@
+"""What results.json holds: the issue's twelve keys, the series behind them, and each target's verdict.
+
+`build` turns the raw series a run measured into the results document; a series that could not be
+measured is None in its key and named, with the reason, under `not_measured`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from bench.stats import mean, median, ratio, summary
+
+# The keys the issue asks for, in its order.
+KEYS = (
+    "small_file_all_nodes_median_s",
+    "syncthing_default_small_file_all_nodes_median_s",
+    "syncthing_fast_small_file_all_nodes_median_s",
+    "large_file_throughput_ratio_vs_ssh",
+    "large_file_all_nodes_s",
+    "syncthing_large_file_all_nodes_s",
+    "idle_cpu_percent_per_node",
+    "syncthing_idle_cpu_percent_per_node",
+    "idle_rss_mib_per_node",
+    "syncthing_idle_rss_mib_per_node",
+    "nochange_round_100k_files_s",
+    "bare_unison_nochange_100k_files_s",
+)
+
+# Raw series (lists of seconds) a run may produce; idle figures are per-node lists under *_idle.
+SERIES = (
+    "ssh_hop_s",
+    "replimesh_hop_s",
+    "syncthing_default_small_s",
+    "syncthing_fast_small_s",
+    "syncthing_large_s",
+    "watch_full_small_s",
+    "watch_overlay_small_s",
+    "watch_large_s",
+    "nochange_runner_s",
+    "nochange_bare_s",
+    "tree_first_sync_s",
+    "pair_empty_small_s",
+    "pair_tree_small_s",
+)
+IDLE = ("baseline_idle", "syncthing_idle", "watch_idle")
+
+# "About the same time" for the watch path in a big tree: at most this much slower than in an empty one
+# (relative), or this many seconds, whichever allows more (a few tenths are run-to-run noise here).
+TREE_SLOWDOWN_MAX = 1.5
+TREE_SLACK_S = 0.5
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    rule: str
+    measured: str
+    met: bool | None
+    note: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "rule": self.rule,
+            "measured": self.measured,
+            "met": self.met,
+            "note": self.note,
+        }
+
+
+def _fmt(value: float | None, unit: str = "s") -> str:
+    return "not measured" if value is None else f"{value:g} {unit}".strip()
+
+
+def _verdict(ok: bool | None) -> bool | None:
+    return None if ok is None else bool(ok)
+
+
+def headline(raw: Mapping[str, Any]) -> dict[str, float | None]:
+    """The twelve keys from the raw series."""
+
+    def idle(name: str, field: str) -> float | None:
+        per_node = (raw.get(name) or {}).get(field) or []
+        return mean(per_node)
+
+    return {
+        "small_file_all_nodes_median_s": median(raw.get("watch_full_small_s") or []),
+        "syncthing_default_small_file_all_nodes_median_s": median(raw.get("syncthing_default_small_s") or []),
+        "syncthing_fast_small_file_all_nodes_median_s": median(raw.get("syncthing_fast_small_s") or []),
+        "large_file_throughput_ratio_vs_ssh": ratio(
+            median(raw.get("ssh_hop_s") or []), median(raw.get("replimesh_hop_s") or [])
+        ),
+        "large_file_all_nodes_s": median(raw.get("watch_large_s") or []),
+        "syncthing_large_file_all_nodes_s": median(raw.get("syncthing_large_s") or []),
+        "idle_cpu_percent_per_node": idle("watch_idle", "cpu_percent"),
+        "syncthing_idle_cpu_percent_per_node": idle("syncthing_idle", "cpu_percent"),
+        "idle_rss_mib_per_node": idle("watch_idle", "rss_mib"),
+        "syncthing_idle_rss_mib_per_node": idle("syncthing_idle", "rss_mib"),
+        "nochange_round_100k_files_s": median(raw.get("nochange_runner_s") or []),
+        "bare_unison_nochange_100k_files_s": median(raw.get("nochange_bare_s") or []),
+    }
+
+
+def targets(head: Mapping[str, float | None], raw: Mapping[str, Any]) -> list[Target]:
+    """Each target of the issue, as a ratio of two figures of the same run, with its verdict."""
+    small, st_default = (
+        head["small_file_all_nodes_median_s"],
+        head["syncthing_default_small_file_all_nodes_median_s"],
+    )
+    st_fast = head["syncthing_fast_small_file_all_nodes_median_s"]
+    overlay = median(raw.get("watch_overlay_small_s") or [])
+    speedup = ratio(st_default, small)
+    overlay_speedup = ratio(st_default, overlay)
+    hop = head["large_file_throughput_ratio_vs_ssh"]
+    large, st_large = head["large_file_all_nodes_s"], head["syncthing_large_file_all_nodes_s"]
+    cpu, st_cpu = head["idle_cpu_percent_per_node"], head["syncthing_idle_cpu_percent_per_node"]
+    rss, st_rss = head["idle_rss_mib_per_node"], head["syncthing_idle_rss_mib_per_node"]
+    rss_share = ratio(rss, st_rss)
+    nochange, bare = head["nochange_round_100k_files_s"], head["bare_unison_nochange_100k_files_s"]
+    overhead = ratio(nochange, bare)
+    empty, tree = median(raw.get("pair_empty_small_s") or []), median(raw.get("pair_tree_small_s") or [])
+
+    def both(a: float | None, b: float | None) -> bool:
+        return a is not None and b is not None
+
+    return [
+        Target(
+            "small file, full mesh vs Syncthing default",
+            "median <= 1/10 of Syncthing's default",
+            f"{_fmt(small)} vs {_fmt(st_default)}: {_fmt(speedup, 'x')} faster",
+            _verdict(speedup >= 10 if speedup is not None else None),
+        ),
+        Target(
+            "small file, full mesh vs Syncthing fsWatcherDelayS=1",
+            "median below Syncthing's",
+            f"{_fmt(small)} vs {_fmt(st_fast)}",
+            _verdict(small < st_fast if both(small, st_fast) else None),  # type: ignore[operator]
+        ),
+        Target(
+            "small file, overlay vs Syncthing default",
+            "median <= 1/10 of Syncthing's default",
+            f"{_fmt(overlay)} vs {_fmt(st_default)}: {_fmt(overlay_speedup, 'x')} faster",
+            _verdict(overlay_speedup >= 10 if overlay_speedup is not None else None),
+        ),
+        Target(
+            "small file, overlay vs Syncthing fsWatcherDelayS=1",
+            "median below Syncthing's",
+            f"{_fmt(overlay)} vs {_fmt(st_fast)}",
+            _verdict(overlay < st_fast if both(overlay, st_fast) else None),  # type: ignore[operator]
+        ),
+        Target(
+            "large file, one hop vs raw ssh cat",
+            ">= 70 % of raw ssh throughput",
+            f"{_fmt(hop, 'x')} of ssh",
+            _verdict(hop >= 0.7 if hop is not None else None),
+        ),
+        Target(
+            "large file on all nodes vs Syncthing",
+            "sooner than Syncthing",
+            f"{_fmt(large)} vs {_fmt(st_large)}",
+            _verdict(large < st_large if both(large, st_large) else None),  # type: ignore[operator]
+        ),
+        Target(
+            "idle CPU per node vs Syncthing",
+            "no more than an idle Syncthing node",
+            f"{_fmt(cpu, '%')} vs {_fmt(st_cpu, '%')}",
+            _verdict(cpu <= st_cpu if both(cpu, st_cpu) else None),  # type: ignore[operator]
+        ),
+        Target(
+            "idle memory per node vs Syncthing",
+            "less than half of Syncthing's",
+            f"{_fmt(rss, 'MiB')} vs {_fmt(st_rss, 'MiB')}: {_fmt(rss_share, 'x')}",
+            _verdict(rss_share < 0.5 if rss_share is not None else None),
+        ),
+        Target(
+            "no-change full round, runner vs bare unison",
+            "within 10 % of a bare unison run",
+            f"{_fmt(nochange)} vs {_fmt(bare)}: {_fmt(overhead, 'x')}",
+            _verdict(overhead <= 1.10 if overhead is not None else None),
+        ),
+        Target(
+            "one-file change in the big tree vs an empty tree (watch path)",
+            f"<= {TREE_SLOWDOWN_MAX:g}x or + {TREE_SLACK_S:g} s of the empty tree's median",
+            f"{_fmt(tree)} vs {_fmt(empty)}",
+            _verdict(
+                tree <= max(empty * TREE_SLOWDOWN_MAX, empty + TREE_SLACK_S)  # type: ignore[operator]
+                if both(tree, empty)
+                else None
+            ),
+        ),
+    ]
+
+
+def build(raw: Mapping[str, Any], not_measured: Mapping[str, str], meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The results document: the twelve keys first, then targets, series summaries, gaps and meta."""
+    head = headline(raw)
+    series = {name: summary(raw.get(name) or []) for name in SERIES}
+    idle = {name: raw[name] for name in IDLE if raw.get(name)}
+    return {
+        **head,
+        "targets": [t.as_dict() for t in targets(head, raw)],
+        "series": series,
+        "idle": idle,
+        "not_measured": dict(not_measured),
+        "meta": dict(meta),
+    }
+
+
+def check(document: Mapping[str, Any]) -> list[str]:
+    """What is wrong with a results document (missing keys, a key that is neither a number nor None)."""
+    problems = [f"missing key {key}" for key in KEYS if key not in document]
+    for key in KEYS:
+        value = document.get(key)
+        if key in document and value is not None and not isinstance(value, int | float):
+            problems.append(f"{key} is {type(value).__name__}, not a number")
+        if key in document and value is None and not document.get("not_measured"):
+            problems.append(f"{key} is null but not_measured gives no reason")
+    return problems

@@ -1,0 +1,212 @@
+"""`meshctl bench`: one lab, every measurement in one run, results.json and RESULTS.md at the end.
+
+Order (each daemon runs alone while it is measured; the raw ssh ceiling is taken on quiet hosts):
+  0. lab up; bare hosts idle (baseline); raw `ssh cat` node1 -> node2
+  1. Syncthing full mesh: idle, small file default and fsWatcherDelayS=1, large file; stopped, removed
+  2. replimesh full mesh, cron mode: one hop of the large file with the runner
+  3. replimesh watch, full mesh: idle, small file, large file          (needs watch mode)
+  4. replimesh watch, overlay: small file                              (needs watch mode)
+  5. 2-node mesh (other nodes stopped): small file in a small tree, the big tree's first sync, the
+     no-change round (runner vs bare unison), small file inside the big tree
+The lab is removed at the end, on failure and on Ctrl-C too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import signal
+import subprocess
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.phases import Phases
+from bench.report import render
+from bench.results import build, check
+from replimesh.lab.lab import Lab, LabConfig
+from replimesh.playbooks import PROJECT_ROOT
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Plan:
+    nodes: int = 8
+    repeat: int = 5
+    quick: bool = False
+    large_bytes: int = 256 * 1024 * 1024
+    tree_files: int = 100_000
+    idle_s: float = 60.0
+    small_timeout_s: float = 120.0
+    large_timeout_s: float = 900.0
+
+    @staticmethod
+    def make(nodes: int, repeat: int | None, quick: bool) -> Plan:
+        if quick:
+            return Plan(nodes, repeat or 2, True, 8 * 1024 * 1024, 2_000, 10.0, 90.0, 300.0)
+        return Plan(nodes, repeat or 5)
+
+
+@dataclass
+class Run:
+    plan: Plan
+    lab: Lab
+    work: Path
+    log: Log
+    raw: dict[str, Any] = field(default_factory=dict)
+    not_measured: dict[str, str] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    commands: list[str] = field(default_factory=list)
+
+
+class Interrupted(Exception):
+    """SIGTERM during the run: unwind like Ctrl-C so the lab comes down."""
+
+
+def _on_term(signum: int, frame: object) -> None:
+    raise Interrupted(f"signal {signum}")
+
+
+def _machine() -> dict[str, str]:
+    cpu = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_kib = 0
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            mem_kib = int(line.split()[1])
+    os_name = "?"
+    for line in Path("/etc/os-release").read_text().splitlines():
+        if line.startswith("PRETTY_NAME="):
+            os_name = line.split("=", 1)[1].strip('"')
+    load = " / ".join(f"{v:.2f}" for v in os.getloadavg())
+    return {
+        "cpu": f"{cpu}, {os.cpu_count()} cores",
+        "memory": f"{mem_kib / 1024 / 1024:.1f} GiB",
+        "os": f"{os_name}, kernel {platform.release()}",
+        "load average (1/5/15 min) at start": load,
+    }
+
+
+def _git_version() -> str:
+    def git(*args: str) -> str:
+        proc = subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, check=False)
+        return proc.stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    dirty = " (with uncommitted changes)" if git("status", "--porcelain", "--untracked-files=no") else ""
+    return f"{commit}{dirty}"
+
+
+def _other_labs(own: str) -> str:
+    proc = subprocess.run(
+        ["docker", "ps", "--format", "{{.Names}}"], capture_output=True, text=True, check=False
+    )
+    others = [n for n in proc.stdout.split() if not n.startswith(f"{own}-")]
+    return (
+        f"{len(others)} other containers running ({', '.join(sorted({n.rsplit('-', 1)[0] for n in others}))})"
+    )
+
+
+def run_bench(
+    out: Path, nodes: int, repeat: int | None, quick: bool, name: str, subnet: str, log: Log
+) -> int:
+    plan = Plan.make(nodes, repeat, quick)
+    work = PROJECT_ROOT / "bench" / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    lab = Lab(work / f"lab-{name}", LabConfig(name=name, subnet=subnet), log=log)
+    run = Run(plan, lab, work, log)
+    started = time.time()
+    machine = _machine()
+    old_term = signal.signal(signal.SIGTERM, _on_term)
+    failure = ""
+    try:
+        hosts = lab.up(plan.nodes)
+        machine["other containers on this engine"] = _other_labs(name)
+        Phases(run, hosts).all()
+    except (KeyboardInterrupt, Interrupted) as exc:
+        failure = f"interrupted ({exc or 'Ctrl-C'})"
+    except Exception as exc:  # the lab must come down whatever went wrong; the message says what
+        failure = f"{type(exc).__name__}: {exc}"
+        log(traceback.format_exc())
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        log("== lab down")
+        try:
+            lab.down()
+        except Exception as exc:
+            log(f"lab down failed: {exc}")
+        signal.signal(signal.SIGTERM, old_term)
+    if failure:
+        log(f"meshctl bench: {failure}")
+        run.not_measured.setdefault("run", failure)
+    machine["load average (1/5/15 min) at end"] = " / ".join(f"{v:.2f}" for v in os.getloadavg())
+    meta = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
+        "duration_s": round(time.time() - started),
+        "quick": plan.quick,
+        "command": _command(plan, name, subnet, out),
+        "machine": machine,
+        "versions": {"replimesh": _git_version(), **run.versions},
+        "lab": {
+            "nodes": f"{plan.nodes} lab hosts ({name}, {subnet}), Debian 12 containers on one bridge",
+            "sizes": f"small file 1 KiB x {plan.repeat}; large file {plan.large_bytes // 2**20} MiB; "
+            f"big tree {plan.tree_files} files; idle window {plan.idle_s:g} s",
+        },
+        "method": METHOD,
+        "commands": run.commands,
+        "reasons": REASONS,
+    }
+    document = build(run.raw, run.not_measured, meta)
+    problems = check(document)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(document, indent=2) + "\n")
+    (out / "RESULTS.md").write_text(render(document))
+    log(f"wrote {out / 'results.json'} and {out / 'RESULTS.md'}")
+    for problem in problems:
+        log(f"results: {problem}")
+    return 1 if failure or problems else 0
+
+
+def _command(plan: Plan, name: str, subnet: str, out: Path) -> str:
+    parts = [".venv/bin/meshctl bench", f"--nodes {plan.nodes}", f"--repeat {plan.repeat}"]
+    if plan.quick:
+        parts.append("--quick")
+    parts += [f"--name {name}", f"--subnet {subnet}", f"--out {out}"]
+    return " ".join(parts)
+
+
+METHOD = [
+    "Small file: 1 KiB of random bytes written (open, write, close) into the synced folder on node1 by the "
+    "folder's owner; a poller on every other node (50 ms, bounded) notes when the file is there with the "
+    "same sha256. Time = last node's arrival - the write, both read inside the lab hosts (one kernel, one "
+    "clock). Trials are spaced wider than the tool's own delay.",
+    "Large file: random bytes made outside the folder on the same filesystem, then renamed into it "
+    "(clock starts at the rename); same pollers (arrival = first sight of the right size, then verified "
+    "by sha256).",
+    "Raw ssh: `ssh lab@node2 'cat > FILE' < FILE` on node1 (the same default cipher as Unison's ssh).",
+    "One hop: the large file renamed into node1's folder, then `replimesh-sync --peer node2` on node1 "
+    "timed (cron mode, no watcher running). Ratio = ssh seconds / replimesh seconds.",
+    "Idle: the lab host's cgroup CPU time over the window (every process, short-lived ones too) as % of "
+    "one core; memory = the sum of VmRSS of the processes beyond a bare lab host (its init, sshd "
+    "listener and cron), the mean of samples every 5 s. Read from this machine's /proc and cgroup fs.",
+    "No-change round: the big tree synced once over the edge node1-node2, then runner and bare "
+    "`unison PROFILE` (the runner's exact profile, UNISON dir and environment) alternated, each timed "
+    "inside node1.",
+    "Syncthing: Debian's package from the lab's apt repository, `serve --no-browser --no-restart` as the "
+    "Debian unit runs it, one folder shared by all nodes as a full mesh, static tcp://<lab ip>:22000 "
+    "addresses, discovery, relays, NAT, STUN, usage/crash reporting and upgrades off.",
+]
+
+# Standing explanations, shown for a target only when this run missed it (or could not measure it).
+REASONS: dict[str, str] = {}
