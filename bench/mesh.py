@@ -18,6 +18,9 @@ FOLDER = "/srv/replimesh/shared"
 STAGING = "/srv/replimesh/bench-staging"  # same filesystem as FOLDER, outside it
 UNISON_DIR = "/var/lib/replimesh/unison"
 RUNNER = "/usr/local/sbin/replimesh-sync"
+FOLDERS = ({"name": "shared", "path": FOLDER},)
+# The pair phase's second folder: the big tree, beside the small one, so both are measured side by side.
+TREE_FOLDER = {"name": "tree", "path": "/srv/replimesh/tree"}
 # The full round is a safety net in watch mode: daily, so that it never fires inside a run.
 SCHEDULE = "0 3 * * *"
 
@@ -34,13 +37,19 @@ def watch_supported() -> bool:
 
 
 def write_mesh_file(
-    lab_mesh: Path, target: Path, nodes: Sequence[str], topology: dict[str, Any], mode: str
+    lab_mesh: Path,
+    target: Path,
+    nodes: Sequence[str],
+    topology: dict[str, Any],
+    mode: str,
+    folders: Sequence[dict[str, str]] = FOLDERS,
 ) -> Path:
     """The lab's mesh file with the bench's nodes, topology and sync mode. One file (one key store) for
     every phase, so the nodes keep their keys from phase to phase."""
     mesh = yaml.safe_load(lab_mesh.read_text())
     mesh["nodes"] = {name: spec for name, spec in mesh["nodes"].items() if name in nodes}
     mesh["topology"] = topology
+    mesh["folders"] = [dict(f) for f in folders]
     mesh["sync"] = {"mode": mode, "schedule": SCHEDULE}
     target.write_text(
         "# Written by `meshctl bench` for one of its phases.\n" + yaml.safe_dump(mesh, sort_keys=False)

@@ -72,8 +72,6 @@ class Phases:
             "syncthing_large_s",
         ):
             self.syncthing()
-        with self.phase("replimesh full mesh, cron mode: one hop", "replimesh_hop_s"):
-            self.hop()
         series = ("watch_idle", "watch_full_small_s", "watch_large_s")
         if watch:
             with self.phase("replimesh watch, full mesh", *series):
@@ -81,15 +79,12 @@ class Phases:
             with self.phase("replimesh watch, overlay", "watch_overlay_small_s"):
                 self.watch_overlay()
         else:
-            self.skip(
-                "watch mode is not in this checkout (mesh_sync accepts no mode: watch)",
-                *series,
-                "watch_overlay_small_s",
-                "pair_empty_small_s",
-                "pair_tree_small_s",
-            )
-        tree = ("tree_first_sync_s", "nochange_runner_s", "nochange_bare_s", "pair_empty_small_s")
-        with self.phase("2-node mesh: the big tree", *tree, "pair_tree_small_s"):
+            why = "watch mode is not in this checkout (mesh_sync accepts no mode: watch)"
+            self.skip(why, *series, "watch_overlay_small_s", "pair_empty_small_s", "pair_tree_small_s")
+        pair = ("replimesh_hop_s", "tree_first_sync_s", "nochange_runner_s", "nochange_bare_s")
+        with self.phase(
+            "2-node mesh: one hop, the big tree", *pair, "pair_empty_small_s", "pair_tree_small_s"
+        ):
             self.pair(watch)
 
     # --- 0. the ceiling -------------------------------------------------------------------------
@@ -144,7 +139,8 @@ class Phases:
             )
             st.wait_ready()
             self.small_trials("syncthing_fast_small_s", ST_FOLDER, None, GAP_FAST_S)
-            self.large_trial("syncthing_large_s", ST_FOLDER, ST_STAGING, None)
+            for _ in range(self.plan.large_repeat):
+                self.large_trial("syncthing_large_s", ST_FOLDER, ST_STAGING, None)
         finally:
             st.stop()
             st.remove_data()
@@ -171,24 +167,26 @@ class Phases:
     def large_trial(
         self, name: str, folder: str, staging: str, user: str | None, targets: Sequence[Host] | None = None
     ) -> None:
+        """The large file renamed into node1's folder; then deleted there, and gone everywhere, untimed."""
+        targets = targets or self.hosts[1:]
         probe.sh(self.node1, f"mkdir -p {staging}" + (f" && chown {user}:{user} {staging}" if user else ""))
         src, dst = f"{staging}/{BIG}", f"{folder}/{BIG}"
         sha = probe.make_file(self.node1, src, self.plan.large_bytes, owner=user)
         arrival = probe.move_in(
-            self.node1,
-            targets or self.hosts[1:],
-            src,
-            dst,
-            sha,
-            self.plan.large_bytes,
-            self.plan.large_timeout_s,
+            self.node1, targets, src, dst, sha, self.plan.large_bytes, self.plan.large_timeout_s
         )
         self.add(name, arrival.seconds)
+        probe.dexec(self.node1, ["rm", "-f", dst])
+        probe.wait_gone(targets, dst, self.plan.large_timeout_s)
+        time.sleep(GAP_FAST_S)
 
-    # --- 2.-4. replimesh ----------------------------------------------------------------------------
-    def bootstrap(self, nodes: Sequence[Host], topology: dict[str, object], mode: str, label: str) -> None:
+    # --- 2.-3. replimesh on all nodes ---------------------------------------------------------------
+    def bootstrap(
+        self, nodes: Sequence[Host], topology: dict[str, object], mode: str, label: str, tree: bool = False
+    ) -> None:
+        folders = [*rm.FOLDERS, *([rm.TREE_FOLDER] if tree else [])]
         rm.write_mesh_file(
-            self.run.lab.inventory_path, self.mesh_file, [h.name for h in nodes], topology, mode
+            self.run.lab.inventory_path, self.mesh_file, [h.name for h in nodes], topology, mode, folders
         )
         seconds = rm.bootstrap(self.mesh_file, self.run.work / "runs" / label)
         self.log(f"   bootstrap.yml ({label}): {seconds:.0f} s")
@@ -196,32 +194,16 @@ class Phases:
         if "unison" not in self.run.versions:
             self.run.versions["unison"] = rm.unison_version(self.node1)
 
-    def hop(self) -> None:
-        self.bootstrap(self.hosts, {"kind": "full"}, "cron", "full-cron")
-        a = self.node1
-        probe.sh(a, f"mkdir -p {rm.STAGING} && chown {rm.USER}:{rm.USER} {rm.STAGING}")
-        self.run.commands.append(f"node1$ {rm.RUNNER} --peer node2   (as {rm.USER}, timed)")
-        for i in range(max(3, self.plan.repeat // 2)):
-            src, dst = f"{rm.STAGING}/{BIG}", f"{rm.FOLDER}/hop-{i}.bin"
-            sha = probe.make_file(a, src, self.plan.large_bytes, owner=rm.USER)
-            probe.dexec(a, ["mv", src, dst])
-            self.add("replimesh_hop_s", rm.runner_round(a, self.node2.name))
-            got = probe.dexec(self.node2, ["sha256sum", dst]).split()[0]
-            if got != sha:
-                raise probe.ProbeError("replimesh hop: node2's copy differs")
-            probe.dexec(a, ["rm", "-f", dst])
-            rm.runner_round(a, self.node2.name)  # the deletion, untimed: node2 is clean again
-
     def watch_full(self) -> None:
-        self.bootstrap(self.hosts, {"kind": "full"}, "watch", "full-watch")
+        self.bootstrap(self.hosts, {"kind": "full"}, "watch", "full mesh, watch")
         self.warm_up("full mesh")
         self.run.raw["watch_idle"] = probe.idle(self.hosts, self.plan.idle_s)
         self.small_trials("watch_full_small_s", rm.FOLDER, rm.USER, GAP_FAST_S)
-        self.large_trial("watch_large_s", rm.FOLDER, rm.STAGING, rm.USER)
-        probe.dexec(self.node1, ["rm", "-f", f"{rm.FOLDER}/{BIG}"])
+        for _ in range(self.plan.large_repeat):
+            self.large_trial("watch_large_s", rm.FOLDER, rm.STAGING, rm.USER)
 
     def watch_overlay(self) -> None:
-        self.bootstrap(self.hosts, {"kind": "overlay"}, "watch", "overlay-watch")
+        self.bootstrap(self.hosts, {"kind": "overlay"}, "watch", "overlay, watch")
         self.warm_up("overlay")
         self.small_trials("watch_overlay_small_s", rm.FOLDER, rm.USER, GAP_FAST_S)
 
@@ -234,42 +216,60 @@ class Phases:
         self.log(f"   watch ({what}) works: warm-up file everywhere in {arrival.seconds:.2f} s")
         time.sleep(GAP_FAST_S)
 
-    # --- 5. the big tree on one edge --------------------------------------------------------------------
+    # --- 4. one edge: a hop, the big tree ---------------------------------------------------------------
     def pair(self, watch: bool) -> None:
-        pair = [self.node1, self.node2]
+        """node1 and node2 alone (the other hosts killed): one hop of the large file, then a second folder
+        with the big tree: its first sync, the no-change round (runner vs bare unison), and (watch) a
+        one-file change inside it against one in the small folder, measured side by side."""
+        a, b = self.node1, self.node2
         for host in self.hosts[2:]:
             self.run.lab.fault("kill", host.name)  # the others are done: they must not use CPU now
-        self.bootstrap(pair, {"kind": "full"}, "watch" if watch else "cron", "pair")
-        a, b = pair
+        self.bootstrap([a, b], {"kind": "full"}, "watch" if watch else "cron", "2 nodes", tree=True)
         if watch:
             self.warm_up("2 nodes", [b])
+            for _ in range(self.plan.large_repeat + 1):
+                self.large_trial("replimesh_hop_s", rm.FOLDER, rm.STAGING, rm.USER, [b])
             self.small_trials("pair_empty_small_s", rm.FOLDER, rm.USER, GAP_FAST_S, [b])
-        staging_tree = f"{rm.STAGING}/tree"
-        probe.sh(
-            a, f"rm -rf {staging_tree} && mkdir -p {rm.STAGING} && chown {rm.USER}:{rm.USER} {rm.STAGING}"
-        )
-        last = probe.py(
-            a, rm.TREE_MAKER, staging_tree, str(self.plan.tree_files), user=rm.USER, timeout=900
-        ).strip()
-        last_rel = last.removeprefix(f"{staging_tree}/")
+        else:
+            self.run.commands.append(f"node1$ {rm.RUNNER} --peer node2   (as {rm.USER}, timed)")
+            for _ in range(self.plan.large_repeat + 1):
+                probe.sh(a, f"mkdir -p {rm.STAGING} && chown {rm.USER}:{rm.USER} {rm.STAGING}")
+                src, dst = f"{rm.STAGING}/{BIG}", f"{rm.FOLDER}/{BIG}"
+                sha = probe.make_file(a, src, self.plan.large_bytes, owner=rm.USER)
+                probe.dexec(a, ["mv", src, dst])
+                self.add("replimesh_hop_s", rm.runner_round(a, b.name))
+                if probe.dexec(b, ["sha256sum", dst]).split()[0] != sha:
+                    raise probe.ProbeError("replimesh hop: node2's copy differs")
+                probe.dexec(a, ["rm", "-f", dst])
+                rm.runner_round(a, b.name)  # the deletion, untimed
+        self.big_tree(watch)
+
+    def big_tree(self, watch: bool) -> None:
+        a, b = self.node1, self.node2
+        staging, target = f"{rm.STAGING}/tree", f"{rm.TREE_FOLDER['path']}/tree"
+        probe.sh(a, f"rm -rf {staging} && mkdir -p {rm.STAGING} && chown {rm.USER}:{rm.USER} {rm.STAGING}")
+        files = str(self.plan.tree_files)
+        last = probe.py(a, rm.TREE_MAKER, staging, files, user=rm.USER, timeout=900).strip()
+        last_rel = last.removeprefix(f"{staging}/")
         sha = probe.dexec(a, ["sha256sum", last]).split()[0]
         size = int(probe.dexec(a, ["stat", "-c", "%s", last]).strip())
-        if watch:
-            arrival = probe.move_in(a, [b], staging_tree, f"{rm.FOLDER}/tree", sha, size, 1800)
+        if watch:  # the last file of the tree is identical on node2: the whole tree has arrived
+            arrival = probe.move_in(a, [b], staging, target, sha, size, 1800, f"{target}/{last_rel}")
             self.add("tree_first_sync_s", arrival.seconds)
-            probe.sh(b, f"test -s {rm.FOLDER}/tree/{last_rel}")
         else:
-            probe.dexec(a, ["mv", staging_tree, f"{rm.FOLDER}/tree"])
+            probe.dexec(a, ["mv", staging, target])
             self.add("tree_first_sync_s", rm.runner_round(a, b.name))
-        count = probe.sh(b, f"find {rm.FOLDER}/tree -type f | wc -l").strip()
+        count = probe.sh(b, f"find {target} -type f | wc -l").strip()
         if int(count) != self.plan.tree_files:
             raise probe.ProbeError(f"node2 has {count} of {self.plan.tree_files} tree files")
-        rm.runner_round(a, b.name)  # untimed: both sides' caches warm, the archive settled
-        bare = rm.bare_unison_argv(a, b.name)
-        self.run.commands.append(f"node1$ {' '.join(bare)}   (as {rm.USER}, timed)")
+        rm.runner_round(a, b.name)  # untimed: both sides' caches warm, the archives settled
+        bare = [rm.bare_unison_argv(a, b.name, folder["name"]) for folder in (*rm.FOLDERS, rm.TREE_FOLDER)]
+        for argv in bare:
+            self.run.commands.append(f"node1$ {' '.join(argv)}   (as {rm.USER}, timed; the two summed)")
         for _ in range(max(3, self.plan.repeat // 2 + 1)):
             self.add("nochange_runner_s", rm.runner_round(a, b.name))
-            self.add("nochange_bare_s", rm.bare_unison(a, bare))
+            self.add("nochange_bare_s", round(sum(rm.bare_unison(a, argv) for argv in bare), 3))
         if watch:
             middle = f"tree/d{self.plan.tree_files // 2000:03d}/"  # a directory in the middle of the tree
-            self.small_trials("pair_tree_small_s", rm.FOLDER, rm.USER, GAP_FAST_S, [b], sub=middle)
+            folder = rm.TREE_FOLDER["path"]
+            self.small_trials("pair_tree_small_s", folder, rm.USER, GAP_FAST_S, [b], sub=middle)

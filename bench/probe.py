@@ -230,6 +230,15 @@ def move_in(
         pollers.stop()
 
 
+def wait_gone(targets: Sequence[Host], path: str, timeout: float) -> None:
+    """Until `path` is absent on every target (bounded): a deleted file has gone everywhere."""
+    script = (
+        f"i=0; while [ -e {path} ]; do i=$((i+1)); [ $i -gt {int(timeout * 10)} ] && exit 1; sleep 0.1; done"
+    )
+    for host in targets:
+        sh(host, script, timeout=timeout + 30)
+
+
 # --- idle CPU and memory, read from this machine's /proc (the lab hosts' processes are ours to see) ----
 
 

@@ -8,19 +8,19 @@ from typing import Any
 from bench.results import KEYS
 
 SERIES_TEXT = {
-    "ssh_hop_s": "256 MiB, raw `ssh cat` node1 -> node2 (the ceiling for a hop)",
-    "replimesh_hop_s": "256 MiB, one `replimesh-sync --peer node2` run on node1 (one hop)",
+    "ssh_hop_s": "large file, raw `ssh cat` node1 -> node2 (the ceiling for a hop)",
+    "replimesh_hop_s": "large file, node1 -> node2, 2-node mesh (one hop; watch mode, else one runner run)",
     "syncthing_default_small_s": "1 KiB on node1 -> identical on all nodes, Syncthing default (10 s delay)",
     "syncthing_fast_small_s": "1 KiB on node1 -> identical on all nodes, Syncthing fsWatcherDelayS=1",
-    "syncthing_large_s": "256 MiB on node1 -> identical on all nodes, Syncthing (fsWatcherDelayS=1)",
+    "syncthing_large_s": "large file on node1 -> identical on all nodes, Syncthing (fsWatcherDelayS=1)",
     "watch_full_small_s": "1 KiB on node1 -> identical on all nodes, replimesh watch, full mesh",
     "watch_overlay_small_s": "1 KiB on node1 -> identical on all nodes, replimesh watch, overlay",
-    "watch_large_s": "256 MiB on node1 -> identical on all nodes, replimesh watch, full mesh",
-    "nochange_runner_s": "no-change full round of one edge over the big tree: `replimesh-sync --peer node2`",
-    "nochange_bare_s": "the same edge and tree: bare `unison PROFILE` (same roots and options)",
+    "watch_large_s": "large file on node1 -> identical on all nodes, replimesh watch, full mesh",
+    "nochange_runner_s": "no-change round node1-node2, small folder + big tree: `replimesh-sync --peer X`",
+    "nochange_bare_s": "the same edge: bare `unison PROFILE` per folder, summed (same roots and options)",
     "tree_first_sync_s": "first full sync of the big tree over one edge (informational)",
-    "pair_empty_small_s": "1 KiB, node1 -> node2, replimesh watch, 2-node mesh, small tree",
-    "pair_tree_small_s": "1 KiB, node1 -> node2, replimesh watch, 2-node mesh, inside the big tree",
+    "pair_empty_small_s": "1 KiB, node1 -> node2, replimesh watch, 2-node mesh, the small folder",
+    "pair_tree_small_s": "1 KiB, node1 -> node2, replimesh watch, 2-node mesh, inside the big tree's folder",
 }
 
 
@@ -72,7 +72,10 @@ def render(doc: Mapping[str, Any]) -> str:
     if missed:
         out += ["", "### Why a target is missed or not measured", ""]
         for t in missed:
-            why = reasons.get(t["name"]) or t.get("note") or "no analysis recorded for this run"
+            if t["met"] is None:
+                why = f"not measured ({t.get('note') or 'a figure is missing'})"
+            else:
+                why = reasons.get(t["name"]) or t.get("note") or "no analysis recorded for this run"
             out.append(f"- **{t['name']}**: {why}")
     out += ["", "## The figures (results.json)", ""]
     out += _table(["key", "value"], [[f"`{key}`", _num(doc.get(key))] for key in KEYS])
@@ -86,7 +89,7 @@ def render(doc: Mapping[str, Any]) -> str:
     out += _table(["what", "n", "min", "median", "max"], rows)
     idle = doc.get("idle", {})
     if idle:
-        out += ["", "## Idle, per node (60 s window unless stated in meta)", ""]
+        out += ["", "## Idle, per node", ""]
         rows = []
         for name, data in idle.items():
             cpu = ", ".join(_num(v) for v in data.get("cpu_percent", []))

@@ -7,7 +7,7 @@ measured is None in its key and named, with the reason, under `not_measured`.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from bench.stats import mean, median, ratio, summary
@@ -58,6 +58,7 @@ class Target:
     rule: str
     measured: str
     met: bool | None
+    series: tuple[str, ...] = ()  # the raw series it compares (to say which one was not measured)
     note: str = ""
 
     def as_dict(self) -> dict[str, Any]:
@@ -71,7 +72,7 @@ class Target:
 
 
 def _fmt(value: float | None, unit: str = "s") -> str:
-    return "not measured" if value is None else f"{value:g} {unit}".strip()
+    return "—" if value is None else f"{value:g} {unit}".strip()
 
 
 def _verdict(ok: bool | None) -> bool | None:
@@ -131,54 +132,63 @@ def targets(head: Mapping[str, float | None], raw: Mapping[str, Any]) -> list[Ta
             "median <= 1/10 of Syncthing's default",
             f"{_fmt(small)} vs {_fmt(st_default)}: {_fmt(speedup, 'x')} faster",
             _verdict(speedup >= 10 if speedup is not None else None),
+            series=("watch_full_small_s", "syncthing_default_small_s"),
         ),
         Target(
             "small file, full mesh vs Syncthing fsWatcherDelayS=1",
             "median below Syncthing's",
             f"{_fmt(small)} vs {_fmt(st_fast)}",
             _verdict(small < st_fast if both(small, st_fast) else None),  # type: ignore[operator]
+            series=("watch_full_small_s", "syncthing_fast_small_s"),
         ),
         Target(
             "small file, overlay vs Syncthing default",
             "median <= 1/10 of Syncthing's default",
             f"{_fmt(overlay)} vs {_fmt(st_default)}: {_fmt(overlay_speedup, 'x')} faster",
             _verdict(overlay_speedup >= 10 if overlay_speedup is not None else None),
+            series=("watch_overlay_small_s", "syncthing_default_small_s"),
         ),
         Target(
             "small file, overlay vs Syncthing fsWatcherDelayS=1",
             "median below Syncthing's",
             f"{_fmt(overlay)} vs {_fmt(st_fast)}",
             _verdict(overlay < st_fast if both(overlay, st_fast) else None),  # type: ignore[operator]
+            series=("watch_overlay_small_s", "syncthing_fast_small_s"),
         ),
         Target(
             "large file, one hop vs raw ssh cat",
             ">= 70 % of raw ssh throughput",
             f"{_fmt(hop, 'x')} of ssh",
             _verdict(hop >= 0.7 if hop is not None else None),
+            series=("replimesh_hop_s", "ssh_hop_s"),
         ),
         Target(
             "large file on all nodes vs Syncthing",
             "sooner than Syncthing",
             f"{_fmt(large)} vs {_fmt(st_large)}",
             _verdict(large < st_large if both(large, st_large) else None),  # type: ignore[operator]
+            series=("watch_large_s", "syncthing_large_s"),
         ),
         Target(
             "idle CPU per node vs Syncthing",
             "no more than an idle Syncthing node",
             f"{_fmt(cpu, '%')} vs {_fmt(st_cpu, '%')}",
             _verdict(cpu <= st_cpu if both(cpu, st_cpu) else None),  # type: ignore[operator]
+            series=("watch_idle", "syncthing_idle"),
         ),
         Target(
             "idle memory per node vs Syncthing",
             "less than half of Syncthing's",
             f"{_fmt(rss, 'MiB')} vs {_fmt(st_rss, 'MiB')}: {_fmt(rss_share, 'x')}",
             _verdict(rss_share < 0.5 if rss_share is not None else None),
+            series=("watch_idle", "syncthing_idle"),
         ),
         Target(
             "no-change full round, runner vs bare unison",
             "within 10 % of a bare unison run",
             f"{_fmt(nochange)} vs {_fmt(bare)}: {_fmt(overhead, 'x')}",
             _verdict(overhead <= 1.10 if overhead is not None else None),
+            series=("nochange_runner_s", "nochange_bare_s"),
         ),
         Target(
             "one-file change in the big tree vs an empty tree (watch path)",
@@ -189,8 +199,19 @@ def targets(head: Mapping[str, float | None], raw: Mapping[str, Any]) -> list[Ta
                 if both(tree, empty)
                 else None
             ),
+            series=("pair_tree_small_s", "pair_empty_small_s"),
         ),
     ]
+
+
+def _explain(target: Target, not_measured: Mapping[str, str]) -> Target:
+    """A target that could not be judged says which of its series is missing, and why."""
+    if target.met is not None:
+        return target
+    gaps = [
+        f"{name}: {not_measured.get(name, 'no figure')}" for name in target.series if name in not_measured
+    ]
+    return replace(target, note="; ".join(gaps) or "a figure is missing")
 
 
 def build(raw: Mapping[str, Any], not_measured: Mapping[str, str], meta: Mapping[str, Any]) -> dict[str, Any]:
@@ -200,7 +221,7 @@ def build(raw: Mapping[str, Any], not_measured: Mapping[str, str], meta: Mapping
     idle = {name: raw[name] for name in IDLE if raw.get(name)}
     return {
         **head,
-        "targets": [t.as_dict() for t in targets(head, raw)],
+        "targets": [_explain(t, not_measured).as_dict() for t in targets(head, raw)],
         "series": series,
         "idle": idle,
         "not_measured": dict(not_measured),

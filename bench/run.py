@@ -42,13 +42,14 @@ class Plan:
     large_bytes: int = 256 * 1024 * 1024
     tree_files: int = 100_000
     idle_s: float = 60.0
+    large_repeat: int = 2
     small_timeout_s: float = 120.0
     large_timeout_s: float = 900.0
 
     @staticmethod
     def make(nodes: int, repeat: int | None, quick: bool) -> Plan:
         if quick:
-            return Plan(nodes, repeat or 2, True, 8 * 1024 * 1024, 2_000, 10.0, 90.0, 300.0)
+            return Plan(nodes, repeat or 2, True, 8 * 1024 * 1024, 2_000, 10.0, 1, 90.0, 300.0)
         return Plan(nodes, repeat or 5)
 
 
@@ -195,14 +196,17 @@ METHOD = [
     "(clock starts at the rename); same pollers (arrival = first sight of the right size, then verified "
     "by sha256).",
     "Raw ssh: `ssh lab@node2 'cat > FILE' < FILE` on node1 (the same default cipher as Unison's ssh).",
-    "One hop: the large file renamed into node1's folder, then `replimesh-sync --peer node2` on node1 "
-    "timed (cron mode, no watcher running). Ratio = ssh seconds / replimesh seconds.",
+    "One hop: node1 and node2 alone (the other hosts stopped), the large file renamed into node1's "
+    "folder, time until identical on node2 (watch mode: through the watcher; without watch mode: one "
+    "`replimesh-sync --peer node2` run timed). Ratio = median ssh seconds / median replimesh seconds.",
     "Idle: the lab host's cgroup CPU time over the window (every process, short-lived ones too) as % of "
     "one core; memory = the sum of VmRSS of the processes beyond a bare lab host (its init, sshd "
     "listener and cron), the mean of samples every 5 s. Read from this machine's /proc and cgroup fs.",
-    "No-change round: the big tree synced once over the edge node1-node2, then runner and bare "
-    "`unison PROFILE` (the runner's exact profile, UNISON dir and environment) alternated, each timed "
-    "inside node1.",
+    "No-change round: node1 and node2 alone with two folders, the small one and one holding the big "
+    "tree (synced once first); then `replimesh-sync --peer node2` and bare `unison PROFILE` for each "
+    "folder (the runner's exact profiles, UNISON dir and environment; the two runs summed) alternated, "
+    "each timed inside node1. The watch path: 1 KiB written in the middle of the big tree vs in the "
+    "small folder, node1 -> node2.",
     "Syncthing: Debian's package from the lab's apt repository, `serve --no-browser --no-restart` as the "
     "Debian unit runs it, one folder shared by all nodes as a full mesh, static tcp://<lab ip>:22000 "
     "addresses, discovery, relays, NAT, STUN, usage/crash reporting and upgrades off.",

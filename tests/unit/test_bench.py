@@ -173,3 +173,12 @@ def test_syncthing_default_config_keeps_the_default_watcher_delay():
     devices = [Device("node1", "ID1", "172.31.160.11")]
     root = ET.fromstring(configure((FIXTURES / "syncthing-config.xml").read_text(), "node1", devices))
     assert root.find("folder").get("fsWatcherDelayS") == "10"
+
+
+def test_a_target_not_measured_says_which_series_is_missing_and_why():
+    raw = {k: v for k, v in GOOD.items() if k != "watch_large_s"}
+    doc = build(raw, {"watch_large_s": "watch mode is not in this checkout"}, {})
+    (large,) = [t for t in doc["targets"] if t["name"] == "large file on all nodes vs Syncthing"]
+    assert large["met"] is None
+    assert large["note"] == "watch_large_s: watch mode is not in this checkout"
+    assert "not measured (watch_large_s: watch mode is not in this checkout)" in render(doc)
