@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
@@ -34,6 +35,9 @@ class Phases:
         self.hosts = list(hosts)
         self.node1, self.node2 = self.hosts[0], self.hosts[1]
         self.mesh_file = run.work / "bench.mesh.yml"
+        # A new lab has new hosts with new keys: the previous run's key store would refuse them.
+        shutil.rmtree(run.work / "bench.keys", ignore_errors=True)
+        shutil.rmtree(run.work / "runs", ignore_errors=True)
 
     @contextlib.contextmanager
     def phase(self, title: str, *series: str) -> Iterator[None]:
@@ -188,7 +192,9 @@ class Phases:
         rm.write_mesh_file(
             self.run.lab.inventory_path, self.mesh_file, [h.name for h in nodes], topology, mode, folders
         )
-        seconds = rm.bootstrap(self.mesh_file, self.run.work / "runs" / label)
+        seconds = rm.bootstrap(
+            self.mesh_file, self.run.work / "runs" / label.replace(" ", "-").replace(",", "")
+        )
         self.log(f"   bootstrap.yml ({label}): {seconds:.0f} s")
         self.run.commands.append(f"control# ansible-playbook -i bench.mesh.yml bootstrap.yml   ({label})")
         if "unison" not in self.run.versions:

@@ -6,8 +6,8 @@ measured is None in its key and named, with the reason, under `not_measured`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from bench.stats import mean, median, ratio, summary
@@ -62,21 +62,11 @@ class Target:
     note: str = ""
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "rule": self.rule,
-            "measured": self.measured,
-            "met": self.met,
-            "note": self.note,
-        }
+        return {**asdict(self), "series": list(self.series)}
 
 
 def _fmt(value: float | None, unit: str = "s") -> str:
     return "—" if value is None else f"{value:g} {unit}".strip()
-
-
-def _verdict(ok: bool | None) -> bool | None:
-    return None if ok is None else bool(ok)
 
 
 def headline(raw: Mapping[str, Any]) -> dict[str, float | None]:
@@ -104,101 +94,86 @@ def headline(raw: Mapping[str, Any]) -> dict[str, float | None]:
     }
 
 
+def _judge(rule: Callable[..., bool], *figures: float | None) -> bool | None:
+    """The rule applied to the figures; None when one of them was not measured."""
+    return None if any(f is None for f in figures) else bool(rule(*figures))
+
+
+def _small_file_targets(
+    label: str, mine: float | None, series: str, head: Mapping[str, float | None]
+) -> list[Target]:
+    default = head["syncthing_default_small_file_all_nodes_median_s"]
+    fast = head["syncthing_fast_small_file_all_nodes_median_s"]
+    return [
+        Target(
+            f"small file, {label} vs Syncthing default",
+            "median <= 1/10 of Syncthing's default",
+            f"{_fmt(mine)} vs {_fmt(default)}: {_fmt(ratio(default, mine), 'x')} faster",
+            _judge(lambda m, d: m * 10 <= d, mine, default),
+            series=(series, "syncthing_default_small_s"),
+        ),
+        Target(
+            f"small file, {label} vs Syncthing fsWatcherDelayS=1",
+            "median below Syncthing's",
+            f"{_fmt(mine)} vs {_fmt(fast)}",
+            _judge(lambda m, f: m < f, mine, fast),
+            series=(series, "syncthing_fast_small_s"),
+        ),
+    ]
+
+
 def targets(head: Mapping[str, float | None], raw: Mapping[str, Any]) -> list[Target]:
     """Each target of the issue, as a ratio of two figures of the same run, with its verdict."""
-    small, st_default = (
-        head["small_file_all_nodes_median_s"],
-        head["syncthing_default_small_file_all_nodes_median_s"],
-    )
-    st_fast = head["syncthing_fast_small_file_all_nodes_median_s"]
     overlay = median(raw.get("watch_overlay_small_s") or [])
-    speedup = ratio(st_default, small)
-    overlay_speedup = ratio(st_default, overlay)
     hop = head["large_file_throughput_ratio_vs_ssh"]
     large, st_large = head["large_file_all_nodes_s"], head["syncthing_large_file_all_nodes_s"]
     cpu, st_cpu = head["idle_cpu_percent_per_node"], head["syncthing_idle_cpu_percent_per_node"]
     rss, st_rss = head["idle_rss_mib_per_node"], head["syncthing_idle_rss_mib_per_node"]
-    rss_share = ratio(rss, st_rss)
     nochange, bare = head["nochange_round_100k_files_s"], head["bare_unison_nochange_100k_files_s"]
-    overhead = ratio(nochange, bare)
     empty, tree = median(raw.get("pair_empty_small_s") or []), median(raw.get("pair_tree_small_s") or [])
-
-    def both(a: float | None, b: float | None) -> bool:
-        return a is not None and b is not None
-
     return [
-        Target(
-            "small file, full mesh vs Syncthing default",
-            "median <= 1/10 of Syncthing's default",
-            f"{_fmt(small)} vs {_fmt(st_default)}: {_fmt(speedup, 'x')} faster",
-            _verdict(speedup >= 10 if speedup is not None else None),
-            series=("watch_full_small_s", "syncthing_default_small_s"),
-        ),
-        Target(
-            "small file, full mesh vs Syncthing fsWatcherDelayS=1",
-            "median below Syncthing's",
-            f"{_fmt(small)} vs {_fmt(st_fast)}",
-            _verdict(small < st_fast if both(small, st_fast) else None),  # type: ignore[operator]
-            series=("watch_full_small_s", "syncthing_fast_small_s"),
-        ),
-        Target(
-            "small file, overlay vs Syncthing default",
-            "median <= 1/10 of Syncthing's default",
-            f"{_fmt(overlay)} vs {_fmt(st_default)}: {_fmt(overlay_speedup, 'x')} faster",
-            _verdict(overlay_speedup >= 10 if overlay_speedup is not None else None),
-            series=("watch_overlay_small_s", "syncthing_default_small_s"),
-        ),
-        Target(
-            "small file, overlay vs Syncthing fsWatcherDelayS=1",
-            "median below Syncthing's",
-            f"{_fmt(overlay)} vs {_fmt(st_fast)}",
-            _verdict(overlay < st_fast if both(overlay, st_fast) else None),  # type: ignore[operator]
-            series=("watch_overlay_small_s", "syncthing_fast_small_s"),
-        ),
+        *_small_file_targets("full mesh", head["small_file_all_nodes_median_s"], "watch_full_small_s", head),
+        *_small_file_targets("overlay", overlay, "watch_overlay_small_s", head),
         Target(
             "large file, one hop vs raw ssh cat",
             ">= 70 % of raw ssh throughput",
             f"{_fmt(hop, 'x')} of ssh",
-            _verdict(hop >= 0.7 if hop is not None else None),
+            _judge(lambda h: h >= 0.7, hop),
             series=("replimesh_hop_s", "ssh_hop_s"),
         ),
         Target(
             "large file on all nodes vs Syncthing",
             "sooner than Syncthing",
             f"{_fmt(large)} vs {_fmt(st_large)}",
-            _verdict(large < st_large if both(large, st_large) else None),  # type: ignore[operator]
+            _judge(lambda m, s: m < s, large, st_large),
             series=("watch_large_s", "syncthing_large_s"),
         ),
         Target(
             "idle CPU per node vs Syncthing",
             "no more than an idle Syncthing node",
             f"{_fmt(cpu, '%')} vs {_fmt(st_cpu, '%')}",
-            _verdict(cpu <= st_cpu if both(cpu, st_cpu) else None),  # type: ignore[operator]
+            _judge(lambda m, s: m <= s, cpu, st_cpu),
             series=("watch_idle", "syncthing_idle"),
         ),
         Target(
             "idle memory per node vs Syncthing",
             "less than half of Syncthing's",
-            f"{_fmt(rss, 'MiB')} vs {_fmt(st_rss, 'MiB')}: {_fmt(rss_share, 'x')}",
-            _verdict(rss_share < 0.5 if rss_share is not None else None),
+            f"{_fmt(rss, 'MiB')} vs {_fmt(st_rss, 'MiB')}: {_fmt(ratio(rss, st_rss), 'x')}",
+            _judge(lambda m, s: m * 2 < s, rss, st_rss),
             series=("watch_idle", "syncthing_idle"),
         ),
         Target(
             "no-change full round, runner vs bare unison",
             "within 10 % of a bare unison run",
-            f"{_fmt(nochange)} vs {_fmt(bare)}: {_fmt(overhead, 'x')}",
-            _verdict(overhead <= 1.10 if overhead is not None else None),
+            f"{_fmt(nochange)} vs {_fmt(bare)}: {_fmt(ratio(nochange, bare), 'x')}",
+            _judge(lambda m, b: m <= b * 1.10, nochange, bare),
             series=("nochange_runner_s", "nochange_bare_s"),
         ),
         Target(
             "one-file change in the big tree vs an empty tree (watch path)",
             f"<= {TREE_SLOWDOWN_MAX:g}x or + {TREE_SLACK_S:g} s of the empty tree's median",
             f"{_fmt(tree)} vs {_fmt(empty)}",
-            _verdict(
-                tree <= max(empty * TREE_SLOWDOWN_MAX, empty + TREE_SLACK_S)  # type: ignore[operator]
-                if both(tree, empty)
-                else None
-            ),
+            _judge(lambda t, e: t <= max(e * TREE_SLOWDOWN_MAX, e + TREE_SLACK_S), tree, empty),
             series=("pair_tree_small_s", "pair_empty_small_s"),
         ),
     ]

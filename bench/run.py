@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.phases import Phases
+from bench.reasons import explain
 from bench.report import render
 from bench.results import build, check
 from replimesh.lab.lab import Lab, LabConfig
@@ -166,7 +167,7 @@ def run_bench(
         },
         "method": METHOD,
         "commands": run.commands,
-        "reasons": REASONS,
+        "reasons": explain(run.raw),
     }
     document = build(run.raw, run.not_measured, meta)
     problems = check(document)
@@ -211,6 +212,3 @@ METHOD = [
     "Debian unit runs it, one folder shared by all nodes as a full mesh, static tcp://<lab ip>:22000 "
     "addresses, discovery, relays, NAT, STUN, usage/crash reporting and upgrades off.",
 ]
-
-# Standing explanations, shown for a target only when this run missed it (or could not measure it).
-REASONS: dict[str, str] = {}

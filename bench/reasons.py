@@ -1,0 +1,50 @@
+"""Why a target can be missed: explanations written from this run's own figures, shown only when missed.
+
+They say what costs the time (measured in the same run where possible) — not excuses: each one names
+what would have to change in replimesh for the target to be met.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from bench.stats import median
+
+
+def _s(value: float | None) -> str:
+    return "?" if value is None else f"{value:.2f} s"
+
+
+def explain(raw: Mapping[str, Any]) -> dict[str, str]:
+    ssh, hop = median(raw.get("ssh_hop_s") or []), median(raw.get("replimesh_hop_s") or [])
+    runner, bare = median(raw.get("nochange_runner_s") or []), median(raw.get("nochange_bare_s") or [])
+    st_fast = median(raw.get("syncthing_fast_small_s") or [])
+    overhead = None if runner is None or bare is None else runner - bare
+    return {
+        "large file, one hop vs raw ssh cat": (
+            f"raw ssh moved the file in {_s(ssh)}, one replimesh hop took {_s(hop)}. Unison 2.52 reads the "
+            "whole file to fingerprint it before sending, sends it through its own protocol over the ssh "
+            "pipe, writes it to a temporary file on the receiver and fingerprints that again before the "
+            "rename: several passes over the data and two processes in the path where `ssh cat` is one "
+            "stream. LAB.md found an external copyprog (rsync) no faster, since the fingerprinting stays. "
+            "Meeting the target needs a transfer path that is not Unison's for large new files."
+        ),
+        "no-change full round, runner vs bare unison": (
+            f"the runner took {_s(runner)} against {_s(bare)} for the bare Unison runs "
+            f"({_s(overhead)} more): per run it starts Python, reads mesh.json, takes the edge lock, writes "
+            "the status file and the Prometheus textfile. A fixed cost, "
+            "so its share shrinks as the tree (Unison's scan) grows; on a loaded machine the start of "
+            "one more Python process is what dominates."
+        ),
+        "small file, full mesh vs Syncthing fsWatcherDelayS=1": (
+            f"Syncthing with a 1 s delay delivered in {_s(st_fast)}. Each replimesh hop is one Unison run "
+            "(process start, ssh handshake, remote server start: ~0.3 s on a quiet machine, more on a "
+            "loaded one) after the watcher's coalescing window, and a full mesh runs 7 of them from node1 "
+            "at once on 2 cores."
+        ),
+        "small file, overlay vs Syncthing fsWatcherDelayS=1": (
+            "the overlay adds hops (a change reaches a node not adjacent to node1 through a forwarding "
+            "node), and each hop is one Unison run with its fixed cost after the coalescing window."
+        ),
+    }
