@@ -29,6 +29,10 @@ class MeshError(Exception):
     """A playbook of the bench's mesh failed; the message points at its log."""
 
 
+class Cancelled(Exception):
+    """ansible-runner took a SIGTERM or Ctrl-C meant for the bench (it handles them while it runs)."""
+
+
 def watch_supported() -> bool:
     """Does this checkout's mesh_sync role accept `mode: watch`? (Watch mode lands separately.)"""
     specs = yaml.safe_load((PROJECT_ROOT / "roles/mesh_sync/meta/argument_specs.yml").read_text())
@@ -63,6 +67,8 @@ def bootstrap(mesh_file: Path, log_dir: Path) -> float:
 
     start = time.monotonic()
     result = run_playbook("bootstrap.yml", mesh_file, quiet=True, log_dir=log_dir)
+    if result.status == "canceled":
+        raise Cancelled("bootstrap.yml was cancelled")
     if not result.ok:
         raise MeshError(f"bootstrap.yml failed ({result.status}, exit {result.rc}); see {result.log}")
     return round(time.monotonic() - start, 1)

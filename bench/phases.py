@@ -265,9 +265,14 @@ class Phases:
         else:
             probe.dexec(a, ["mv", staging, target])
             self.add("tree_first_sync_s", rm.runner_round(a, b.name))
-        count = probe.sh(b, f"find {target} -type f | wc -l").strip()
-        if int(count) != self.plan.tree_files:
-            raise probe.ProbeError(f"node2 has {count} of {self.plan.tree_files} tree files")
+        want, count = self.plan.tree_files, ""
+        for _ in range(60):  # bounded: the tree is whole on node2 (its last file may land before others)
+            count = probe.sh(b, f"find {target} -type f | wc -l").strip()
+            if int(count) == want:
+                break
+            time.sleep(2)
+        else:
+            raise probe.ProbeError(f"node2 has {count} of {want} tree files")
         rm.runner_round(a, b.name)  # untimed: both sides' caches warm, the archives settled
         bare = [rm.bare_unison_argv(a, b.name, folder["name"]) for folder in (*rm.FOLDERS, rm.TREE_FOLDER)]
         for argv in bare:

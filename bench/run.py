@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.mesh import Cancelled
 from bench.phases import Phases
 from bench.reasons import explain
 from bench.report import render
@@ -136,7 +137,7 @@ def run_bench(
         hosts = lab.up(plan.nodes)
         machine["other containers on this engine"] = _other_labs(name)
         Phases(run, hosts).all()
-    except (KeyboardInterrupt, Interrupted) as exc:
+    except (KeyboardInterrupt, Interrupted, Cancelled) as exc:
         failure = f"interrupted ({exc or 'Ctrl-C'})"
     except Exception as exc:  # the lab must come down whatever went wrong; the message says what
         failure = f"{type(exc).__name__}: {exc}"
