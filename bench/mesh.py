@@ -61,17 +61,17 @@ def write_mesh_file(
     return target
 
 
-def bootstrap(mesh_file: Path, log_dir: Path) -> float:
-    """bootstrap.yml on the mesh file; the seconds it took."""
+def bootstrap(mesh_file: Path) -> tuple[float, Path]:
+    """bootstrap.yml on the mesh file; the seconds it took and its log."""
     import time
 
     start = time.monotonic()
-    result = run_playbook("bootstrap.yml", mesh_file, quiet=True, log_dir=log_dir)
+    result = run_playbook("bootstrap.yml", mesh_file, progress=False)
     if result.status == "canceled":
         raise Cancelled("bootstrap.yml was cancelled")
     if not result.ok:
-        raise MeshError(f"bootstrap.yml failed ({result.status}, exit {result.rc}); see {result.log}")
-    return round(time.monotonic() - start, 1)
+        raise MeshError(result.failure("bootstrap.yml"))
+    return round(time.monotonic() - start, 1), result.log
 
 
 def _home(host: Host) -> str:

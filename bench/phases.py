@@ -37,7 +37,6 @@ class Phases:
         self.mesh_file = run.work / "bench.mesh.yml"
         # A new lab has new hosts with new keys: the previous run's key store would refuse them.
         shutil.rmtree(run.work / "bench.keys", ignore_errors=True)
-        shutil.rmtree(run.work / "runs", ignore_errors=True)
 
     @contextlib.contextmanager
     def phase(self, title: str, *series: str) -> Iterator[None]:
@@ -192,10 +191,8 @@ class Phases:
         rm.write_mesh_file(
             self.run.lab.inventory_path, self.mesh_file, [h.name for h in nodes], topology, mode, folders
         )
-        seconds = rm.bootstrap(
-            self.mesh_file, self.run.work / "runs" / label.replace(" ", "-").replace(",", "")
-        )
-        self.log(f"   bootstrap.yml ({label}): {seconds:.0f} s")
+        seconds, log = rm.bootstrap(self.mesh_file)
+        self.log(f"   bootstrap.yml ({label}): {seconds:.0f} s (log: {log})")
         self.run.commands.append(f"control# ansible-playbook -i bench.mesh.yml bootstrap.yml   ({label})")
         if "unison" not in self.run.versions:
             self.run.versions["unison"] = rm.unison_version(self.node1)
