@@ -68,7 +68,7 @@ class Mesh:
             self.lab.sh(
                 node,
                 f"find {FOLDER} -mindepth 1 ! -name {MARKER} -delete;"
-                " find /var/lib/replimesh/unison -mindepth 2 -maxdepth 2 -name '[af][rp][0-9a-f]*' -delete",
+                " find /var/lib/replimesh/unison/ -mindepth 2 -maxdepth 2 -name '[af][rp][0-9a-f]*' -delete",
             )
 
 
