@@ -370,6 +370,9 @@ def render_profile(spec: MemberSpec, peer: PeerSpec, folder: FolderSpec) -> str:
         # Concurrent edges may deliver the same new file at once ("Destination updated during
         # synchronization"): Unison retries those paths, it never forces them.
         "retry = 2",
+        # Modes travel, but never "writable by everyone": a file left world-writable on one node is not
+        # made so on every other node (setuid and setgid never travel: Unison's default mask).
+        "perms = 0o1775",
         f"mountpoint = {settings.marker}",
         f"ignore = Name {settings.marker}",
         *(f"ignore = {'Path' if '/' in p else 'Name'} {p}" for p in folder.ignore),

@@ -155,7 +155,7 @@ def test_profile_exact_text() -> None:
         "root = /srv/replimesh/shared\n"
         "root = ssh://replimesh@10.0.0.12:2222//srv/replimesh/shared\n"
         "batch = true\nauto = true\nprefer = newer\ncopyonconflict = true\ntimes = true\nfastcheck = true\n"
-        "log = false\nconfirmbigdel = true\nretry = 2\n"
+        "log = false\nconfirmbigdel = true\nretry = 2\nperms = 0o1775\n"
         "mountpoint = .replimesh-folder\n"
         "ignore = Name .replimesh-folder\n"
         "ignore = Name *.tmp\n"
