@@ -88,6 +88,15 @@ class PeerSpec:
     port: int = 22
     initiator: bool = False
     active: bool = True
+    # During a key rotation (rotate-keys.yml) the peer's new key, accepted beside its current one.
+    next_public_key: str | None = None
+
+    def public_keys(self) -> list[str]:
+        """The keys this peer may log in with: its current one, and the new one while it rotates."""
+        keys = [normalize_key(self.public_key, f"{self.name}: public_key")]
+        if self.next_public_key:
+            keys.append(normalize_key(self.next_public_key, f"{self.name}: next_public_key"))
+        return list(dict.fromkeys(keys))
 
 
 @dataclass(frozen=True)
@@ -278,6 +287,8 @@ def validate(spec: MemberSpec) -> None:
         for flag in ("initiator", "active"):
             _check(isinstance(getattr(peer, flag), bool), f"{where}: {flag} must be true or false")
         normalize_key(peer.public_key, f"{where}: public_key")
+        if peer.next_public_key is not None:
+            normalize_key(peer.next_public_key, f"{where}: next_public_key")
         normalize_key(peer.host_key, f"{where}: host_key")
     _unique([peer.name for peer in spec.peers], "peers")
     for name in ("concurrency", "timeout", "connect_timeout", "server_alive_interval"):
@@ -336,8 +347,11 @@ def render_authorized_keys(spec: MemberSpec) -> str:
             f"UNISONLOCALHOSTNAME={spec.node} UNISON={layout.peer_dir(peer.name)} "
             f"exec {layout.unison_binary} -server"
         )
-        key = normalize_key(peer.public_key, f"{peer.name}: public_key")
-        lines.append(f'restrict,from="{peer.address}",command="{command}" {key} {spec.user}@{peer.name}')
+        # Two lines while the peer rotates its key, with the same restrictions: either key works.
+        lines += [
+            f'restrict,from="{peer.address}",command="{command}" {key} {spec.user}@{peer.name}'
+            for key in peer.public_keys()
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -484,7 +498,7 @@ def spec_from_params(params: Mapping[str, Any]) -> MemberSpec:
         )
         peers = tuple(
             PeerSpec(
-                **{k: p.get(k) for k in ("name", "address", "public_key", "host_key")},
+                **{k: p.get(k) for k in ("name", "address", "public_key", "host_key", "next_public_key")},
                 **{k: get(p, k, v) for k, v in (("port", 22), ("initiator", False), ("active", True))},
             )
             for p in params["peers"]

@@ -59,6 +59,9 @@ options:
         type: bool
         default: true
       public_key: {description: The peer's mesh key (C(ssh-ed25519 AAAA...))., type: str, required: true}
+      next_public_key:
+        description: The peer's new mesh key while it rotates keys, accepted beside C(public_key).
+        type: str
       host_key: {description: The peer's ssh host key (C(TYPE BASE64))., type: str, required: true}
   concurrency:
     description: Edges the runner syncs at once.
@@ -205,6 +208,7 @@ PEER = {
     "initiator": {"type": "bool", "required": True},
     "active": {"type": "bool", "default": True},
     "public_key": {"type": "str", "required": True, "no_log": False},
+    "next_public_key": {"type": "str", "no_log": False},
     "host_key": {"type": "str", "required": True, "no_log": False},
 }
 ARGUMENT_SPEC = {

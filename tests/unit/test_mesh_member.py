@@ -135,6 +135,44 @@ def test_authorized_keys_drops_the_key_comment_and_uses_the_mesh_user() -> None:
     assert render_authorized_keys(spec).splitlines()[1].endswith(f'-server" {key()} mesh@node2')
 
 
+def test_a_rotating_peer_is_accepted_with_either_key_under_the_same_restrictions() -> None:
+    rotating = peer("node2", "10.0.0.12", next_public_key=key(seed=99) + " replimesh@node2")
+    lines = render_authorized_keys(make_spec(peers=(rotating, peer("node3", "10.0.0.13")))).splitlines()
+    node2 = [line for line in lines if line.endswith("replimesh@node2")]
+    assert [line.split('" ')[1] for line in node2] == [
+        f"{rotating.public_key} replimesh@node2",
+        f"{key(seed=99)} replimesh@node2",
+    ]
+    # Same from=, same forced command with the edge's own Unison dir: only the key differs.
+    assert len({line.split('" ')[0] for line in node2}) == 1
+    assert len(lines) == 1 + 2 + 1
+
+
+def test_a_next_key_equal_to_the_current_one_gives_one_line() -> None:
+    spec = make_spec(peers=(peer("node2", next_public_key=peer("node2").public_key),))
+    assert len(render_authorized_keys(spec).splitlines()) == 2
+
+
+def test_a_bad_next_key_is_refused_by_name() -> None:
+    with pytest.raises(MemberError, match=r"peers\[0\] \(node2\): next_public_key"):
+        validate(make_spec(peers=(peer("node2", next_public_key="ssh-dss AAAA"),)))
+
+
+def test_next_public_key_comes_through_the_module_parameters() -> None:
+    params = {
+        "node": "node1",
+        "folders": [{"name": "shared", "path": "/srv/replimesh/shared"}],
+        "peers": [
+            {"name": "node2", "address": "10.0.0.2", "public_key": key(), "host_key": key(),
+             "next_public_key": key(seed=5)},
+            {"name": "node3", "address": "10.0.0.3", "public_key": key(seed=3), "host_key": key()},
+        ],
+    }  # fmt: skip
+    spec = spec_from_params(params)
+    assert [p.next_public_key for p in spec.peers] == [key(seed=5), None]
+    assert [p.public_keys() for p in spec.peers] == [[key(), key(seed=5)], [key(seed=3)]]
+
+
 def test_known_hosts_keyed_by_peer_name() -> None:
     spec = make_spec(peers=(peer("node3"), peer("node2", host_key=key("ssh-rsa", 7) + " root@node2")))
     assert (
