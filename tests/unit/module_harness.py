@@ -29,6 +29,37 @@ except ImportError:  # ansible-core < 2.19
             yield
 
 
+class Exited(Exception):
+    """The module called exit_json: ``args[0]`` is its result."""
+
+
+class Failed(Exception):
+    """The module called fail_json: ``args[0]`` is its result with ``msg``."""
+
+
+def run_module(
+    module: ModuleType, args: dict[str, Any], check: bool = False, diff: bool = False
+) -> dict[str, Any]:
+    """Run ``module.main()`` with these arguments; its result, or Failed raised with it."""
+
+    def exit_json(self: basic.AnsibleModule, **result: Any) -> None:
+        raise Exited(result)
+
+    def fail_json(self: basic.AnsibleModule, msg: str, **result: Any) -> None:
+        raise Failed({"msg": msg, **result})
+
+    with (
+        patch_module_args({**args, "_ansible_check_mode": check, "_ansible_diff": diff}),
+        mock.patch.object(basic.AnsibleModule, "exit_json", exit_json),
+        mock.patch.object(basic.AnsibleModule, "fail_json", fail_json),
+    ):
+        try:
+            module.main()
+        except Exited as exited:
+            return exited.args[0]
+    raise AssertionError("the module returned without exit_json or fail_json")
+
+
 def load_module(name: str) -> tuple[ModuleType, ModuleType]:
     """(core, module) for mesh_plugins/module_utils/NAME.py and mesh_plugins/modules/NAME.py."""
     core = importlib.import_module(f"mesh_plugins.module_utils.{name}")
@@ -36,4 +67,4 @@ def load_module(name: str) -> tuple[ModuleType, ModuleType]:
     return core, importlib.import_module(f"mesh_plugins.modules.{name}")
 
 
-__all__ = ["load_module", "patch_module_args"]
+__all__ = ["Exited", "Failed", "load_module", "patch_module_args", "run_module"]

@@ -11,12 +11,10 @@ import subprocess
 import threading
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import pytest
-from ansible.module_utils import basic
 
-from tests.unit.module_harness import load_module, patch_module_args
+from tests.unit.module_harness import Failed, load_module, run_module
 
 core, mesh_key = load_module("mesh_key")
 USER = "daemon"  # stands in for the mesh user (files are chowned to it: these module tests need root)
@@ -105,29 +103,8 @@ def test_hold_locks_waits_for_a_running_edge_then_gives_up_naming_it(tmp_path: P
 # The module, on real key files.
 
 
-class Exited(Exception):
-    pass
-
-
-class Failed(Exception):
-    pass
-
-
 def run(args: dict[str, Any], check: bool = False) -> dict[str, Any]:
-    def exit_json(self: basic.AnsibleModule, **result: Any) -> None:
-        raise Exited(result)
-
-    def fail_json(self: basic.AnsibleModule, msg: str, **result: Any) -> None:
-        raise Failed({"msg": msg, **result})
-
-    with (
-        patch_module_args({**args, "_ansible_check_mode": check}),
-        mock.patch.object(basic.AnsibleModule, "exit_json", exit_json),
-        mock.patch.object(basic.AnsibleModule, "fail_json", fail_json),
-        pytest.raises(Exited) as exited,
-    ):
-        mesh_key.main()
-    return exited.value.args[0]
+    return run_module(mesh_key, args, check=check)
 
 
 def fail(args: dict[str, Any]) -> str:
