@@ -1,4 +1,7 @@
-"""bootstrap.yml and sync.yml on a real 5-node lab: convergence, idempotence, a dead node, confinement."""
+"""bootstrap.yml and sync.yml on a real 5-node lab: convergence, idempotence, a dead node, locks, cron.
+
+What a peer's key can and cannot do (confinement) is in test_security.py.
+"""
 
 from __future__ import annotations
 
@@ -67,27 +70,6 @@ def test_paused_node_blocks_nobody(mesh: Mesh) -> None:
 def _initiates(mesh: Mesh, node: str, peer: str) -> bool:
     config = json.loads(mesh.lab.sh(node, "cat /etc/replimesh/mesh.json"))
     return any(p["name"] == peer and p["initiator"] for p in config["peers"])
-
-
-def test_mesh_user_has_no_password_no_sudo_no_shell(mesh: Mesh) -> None:
-    shadow = mesh.lab.sh("node1", f"getent shadow {MESH_USER}").split(":")
-    assert shadow[1] in ("*", "!", "!*"), "the mesh user must have no usable password"
-    sudo = mesh.lab.lab.exec("node1", ["sudo", "-l", "-U", MESH_USER])
-    assert b"is not allowed to run sudo" in sudo.stdout + sudo.stderr
-    address = mesh.lab.lab.resolve("node2").address
-    ssh = (
-        f"ssh -F none -i /var/lib/replimesh/.ssh/id_ed25519 -o BatchMode=yes -o ConnectTimeout=5 "
-        f"-o HostKeyAlias=node2 -o UserKnownHostsFile=/etc/replimesh/known_hosts {MESH_USER}@{address}"
-    )
-    for command in ("id", "cat /etc/shadow", "-tt", "sh -c 'echo escaped'"):
-        proc = mesh.lab.lab.exec(
-            "node1", ["runuser", "-u", MESH_USER, "--", "sh", "-c", f"timeout 20 {ssh} {command} </dev/null"]
-        )
-        out = proc.stdout + proc.stderr
-        assert b"uid=" not in out and b"root:" not in out and b"escaped" not in out, (command, out)
-    # What answers is the Unison server and nothing else.
-    proc = mesh.lab.lab.exec("node1", ["runuser", "-u", MESH_USER, "--", "sh", "-c", f"{ssh} id </dev/null"])
-    assert proc.stdout.startswith(b"Unison"), proc.stdout[:80]
 
 
 def test_runner_never_runs_one_edge_twice_at_once(mesh: Mesh) -> None:
