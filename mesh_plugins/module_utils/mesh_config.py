@@ -38,7 +38,7 @@ FOLDER_KEYS = ("name", "path", "ignore")
 NODE_KEYS = ("address", "port", "groups", "vars")
 TOPOLOGY_KEYS = ("kind",)
 OVERLAY_KEYS = ("kind", "degree")
-SYNC_KEYS = ("mode", "schedule", "concurrency", "timeout", "connect_timeout")
+SYNC_KEYS = ("mode", "schedule", "concurrency", "timeout", "connect_timeout", "backups")
 
 USER_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 # Node and folder names end up in file names (keys, Unison profiles, status files), hence the narrow alphabet.
@@ -107,6 +107,7 @@ class SyncSettings:
     concurrency: int = 4
     timeout: int = 3600
     connect_timeout: int = 10
+    backups: int = 5  # versions kept of each overwritten or deleted file
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,6 +264,7 @@ def _parse_sync(value: object) -> SyncSettings:
         concurrency=_integer("sync.concurrency", _optional(raw, "concurrency", defaults.concurrency), 1, 64),
         timeout=timeout,
         connect_timeout=connect_timeout,
+        backups=_integer("sync.backups", _optional(raw, "backups", defaults.backups), 0, 1000),
     )
 
 

@@ -64,6 +64,8 @@ class Layout:
     log_file: str = "/var/log/replimesh/sync.log"
     key: str = "/var/lib/replimesh/.ssh/id_ed25519"
     unison_binary: str = "/usr/bin/unison"
+    # Old versions of overwritten and deleted files, BACKUP_DIR/FOLDER (the same path in the SSH jail).
+    backup_dir: str = "/var/lib/replimesh/backups"
 
     def peer_dir(self, peer: str) -> str:
         return f"{self.unison_dir}/{peer}"
@@ -107,6 +109,7 @@ class Settings:
     server_alive_interval: int = 5
     marker: str = ".replimesh-folder"
     unison_extra_prefs: tuple[str, ...] = ()
+    backups: int = 0  # versions Unison keeps of each overwritten or deleted file; 0: none
 
 
 @dataclass(frozen=True)
@@ -252,7 +255,7 @@ def validate(spec: MemberSpec) -> None:
         _path(getattr(layout, name), name)
     files = {layout.config_file, layout.authorized_keys, layout.known_hosts}
     _check(len(files) == 3, "config_file, authorized_keys and known_hosts must be three different files")
-    for name in ("unison_dir", "state_dir"):
+    for name in ("unison_dir", "state_dir", "backup_dir"):
         _check(
             getattr(layout, name) not in PROTECTED_DIRS,
             f"{name} {getattr(layout, name)} is a system directory: replimesh removes old edges' entries "
@@ -263,11 +266,12 @@ def validate(spec: MemberSpec) -> None:
         where = f"folders[{i}] ({folder.name})"
         _name(folder.name, f"folders[{i}]: name")
         _path(folder.path, f"{where}: path")
-        mesh_dirs = (layout.unison_dir, layout.state_dir)
+        mesh_dirs = (layout.unison_dir, layout.state_dir, layout.backup_dir)
         overlap = any(_inside(d, folder.path) or _inside(folder.path, d) for d in mesh_dirs)
         _check(
             folder.path != "/" and not overlap,
-            f"{where}: path {folder.path} must not be /, nor hold or lie inside unison_dir or state_dir",
+            f"{where}: path {folder.path} must not be /, nor hold or lie inside unison_dir, state_dir or "
+            "backup_dir",
         )
         for pattern in folder.ignore:
             valid = isinstance(pattern, str) and bool(pattern.strip()) and not CONTROL_RE.search(pattern)
@@ -295,6 +299,9 @@ def validate(spec: MemberSpec) -> None:
         value = getattr(settings, name)
         valid = isinstance(value, int) and not isinstance(value, bool) and value > 0
         _check(valid, f"{name} must be a positive whole number (got {value!r})")
+    backups = settings.backups
+    valid = isinstance(backups, int) and not isinstance(backups, bool) and 0 <= backups <= 1000
+    _check(valid, f"backups must be a whole number 0-1000 (got {backups!r})")
     marker = settings.marker
     valid = (
         isinstance(marker, str) and marker not in ("", ".", "..") and not re.search(r"[\s/\x00-\x1f]", marker)
@@ -335,6 +342,8 @@ def render_config(spec: MemberSpec) -> str:
         "unison_dir": layout.unison_dir,
         "state_dir": layout.state_dir,
         "log_file": layout.log_file,
+        "backups": settings.backups,
+        "backup_dir": layout.backup_dir,
     }
     return json.dumps(data, sort_keys=True, indent=2) + "\n"
 
@@ -391,9 +400,26 @@ def render_profile(spec: MemberSpec, peer: PeerSpec, folder: FolderSpec) -> str:
         f"ignore = Name {settings.marker}",
         *(f"ignore = {'Path' if '/' in p else 'Name'} {p}" for p in folder.ignore),
         f"sshargs = {sshargs}",
+        *backup_prefs(spec, folder),
         *settings.unison_extra_prefs,
     ]
     return "\n".join(lines) + "\n"
+
+
+def backup_prefs(spec: MemberSpec, folder: FolderSpec) -> list[str]:
+    """Unison keeps the old version of every file it overwrites or deletes, outside the synced tree.
+
+    Both ends of an edge back up into BACKUP_DIR/FOLDER: the server end inside the SSH jail, where the
+    mesh_sync role makes the same path exist (so the profile's one path serves both ends).
+    """
+    if spec.settings.backups <= 0:
+        return []
+    return [
+        "backup = Name *",
+        "backuplocation = central",
+        f"backupdir = {spec.layout.backup_dir}/{folder.name}",
+        f"maxbackups = {spec.settings.backups}",
+    ]
 
 
 def desired_entries(spec: MemberSpec) -> list[Entry]:

@@ -88,6 +88,15 @@ options:
     type: list
     default: []
     elements: str
+  backups:
+    description:
+      - Old versions Unison keeps of each overwritten or deleted file, in C(backup_dir/FOLDER); 0 keeps none.
+    type: int
+    default: 0
+  backup_dir:
+    description: Parent of the per-folder backup directories (outside every folder; same path in the jail).
+    type: path
+    default: /var/lib/replimesh/backups
   config_file:
     description: The runner's config.
     type: path
@@ -222,6 +231,8 @@ ARGUMENT_SPEC = {
     "server_alive_interval": {"type": "int", "default": 5},
     "marker": {"type": "str", "default": ".replimesh-folder"},
     "unison_extra_prefs": {"type": "list", "elements": "str", "default": []},
+    "backups": {"type": "int", "default": 0},
+    "backup_dir": {"type": "path", "default": "/var/lib/replimesh/backups"},
     "config_file": {"type": "path", "default": "/etc/replimesh/mesh.json"},
     "authorized_keys": {"type": "path", "default": "/etc/ssh/authorized_keys/replimesh", "no_log": False},
     "known_hosts": {"type": "path", "default": "/etc/replimesh/known_hosts"},

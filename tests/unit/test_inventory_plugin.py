@@ -102,6 +102,7 @@ def test_host_vars(tmp_path: Path) -> None:
         "mesh_sync_concurrency": 4,
         "mesh_sync_timeout": 3600,
         "mesh_sync_connect_timeout": 10,
+        "mesh_sync_backups": 5,
     }
     assert {key: hv[key] for key in expected} == expected
     assert host_vars(inventory, "node1")["foo"] == 0

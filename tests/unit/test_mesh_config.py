@@ -83,10 +83,11 @@ def test_full_file_round_trips_every_setting() -> None:
         "vars": {"ansible_user": "admin"},
     }
     data["sync"]["connect_timeout"] = 9
+    data["sync"]["backups"] = 0
     data["nodes"]["node3"] = {"address": "2001:DB8::1", "port": 2222}
     mesh = parse_mesh(data)
     assert mesh.user == "sync_user"
-    assert mesh.sync == SyncSettings("watch", "17 * * * *", 64, 10, 9)
+    assert mesh.sync == SyncSettings("watch", "17 * * * *", 64, 10, 9, 0)
     assert mesh.vars == {"ansible_user": "admin"}
     assert mesh.node("node3") == Node("node3", "2001:db8::1", 2222, (), {})
 
@@ -132,7 +133,7 @@ def test_top_level_must_be_a_mapping(data: object) -> None:
         ("folders[0].ignores", [], "folders[0].ignores", "did you mean 'ignore'"),
         ("nodes.node1.adress", "x", "nodes.node1.adress", "did you mean 'address'"),
         ("topology", {"kind": "full", "seed": 1}, "topology.seed", "allowed keys: kind"),
-        ("sync", {"interval": 5}, "sync.interval", "allowed keys: concurrency, connect_timeout, mode"),
+        ("sync", {"interval": 5}, "sync.interval", "allowed keys: backups, concurrency, connect_timeout"),
         # plugin and user
         ("plugin", ["replimesh_mesh"], "plugin", "must be a string, got a list"),
         ("user", "Root", "user", "invalid name"),
@@ -262,6 +263,7 @@ def test_top_level_must_be_a_mapping(data: object) -> None:
         ("sync", {"timeout": 9}, "sync.timeout", "between 10 and 86400"),
         ("sync", {"timeout": 86401}, "sync.timeout", "between 10 and 86400"),
         ("sync", {"connect_timeout": 0}, "sync.connect_timeout", "between 1 and 120"),
+        ("sync", {"backups": -1}, "sync.backups", "between 0 and 1000"),
         ("sync", {"connect_timeout": 121}, "sync.connect_timeout", "between 1 and 120"),
         ("sync", {"timeout": 10, "connect_timeout": 10}, "sync.connect_timeout", "shorter than sync.timeout"),
         ("vars", "ansible_user=root", "vars", "must be a mapping"),

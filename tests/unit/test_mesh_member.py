@@ -217,6 +217,15 @@ def test_profile_follows_settings_and_layout() -> None:
     assert "mountpoint = .m\nignore = Name .m\nsshargs" in text
 
 
+def test_profile_keeps_backups_outside_the_folder_only_when_asked() -> None:
+    spec = make_spec(settings=Settings(backups=3), layout=Layout(backup_dir="/b"))
+    text = render_profile(spec, peer("node2"), FolderSpec("docs", "/data/docs"))
+    backups = "backup = Name *\nbackuplocation = central\nbackupdir = /b/docs\nmaxbackups = 3\n"
+    assert text.endswith(backups)
+    assert "backup" not in render_profile(make_spec(), peer("node2"), FolderSpec("docs", "/data/docs"))
+    assert '"backups": 3' in render_config(spec) and '"backup_dir": "/b"' in render_config(spec)
+
+
 @pytest.mark.parametrize(
     ("address", "host"),
     [
@@ -321,6 +330,10 @@ def test_a_good_spec_validates() -> None:
         ({"settings": Settings(timeout=-1)}, "timeout"),
         ({"settings": Settings(server_alive_interval=False)}, "server_alive_interval"),
         ({"settings": Settings(marker="a/b")}, "marker"),
+        ({"settings": Settings(backups=-1)}, "backups must be a whole number 0-1000"),
+        ({"settings": Settings(backups=True)}, "backups"),
+        ({"layout": Layout(backup_dir="/srv/replimesh")}, "must not be /, nor hold or lie inside"),
+        ({"layout": Layout(backup_dir="/var/lib")}, "backup_dir /var/lib is a system directory"),
         ({"settings": Settings(marker="")}, "marker"),
         ({"settings": Settings(unison_extra_prefs=("maxthreads=4",))}, "name = value"),
         ({"settings": Settings(unison_extra_prefs=("a = b\nroot = /",))}, "one line"),
