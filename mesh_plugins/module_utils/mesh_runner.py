@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from .mesh_cleanup import clean_stale_temps, due
+from .mesh_locks import locked_error, recover_stale_locks
 from .mesh_metrics import render_metrics
 from .mesh_status import (
     HARMLESS_KINDS,
@@ -348,6 +349,8 @@ class Runner:
                 run = not_run("failed", f"cannot run {self.config.unison}: {exc.strerror or exc}")
             else:
                 run = parse_unison_output(output, code)
+                if locked := locked_error(output, edge_dir(self.config, peer.name)):
+                    run = replace(run, kind=locked[0], ok=False, error=locked[1])
                 if timed_out:
                     error = f"timed out after {self.config.timeout:g} s: unison and its ssh were killed"
                     run = replace(run, kind="timeout", ok=False, error=error)
@@ -396,9 +399,21 @@ class Runner:
         with self._log_lock, open(self.config.log_file, "a", encoding="utf-8") as log:
             log.write(f"{iso_utc(time.time())} {message}\n")
 
+    def recover_locks(self) -> None:
+        """Remove Unison archive locks that killed runs left, on every edge of this node (see mesh_locks).
+
+        Every edge, not only those this run syncs: a lock a killed server left here blocks the peer's
+        runs of the edge, and only this node can remove it."""
+        for peer in self.config.peers:
+            with contextlib.suppress(OSError), edge_lock(self.state / "locks" / f"{peer.name}.lock") as held:
+                removed, _ = recover_stale_locks(edge_dir(self.config, peer.name)) if held else ([], [])
+                if removed:
+                    self.note(f"edge {peer.name}: removed stale Unison archive locks {', '.join(removed)}")
+
     def run(self, peers: Sequence[Peer]) -> list[dict[str, Any]]:
         """Sync the edges, at most `concurrency` at once; results in the order of `peers`."""
         self.clean_folders()
+        self.recover_locks()
         with ThreadPoolExecutor(max_workers=self.config.concurrency) as pool:
             futures = [pool.submit(self._sync_edge_safely, peer) for peer in peers]
             return [future.result() for future in futures]
