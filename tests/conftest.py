@@ -104,3 +104,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     report = outcome.get_result()
     if report.when == "call":
         stamp_outcome(item.nodeid, "passed" if report.passed else "failed", report.duration)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--soak-rounds",
+        type=int,
+        default=None,
+        help="rounds of the e2e soak test (default 6, or REPLIMESH_SOAK_ROUNDS)",
+    )

@@ -18,6 +18,7 @@ from tests.conftest import SessionLab, run_tool
 FOLDER = "/srv/replimesh/shared"
 MARKER = ".replimesh-folder"
 MESH_USER = "replimesh"
+BACKUPS = "/var/lib/replimesh/backups"  # mesh_sync_backup_dir: old versions, BACKUPS/FOLDER/PATH
 NODES = 5
 
 
@@ -62,13 +63,15 @@ class Mesh:
         return all(d == digests[0] for d in digests)
 
     def reset(self) -> None:
-        """Empty every replica and forget the archives: the next round starts as a first sync, so a
-        file name reused by the next test is new everywhere, not a modify-versus-delete conflict."""
+        """Empty every replica and its backups, and forget the archives: the next round starts as a first
+        sync, so a file name reused by the next test is new everywhere, not a modify-versus-delete
+        conflict."""
         for node in self.nodes:
             self.lab.sh(
                 node,
                 f"find {FOLDER} -mindepth 1 ! -name {MARKER} -delete;"
-                " find /var/lib/replimesh/unison/ -mindepth 2 -maxdepth 2 -name '[af][rp][0-9a-f]*' -delete",
+                " find /var/lib/replimesh/unison/ -mindepth 2 -maxdepth 2 -name '[afl][rpk][0-9a-f]*' -delete;"
+                f" rm -rf {BACKUPS}/*/* {BACKUPS}/*/.[!.]*",
             )
 
 
