@@ -33,6 +33,15 @@ RESULTS_DIR = Path(os.environ.get("REPLIMESH_RELIABILITY_DIR", ROOT / ".cache" /
 DOC = ROOT / "docs" / "RELIABILITY.md"
 CATEGORIES = ("fault", "versioning", "load", "security", "bad input")
 Figure = int | float | str | bool
+LIMITS = (
+    "- Backups keep `sync.backups` (default 5) older versions per path and node; an older one is dropped.",
+    "- Seen in the lab: a same-size edit written in place (same inode) less than a second after the file's",
+    "  previous modification time escaped Unison's fast check (size, inode, time) until a full check. Unison",
+    "  re-checks before it overwrites, so the edit is not lost; saving by renaming a new file (editors, most",
+    "  applications) gives a new inode, which is always seen.",
+    "- A file that reaches a node over one edge is new to that node's other edges until they run once with",
+    "  it on both ends: an edit on a far node in that window becomes a conflict (both versions kept).",
+)
 
 
 def _slug(text: str) -> str:
@@ -136,6 +145,7 @@ def render(records: list[dict[str, Any]]) -> str:
             test = r.get("test", "").split("::")[-1] or "-"
             cells = (r["name"], figures, r.get("outcome", "?"), str(r.get("seconds", "-")), f"`{test}`")
             lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    lines += ["", "## Limits measured on the way", "", *LIMITS]
     return "\n".join(lines) + "\n"
 
 
