@@ -18,6 +18,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from replimesh.lab.errors import LabError
 from tests.e2e.conftest import FOLDER, Mesh, sha
 from tests.e2e.faults import Timer, as_user, backup_hashes, converge, partition, replace_file, sync_round
 from tests.reliability import record
@@ -36,12 +37,24 @@ def soak_rounds(request: pytest.FixtureRequest) -> int:
     return int(option or os.environ.get("REPLIMESH_SOAK_ROUNDS") or DEFAULT_ROUNDS)
 
 
+def pause(mesh: Mesh, node: str, attempts: int = 3) -> None:
+    """docker pause; on a loaded machine the cgroup freezer sometimes fails ("unable to freeze"): retry."""
+    for attempt in range(1, attempts + 1):
+        try:
+            mesh.lab.lab.fault("pause", node)
+            return
+        except LabError:
+            if attempt == attempts:
+                raise
+            time.sleep(attempt)
+
+
 @contextlib.contextmanager
 def fault(mesh: Mesh, kind: str, rng: random.Random) -> Iterator[list[str]]:
     """Inject the round's fault; yields the nodes that can be written to and synced meanwhile."""
     if kind == "pause":
         paused = rng.choice(mesh.nodes)
-        mesh.lab.lab.fault("pause", paused)
+        pause(mesh, paused)
         try:
             yield [n for n in mesh.nodes if n != paused]
         finally:
