@@ -70,7 +70,8 @@ class Mesh:
             self.lab.sh(
                 node,
                 f"find {FOLDER} -mindepth 1 ! -name {MARKER} -delete;"
-                " find /var/lib/replimesh/unison/ -mindepth 2 -maxdepth 2 -name '[afl][rpk][0-9a-f]*' -delete;"
+                " find /var/lib/replimesh/unison/ -mindepth 2 -maxdepth 2"
+                " -name '[afl][rpk][0-9a-f]*' -delete;"
                 f" rm -rf {BACKUPS}/*/* {BACKUPS}/*/.[!.]*",
             )
 
