@@ -42,14 +42,14 @@ BREAKERS = " \t\n/\\.:;,'\"$`*?[]{}()<>|&!#%=@+~^\u00e9\u2028\x00\x7f"
 @st.composite
 def broken_name(draw: st.DrawFn, good: str = "node", identifier: bool = False) -> str:
     """A bad name: a character no name may hold, or (lowercase names) too long, an upper-case letter, a
-    leading - or _; or (identifiers such as groups and variables) a - or a leading digit; or empty."""
+    leading - or capital; or (identifiers such as groups and variables) a - or a leading digit; or empty."""
     kinds = ["char", "empty", "digit" if identifier else "long", "dash" if identifier else "lead"]
     kind = draw(st.sampled_from(kinds))
     at = draw(st.integers(0, len(good)))
     if kind == "long":
         return "n" * draw(st.integers(64, 5000))
     if kind == "lead":
-        return draw(st.sampled_from(["-", "_", "A"])) + good
+        return draw(st.sampled_from(["-", "A", "\u00e9"])) + good
     if kind == "digit":
         return draw(st.sampled_from("0123456789")) + good
     if kind == "dash":
