@@ -12,17 +12,19 @@ Where systemd runs, the unit (Restart=always) does all this instead.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import ctypes
 import ctypes.util
 import fcntl
+import json
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from .mesh_watchstate import pid_of, signal_pid, watch_dir
@@ -32,6 +34,11 @@ MAX_RESTART_DELAY_S = 30.0
 QUICK_EXIT_S = 10.0  # a watcher that ends sooner than this after its start counts as failing
 STOP_WAIT_S = 10.0
 PR_SET_PDEATHSIG = 1
+# The runner's defaults (mesh_runner.DEFAULT_CONFIG, DEFAULTS), repeated so this module stays small.
+DEFAULT_CONFIG = "/etc/replimesh/mesh.json"
+DEFAULT_OPTIONS = "/etc/replimesh/watch.json"
+DEFAULT_STATE_DIR = "/var/lib/replimesh/state"
+DEFAULT_LOG_FILE = "/var/log/replimesh/sync.log"
 
 
 def _lock_path(state_dir: str) -> Path:
@@ -74,11 +81,8 @@ def _die_with_parent() -> None:
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def supervise(
-    state_dir: str, watcher: Sequence[str], log_file: str, on_exit: Callable[[], None] = lambda: None
-) -> int:
-    """Run `watcher` for as long as this process lives; 0 at once when another supervisor runs.
-    `on_exit` runs each time the watcher has ended (the metrics then say it is down)."""
+def supervise(state_dir: str, watcher: Sequence[str], log_file: str) -> int:
+    """Run `watcher` for as long as this process lives; 0 at once when another supervisor runs."""
     watch_dir(state_dir).mkdir(mode=0o750, parents=True, exist_ok=True)
     lock = _try_lock(_lock_path(state_dir))
     if lock is None:
@@ -109,7 +113,6 @@ def supervise(
                 )
             child[:] = [proc]
             code = proc.wait()
-            on_exit()
             if stop.is_set():
                 break
             delay = next_delay(delay, time.monotonic() - started)
@@ -159,3 +162,44 @@ def stop(state_dir: str) -> str:
 def command(argv: Sequence[str]) -> list[str]:
     """How this process was started, to start the same entry point again (python3 SCRIPT ARGS)."""
     return [sys.executable, os.path.abspath(sys.argv[0]), *argv]
+
+
+def _paths(config: str) -> tuple[str, str]:
+    """The state directory and the log directory from mesh.json, read without the runner: the supervisor
+    stays a small process (it imports none of the watcher's code)."""
+    try:
+        with open(config, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except (OSError, ValueError):
+        data = {}
+    data = data if isinstance(data, dict) else {}
+    state, log = data.get("state_dir"), data.get("log_file")
+    state = state if isinstance(state, str) and state.startswith("/") else DEFAULT_STATE_DIR
+    log = log if isinstance(log, str) and log.startswith("/") else DEFAULT_LOG_FILE
+    return state, os.path.join(os.path.dirname(log), "watch.log")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``replimesh-watch --start|--stop|--supervise [--config C] [--options O]`` (the entry point sends
+    these here, so the supervisor never loads the watcher)."""
+    parser = argparse.ArgumentParser(prog="replimesh-watch")
+    parser.add_argument("--config", default=DEFAULT_CONFIG)
+    parser.add_argument("--options", default=DEFAULT_OPTIONS)
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--start", action="store_true")
+    which.add_argument("--stop", action="store_true")
+    which.add_argument("--supervise", action="store_true")
+    args = parser.parse_args(argv)
+    state, log = _paths(args.config)
+    files = ["--config", args.config, "--options", args.options]
+    try:
+        if args.stop:
+            print(stop(state))
+        elif args.start:
+            print(start_background(state, command(["--supervise", *files])))
+        else:
+            return supervise(state, command(files), log)
+    except OSError as exc:
+        print(f"replimesh-watch: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -37,7 +37,6 @@ from . import mesh_supervise
 from .mesh_inotify import IN_MOVED_FROM, IN_MOVED_TO, IN_Q_OVERFLOW, Inotify
 from .mesh_runner import (
     DEFAULT_CONFIG,
-    DEFAULTS,
     Config,
     ConfigError,
     Folder,
@@ -47,6 +46,7 @@ from .mesh_runner import (
     write_json_atomic,
 )
 from .mesh_status import iso_utc
+from .mesh_supervise import DEFAULT_OPTIONS
 from .mesh_watchstate import HEARTBEAT_S, watch_dir
 
 UNISON_TEMP_PREFIX = ".unison."
@@ -389,9 +389,6 @@ def load_options(path: str) -> dict[str, Any]:
     return options
 
 
-DEFAULT_OPTIONS = "/etc/replimesh/watch.json"
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="replimesh-watch", description="Sync changed paths over this node's edges as they change."
@@ -407,32 +404,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    files = ["--config", args.config, "--options", args.options]
+    if args.start or args.stop or args.supervise:
+        return mesh_supervise.main(sys.argv[1:] if argv is None else argv)
     try:
         config = load_config(args.config)
         options = load_options(args.options)
     except ConfigError as exc:
-        if args.stop:  # stopping needs only the state directory
-            print(mesh_supervise.stop(str(DEFAULTS["state_dir"])))
-            return 0
         print(f"replimesh-watch: bad config: {exc}", file=sys.stderr)
         return 2
     try:
-        if args.stop:
-            print(mesh_supervise.stop(config.state_dir))
-            return 0
-        if args.start:
-            print(
-                mesh_supervise.start_background(
-                    config.state_dir, mesh_supervise.command(["--supervise", *files])
-                )
-            )
-            return 0
-        if args.supervise:
-            log = str(Path(config.log_file).parent / "watch.log")
-            return mesh_supervise.supervise(
-                config.state_dir, mesh_supervise.command(files), log, on_exit=lambda: write_metrics(config)
-            )
         return Watcher(config, args.config, options).run()
     except OSError as exc:
         print(f"replimesh-watch: {exc}", file=sys.stderr)
