@@ -200,6 +200,25 @@ def remove(
     _step("remove-node.yml", inventory, _extravars(extra_vars, **fixed))
 
 
+@app.command("rotate-keys")
+def rotate_keys(
+    nodes: Annotated[
+        list[str] | None, typer.Argument(help="The nodes to give new mesh keys (default: every node).")
+    ] = None,
+    inventory: Inventory = None,
+    allow_unreachable: Annotated[
+        bool, typer.Option("--allow-unreachable", help="Rotate the others when a node does not answer.")
+    ] = False,
+    extra_vars: ExtraVars = None,
+) -> None:
+    """New mesh keys without a moment where syncing breaks: rotate-keys.yml (two-phase: peers accept the
+    old and the new key while a node switches, then drop the old one)."""
+    fixed = {"rotate_nodes": ",".join(nodes)} if nodes else {}
+    if allow_unreachable:
+        fixed["rotate_allow_unreachable"] = "true"
+    _step("rotate-keys.yml", inventory, _extravars(extra_vars, **fixed))
+
+
 @app.command("sync")
 def sync(
     inventory: Inventory = None,

@@ -53,6 +53,7 @@ def test_sync_moves_a_file_and_shows_every_edge(mesh: Mesh, tmp_path: Path) -> N
     [
         (("add", "node9"), r"add-node.yml failed: localhost: failed \(Name the node to add"),
         (("remove", "node9", "-y"), r"remove-node.yml failed: localhost: failed \(Name the node to remove"),
+        (("rotate-keys", "node2", "node9"), r"rotate-keys.yml failed: localhost: failed \(Not in the mesh"),
     ],
 )
 def test_a_bad_request_fails_with_a_short_reason_and_changes_nothing(
