@@ -270,3 +270,20 @@ def test_hostile_yaml_is_refused_without_side_effects(tmp_path: Path, case: str)
     message = _expect_error(path)
     assert not marker.exists(), "a YAML tag ran a command"
     assert len(message) < 2000, message[:300]
+
+
+# The folder paths and ignore patterns issue 7 names, each refused by the plugin (before any play starts:
+# tests/integration/test_bad_mesh_file.py runs a few through bootstrap.yml).
+UNSAFE_PATHS = ["/", "/etc", "/etc/app", "/proc", "/proc/1", "/var/lib/replimesh", "/var/lib/replimesh/jail",
+                "srv/x", "./x", "../x", "/srv/../etc", "/srv/x/..", "/srv/a\nb", "/srv/a\x00b", "/srv/a b",
+                "/srv/a,b", "/root/x", "/usr", "/var", "/srv", "/tmp", "/" + "x" * 256]  # fmt: skip
+UNSAFE_IGNORES = ["..", "../x", "a/../b", "/etc", "/x/*.tmp", "", "a\nb"]
+
+
+def test_unsafe_folder_paths_and_ignore_patterns_are_refused(tmp_path: Path) -> None:
+    cases = [("folders[0].path", p, "folders[0].path") for p in UNSAFE_PATHS]
+    cases += [("folders[0].ignore", [p], "folders[0].ignore[0]") for p in UNSAFE_IGNORES]
+    for field, value, key in cases:
+        path = write(tmp_path, with_value(field, value, mesh_data()))
+        assert f"{path}: {key}: " in _expect_error(path), (field, value)
+    record("bad input", "unsafe folder paths and ignore patterns refused", inputs_tried=len(cases))
