@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
+from bench.reasons import explain
 from bench.results import KEYS
 
 SERIES_TEXT = {
@@ -62,6 +66,10 @@ def render(doc: Mapping[str, Any]) -> str:
     out += [f"- {key}: {value}" for key, value in machine.items()]
     out += [f"- {key}: {value}" for key, value in meta.get("versions", {}).items()]
     out += [f"- {key}: {value}" for key, value in meta.get("lab", {}).items()]
+    notes = meta.get("notes", [])
+    if notes:
+        out += ["", "## Read this first", ""]
+        out += [f"- {note}" for note in notes]
     out += ["", "## Targets (issue 6)", ""]
     out += _table(
         ["target", "rule", "measured (this run)", "verdict"],
@@ -111,3 +119,17 @@ def render(doc: Mapping[str, Any]) -> str:
         out += list(commands)
         out += ["```"]
     return "\n".join(out) + "\n"
+
+
+def rerender(results: Path) -> Path:
+    """RESULTS.md again from a results.json (after a change to the wording; the figures stay)."""
+    doc = json.loads(results.read_text())
+    raw = {name: s["values"] for name, s in doc.get("series", {}).items()}
+    doc.setdefault("meta", {})["reasons"] = explain(raw)
+    target = results.with_name("RESULTS.md")
+    target.write_text(render(doc))
+    return target
+
+
+if __name__ == "__main__":  # python -m bench.report bench/results.json
+    print(rerender(Path(sys.argv[1])))

@@ -131,6 +131,8 @@ def run_bench(
     run = Run(plan, lab, work, log)
     started = time.time()
     machine = _machine()
+    load_start = os.getloadavg()[0]
+    commit = _git_version()  # what ran, not what is checked out when it ends
     old_term = signal.signal(signal.SIGTERM, _on_term)
     failure = ""
     try:
@@ -160,12 +162,13 @@ def run_bench(
         "quick": plan.quick,
         "command": _command(plan, name, subnet, out),
         "machine": machine,
-        "versions": {"replimesh": _git_version(), **run.versions},
+        "versions": {"replimesh": commit, **run.versions},
         "lab": {
             "nodes": f"{plan.nodes} lab hosts ({name}, {subnet}), Debian 12 containers on one bridge",
             "sizes": f"small file 1 KiB x {plan.repeat}; large file {plan.large_bytes // 2**20} MiB; "
             f"big tree {plan.tree_files} files; idle window {plan.idle_s:g} s",
         },
+        "notes": _notes(load_start, os.getloadavg()[0]),
         "method": METHOD,
         "commands": run.commands,
         "reasons": explain(run.raw),
@@ -179,6 +182,19 @@ def run_bench(
     for problem in problems:
         log(f"results: {problem}")
     return 1 if failure or problems else 0
+
+
+def _notes(load_start: float, load_end: float) -> list[str]:
+    """What a reader must know before trusting the figures: a busy machine skews every one of them."""
+    cores = os.cpu_count() or 1
+    if max(load_start, load_end) <= cores:
+        return []
+    return [
+        f"The machine was busy (load average {load_start:.1f} at the start, {load_end:.1f} at the end, on "
+        f"{cores} cores; other labs were running): absolute times are inflated and vary during the run, "
+        "so ratios between figures taken minutes apart (e.g. the ssh ceiling and the hop) are noisy. "
+        "Re-run on a quiet machine for figures to quote."
+    ]
 
 
 def _command(plan: Plan, name: str, subnet: str, out: Path) -> str:

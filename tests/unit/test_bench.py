@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.report import render
+from bench.reasons import explain
+from bench.report import render, rerender
 from bench.results import KEYS, build, check, headline, targets
 from bench.stats import median, ratio, summary
 from bench.syncthing import FOLDER, FOLDER_ID, OPTIONS_OFF, Device, configure
@@ -182,3 +183,13 @@ def test_a_target_not_measured_says_which_series_is_missing_and_why():
     assert large["met"] is None
     assert large["note"] == "watch_large_s: watch mode is not in this checkout"
     assert "not measured (watch_large_s: watch mode is not in this checkout)" in render(doc)
+
+
+def test_reasons_quote_the_run_and_rerender_keeps_the_figures(tmp_path):
+    doc = build(GOOD, {}, {"date": "today"})
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps(doc))
+    text = rerender(results).read_text()
+    assert "`small_file_all_nodes_median_s` | 0.5 |" in text
+    why = explain(GOOD)["large file, one hop vs raw ssh cat"]
+    assert "1.50 s" in why and "2.00 s" in why  # the medians of this run's ssh and hop series
