@@ -25,6 +25,7 @@ BIG = "bench-large.bin"
 # Between two trials: wider than the tool's own delay, so that trials never share a batch.
 GAP_SYNCTHING_DEFAULT_S = 12.0
 GAP_FAST_S = 3.0
+CONTROL_PERSIST_S = 65.0  # ansible.cfg's ControlPersist=60s, and a margin
 
 
 class Phases:
@@ -45,7 +46,7 @@ class Phases:
         start = time.monotonic()
         try:
             yield
-        except (probe.ProbeError, rm.MeshError, OSError, ValueError, KeyError) as exc:
+        except (probe.ProbeError, rm.MeshError, OSError, ValueError, KeyError, TypeError) as exc:
             self.log(f"   {title}: FAILED: {exc}")
             for name in series:
                 if not self.run.raw.get(name):
@@ -200,6 +201,7 @@ class Phases:
     def watch_full(self) -> None:
         self.bootstrap(self.hosts, {"kind": "full"}, "watch", "full mesh, watch")
         self.warm_up("full mesh")
+        time.sleep(CONTROL_PERSIST_S)  # Ansible's ssh sessions from the bootstrap end before idle is measured
         self.run.raw["watch_idle"] = probe.idle(self.hosts, self.plan.idle_s)
         self.small_trials("watch_full_small_s", rm.FOLDER, rm.USER, GAP_FAST_S)
         for _ in range(self.plan.large_repeat):

@@ -218,10 +218,18 @@ def make_file(writer: Host, path: str, size: int, owner: str | None = None) -> s
 
 
 def move_in(
-    writer: Host, targets: Sequence[Host], src: str, dst: str, sha: str, size: int, timeout: float
+    writer: Host,
+    targets: Sequence[Host],
+    src: str,
+    dst: str,
+    sha: str,
+    size: int,
+    timeout: float,
+    watch: str | None = None,
 ) -> Arrival:
-    """Rename a complete file into the synced folder; seconds until it is identical on every target."""
-    pollers = _Pollers(targets, dst, sha, size, timeout)
+    """Rename a complete file (or directory) into the synced folder; seconds until it (or `watch`, a
+    file inside that directory) is identical on every target."""
+    pollers = _Pollers(targets, watch or dst, sha, size, timeout)
     try:
         pollers.wait_ready()
         t0 = float(py(writer, MOVER, src, dst).strip())

@@ -43,6 +43,27 @@ def explain(raw: Mapping[str, Any]) -> dict[str, str]:
             "loaded one) after the watcher's coalescing window, and a full mesh runs 7 of them from node1 "
             "at once on 2 cores."
         ),
+        "small file, full mesh vs Syncthing default": (
+            f"replimesh's median was {_s(median(raw.get('watch_full_small_s') or []))}, Syncthing's default "
+            f"{_s(median(raw.get('syncthing_default_small_s') or []))} (its 10 s watcher delay). In the "
+            f"2-node mesh the same write reached node2 in {_s(median(raw.get('pair_empty_small_s') or []))}: "
+            "the full mesh's cost is node1 running 7 Unison runs (4 at a time) on 2 busy cores, each "
+            "paying a process start, an ssh handshake and a remote server start."
+        ),
+        "large file on all nodes vs Syncthing": (
+            "node1 sends the whole file to each of its 7 peers itself (4 Unison runs at a time), each run "
+            "fingerprinting it again; Syncthing splits it into blocks that peers fetch from each other."
+        ),
+        "idle CPU per node vs Syncthing": (
+            "the watcher wakes every few seconds (mesh.json check, heartbeat) and cron starts a Python "
+            "`replimesh-watch --start` every minute to check the supervisor: each is a process start; "
+            "an idle Syncthing is one process that sleeps."
+        ),
+        "idle memory per node vs Syncthing": (
+            "the watcher and its supervisor are two Python processes (~20 MiB RSS each with the standard "
+            "library loaded), plus whatever ran in the window (cron's check, sshd sessions): about as much "
+            "as Syncthing's one Go process, not half."
+        ),
         "small file, overlay vs Syncthing fsWatcherDelayS=1": (
             "the overlay adds hops (a change reaches a node not adjacent to node1 through a forwarding "
             "node), and each hop is one Unison run with its fixed cost after the coalescing window."
