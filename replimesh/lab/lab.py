@@ -328,6 +328,8 @@ def down_named(names: Sequence[str], log: Log) -> None:
             if name in subnets:
                 state = Path(f"/run/replimesh/state-{name}")
                 Lab(state, LabConfig(name=name, subnet=subnets[name]), log=log).down()
+            if not system.docker_ready():  # that was the last lab: its down() stopped the engine
+                break
             ids = docker("ps", "-aq", "--filter", f"label={LABEL}={name}").split()
             if ids:
                 docker("rm", "-f", *ids)
