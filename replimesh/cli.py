@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
@@ -37,7 +37,7 @@ LabDir = Annotated[
 ]
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     typer.echo(f"meshctl: error: {message}", err=True)
     raise typer.Exit(1)
 
@@ -162,7 +162,6 @@ def _extravars(pairs: list[str] | None, **fixed: str) -> dict[str, str]:
         return {**parse_extravars(pairs or []), **fixed}
     except PlaybookError as exc:
         _fail(str(exc))
-        raise  # unreachable: _fail exits
 
 
 @app.command("up")
