@@ -1,14 +1,16 @@
 """A node's view of the mesh, decided by the control node: what its files must hold, and a plan to get there.
 
-Standard library only and self-contained (no other module_utils imported), so the ``mesh_member`` module
-ships it alone. Nothing here touches the file system: ``desired_entries`` says what must exist, the module
-reads what does exist into an ``Existing``, and ``plan`` compares the two.
+Standard library only (and mesh_jail, the per-edge jails). Nothing here touches the file system:
+``desired_entries`` says what must exist, the module reads what does exist into an ``Existing``, and
+``plan`` compares the two.
 
-Layout on a node (defaults): ``/etc/replimesh/mesh.json`` (the runner's config), the root-owned
-``/etc/ssh/authorized_keys/replimesh`` and ``/etc/replimesh/known_hosts``, and per peer a directory
-``UNISON_DIR/PEER`` (root:USER 01770: the mesh user writes Unison's archives there, but cannot replace the
-root-owned profiles ``PEER--FOLDER.prf``). Each edge has its own Unison directory, so removing an edge
-removes exactly its profiles and archives.
+Layout on a node (defaults): ``/etc/replimesh/mesh.json`` (the runner's config) and
+``/etc/replimesh/known_hosts``; per peer a login ``USER-PEER`` (see mesh_jail) with its key in the
+root-owned ``/etc/ssh/authorized_keys/USER-PEER``, its own chroot jail ``JAILS_DIR/USER-PEER``, and in that
+jail the edge's Unison directory ``UNISON_DIR/PEER`` (root:USER 01770: the mesh user writes Unison's
+archives there, but cannot replace the root-owned profiles ``PEER--FOLDER.prf``), which the host's
+``UNISON_DIR/PEER`` links to, so both ends of the edge use one directory. Removing an edge removes exactly
+its login, jail, profiles and archives.
 """
 
 from __future__ import annotations
@@ -23,9 +25,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .mesh_jail import edge_user, parents
+
 HEADER = "# Managed by replimesh (mesh_member): do not edit, the control node rewrites it."
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
-USER_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+# 21 characters at most: each peer logs in as USER-PEER (or USER-HASH), a user name of 32 at most.
+USER_RE = re.compile(r"[a-z_][a-z0-9_-]{0,20}")
 KEY_TYPES = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "ssh-rsa")
 # Addresses go into authorized_keys' from="..." and into ssh:// URLs: host names and IP addresses only.
 ADDRESS_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*")
@@ -47,7 +52,10 @@ PROTECTED_DIRS = frozenset([
 ])
 # fmt: on
 FILE_MODE = 0o644
+DIR_MODE = 0o755
 PEER_DIR_MODE = 0o1770
+BACKUP_ROOT_MODE = 0o750
+BACKUP_DIR_MODE = 0o700
 
 
 class MemberError(ValueError):
@@ -57,7 +65,7 @@ class MemberError(ValueError):
 @dataclass(frozen=True)
 class Layout:
     config_file: str = "/etc/replimesh/mesh.json"
-    authorized_keys: str = "/etc/ssh/authorized_keys/replimesh"
+    authorized_keys_dir: str = "/etc/ssh/authorized_keys"
     known_hosts: str = "/etc/replimesh/known_hosts"
     unison_dir: str = "/var/lib/replimesh/unison"
     state_dir: str = "/var/lib/replimesh/state"
@@ -66,9 +74,19 @@ class Layout:
     unison_binary: str = "/usr/bin/unison"
     # Old versions of overwritten and deleted files, BACKUP_DIR/FOLDER (the same path in the SSH jail).
     backup_dir: str = "/var/lib/replimesh/backups"
+    # One chroot jail per peer, JAILS_DIR/LOGIN, made from the template jail (shell, Unison, libraries).
+    jails_dir: str = "/var/lib/replimesh/jails"
+    jail_template: str = "/var/lib/replimesh/jail"
 
     def peer_dir(self, peer: str) -> str:
+        """The edge's Unison directory as the host sees it: a link into the peer's jail."""
         return f"{self.unison_dir}/{peer}"
+
+    def jail(self, login: str) -> str:
+        return f"{self.jails_dir}/{login}"
+
+    def authorized_keys(self, login: str) -> str:
+        return f"{self.authorized_keys_dir}/{login}"
 
     def profile(self, peer: str, folder: str) -> str:
         return f"{self.unison_dir}/{peer}/{peer}--{folder}.prf"
@@ -121,13 +139,17 @@ class MemberSpec:
     settings: Settings = field(default_factory=Settings)
     layout: Layout = field(default_factory=Layout)
 
+    def login(self, peer: str) -> str:
+        """The name ``peer`` logs in as here (and this node's name there is ``login(self.node)``)."""
+        return edge_user(self.user, peer)
+
 
 @dataclass(frozen=True)
 class Entry:
     """A file (with content) or directory that must exist, with its mode and owner names."""
 
     path: str
-    kind: str  # "file" | "dir"
+    kind: str  # "file" | "dir" | "link" (content: the link's target)
     content: str | None
     mode: int
     owner: str
@@ -136,7 +158,8 @@ class Entry:
 
 @dataclass(frozen=True)
 class Stat:
-    """What is at a path (from lstat): kind "file", "dir", "link" or "other"; content for regular files."""
+    """What is at a path (from lstat): kind "file", "dir", "link" or "other"; content for regular files
+    and the target for links."""
 
     kind: str
     mode: int
@@ -149,13 +172,15 @@ class Stat:
 class Existing:
     """What the module found: stats of the desired paths (absent ones left out) and the listed directories.
 
-    ``unison_dirs``/``unison_files``: names of directories / regular files directly in UNISON_DIR;
-    ``peer_files``: names of the non-directories in each current peer's directory; ``status``/``locks``:
-    names in STATE_DIR/status and STATE_DIR/locks.
+    ``unison_dirs``/``unison_files``: names of directories and links / regular files directly in
+    UNISON_DIR; ``peer_files``: names of the non-directories in each current peer's directory;
+    ``status``/``locks``: names in STATE_DIR/status and STATE_DIR/locks; ``key_files``: names in
+    AUTHORIZED_KEYS_DIR.
     """
 
     stats: Mapping[str, Stat] = field(default_factory=dict)
     unison_dirs: tuple[str, ...] = ()
+    key_files: tuple[str, ...] = ()
     unison_files: tuple[str, ...] = ()
     peer_files: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     status: tuple[str, ...] = ()
@@ -249,29 +274,37 @@ def validate(spec: MemberSpec) -> None:
     _name(spec.node, "node")
     valid_user = isinstance(spec.user, str) and bool(USER_RE.fullmatch(spec.user))
     _check(
-        valid_user, f"user {spec.user!r} is not a valid user name (a-z, 0-9, '_', '-'; 32 characters at most)"
+        valid_user,
+        f"user {spec.user!r} is not a valid user name for the mesh (a-z, 0-9, '_', '-'; 21 characters at "
+        "most, as each peer logs in as USER-PEER)",
     )
     for name in Layout.__dataclass_fields__:
         _path(getattr(layout, name), name)
-    files = {layout.config_file, layout.authorized_keys, layout.known_hosts}
-    _check(len(files) == 3, "config_file, authorized_keys and known_hosts must be three different files")
-    for name in ("unison_dir", "state_dir", "backup_dir"):
+    _check(
+        layout.config_file != layout.known_hosts, "config_file and known_hosts must be two different files"
+    )
+    for name in ("unison_dir", "state_dir", "backup_dir", "jails_dir", "authorized_keys_dir"):
         _check(
             getattr(layout, name) not in PROTECTED_DIRS,
             f"{name} {getattr(layout, name)} is a system directory: replimesh removes old edges' entries "
             "from it by name; give it a directory of its own",
         )
+    state = ("unison_dir", "backup_dir", "jails_dir", "jail_template")
+    for one in state:
+        for other in state:
+            a, b = getattr(layout, one), getattr(layout, other)
+            _check(one == other or not _inside(a, b), f"{one} {a} must not be or lie inside {other} {b}")
     _check(bool(spec.folders), "folders must list at least one folder")
     for i, folder in enumerate(spec.folders):
         where = f"folders[{i}] ({folder.name})"
         _name(folder.name, f"folders[{i}]: name")
         _path(folder.path, f"{where}: path")
-        mesh_dirs = (layout.unison_dir, layout.state_dir, layout.backup_dir)
+        mesh_dirs = (layout.unison_dir, layout.state_dir, layout.backup_dir, layout.jails_dir)
         overlap = any(_inside(d, folder.path) or _inside(folder.path, d) for d in mesh_dirs)
         _check(
             folder.path != "/" and not overlap,
-            f"{where}: path {folder.path} must not be /, nor hold or lie inside unison_dir, state_dir or "
-            "backup_dir",
+            f"{where}: path {folder.path} must not be /, nor hold or lie inside unison_dir, state_dir, "
+            "backup_dir or jails_dir",
         )
         for pattern in folder.ignore:
             valid = isinstance(pattern, str) and bool(pattern.strip()) and not CONTROL_RE.search(pattern)
@@ -329,6 +362,7 @@ def render_config(spec: MemberSpec) -> str:
     data = {
         "node": spec.node,
         "user": spec.user,
+        "login": spec.login(spec.node),
         "folders": [{"name": f.name, "path": f.path, "ignore": list(f.ignore)} for f in spec.folders],
         "peers": [
             {k: getattr(p, k) for k in ("name", "address", "port", "initiator", "active")}
@@ -348,19 +382,17 @@ def render_config(spec: MemberSpec) -> str:
     return json.dumps(data, sort_keys=True, indent=2) + "\n"
 
 
-def render_authorized_keys(spec: MemberSpec) -> str:
-    layout = spec.layout
-    lines = [HEADER]
-    for peer in _sorted_peers(spec):
-        command = (
-            f"UNISONLOCALHOSTNAME={spec.node} UNISON={layout.peer_dir(peer.name)} "
-            f"exec {layout.unison_binary} -server"
-        )
-        # Two lines while the peer rotates its key, with the same restrictions: either key works.
-        lines += [
-            f'restrict,from="{peer.address}",command="{command}" {key} {spec.user}@{peer.name}'
-            for key in peer.public_keys()
-        ]
+def render_authorized_keys(spec: MemberSpec, peer: PeerSpec) -> str:
+    """The peer's keys file (sshd reads AUTHORIZED_KEYS_DIR/LOGIN): the Unison server, from its address."""
+    command = (
+        f"UNISONLOCALHOSTNAME={spec.node} UNISON={spec.layout.peer_dir(peer.name)} "
+        f"exec {spec.layout.unison_binary} -server"
+    )
+    # Two lines while the peer rotates its key, with the same restrictions: either key works.
+    lines = [HEADER] + [
+        f'restrict,from="{peer.address}",command="{command}" {key} {spec.user}@{peer.name}'
+        for key in peer.public_keys()
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -381,7 +413,7 @@ def render_profile(spec: MemberSpec, peer: PeerSpec, folder: FolderSpec) -> str:
     lines = [
         f"# Managed by replimesh (mesh_member): edge {spec.node} <-> {peer.name}, folder {folder.name}.",
         f"root = {folder.path}",
-        f"root = ssh://{spec.user}@{url_host(peer.address)}:{peer.port}/{folder.path}",
+        f"root = ssh://{spec.login(spec.node)}@{url_host(peer.address)}:{peer.port}/{folder.path}",
         "batch = true",
         "auto = true",
         "prefer = newer",
@@ -409,8 +441,9 @@ def render_profile(spec: MemberSpec, peer: PeerSpec, folder: FolderSpec) -> str:
 def backup_prefs(spec: MemberSpec, folder: FolderSpec) -> list[str]:
     """Unison keeps the old version of every file it overwrites or deletes, outside the synced tree.
 
-    Both ends of an edge back up into BACKUP_DIR/FOLDER: the server end inside the SSH jail, where the
-    mesh_sync role makes the same path exist (so the profile's one path serves both ends).
+    Both ends of an edge back up into BACKUP_DIR/FOLDER: a run started here on the host, the server end
+    inside the peer's jail (where the same path is the jail's own), so no peer reaches versions that
+    another edge or this node's own runs kept.
     """
     if spec.settings.backups <= 0:
         return []
@@ -424,14 +457,31 @@ def backup_prefs(spec: MemberSpec, folder: FolderSpec) -> list[str]:
 
 def desired_entries(spec: MemberSpec) -> list[Entry]:
     """Everything that must exist, parents before children."""
-    layout = spec.layout
+    layout, user = spec.layout, spec.user
     entries = [
         Entry(layout.config_file, "file", render_config(spec), FILE_MODE, "root", "root"),
-        Entry(layout.authorized_keys, "file", render_authorized_keys(spec), FILE_MODE, "root", "root"),
         Entry(layout.known_hosts, "file", render_known_hosts(spec), FILE_MODE, "root", "root"),
     ]
     for peer in _sorted_peers(spec):
-        entries.append(Entry(layout.peer_dir(peer.name), "dir", None, PEER_DIR_MODE, "root", spec.user))
+        login = spec.login(peer.name)
+        jail = layout.jail(login)
+        keys = render_authorized_keys(spec, peer)
+        entries.append(Entry(layout.authorized_keys(login), "file", keys, FILE_MODE, "root", "root"))
+        # The jail's own directories (sshd wants every one root-owned, writable by root only); the folders'
+        # mount points are the mesh_jail module_utils' (never chowned through a mount).
+        above = parents(f"{layout.unison_dir}/x") + parents(layout.backup_dir)
+        above += [p for folder in spec.folders for p in parents(folder.path)]
+        entries += [
+            Entry(jail + p, "dir", None, DIR_MODE, "root", "root") for p in ["", *dict.fromkeys(above)]
+        ]
+        archive = jail + layout.peer_dir(peer.name)
+        entries.append(Entry(archive, "dir", None, PEER_DIR_MODE, "root", user))
+        entries.append(Entry(layout.peer_dir(peer.name), "link", archive, 0o777, "root", "root"))
+        entries.append(Entry(jail + layout.backup_dir, "dir", None, BACKUP_ROOT_MODE, "root", user))
+        entries += [
+            Entry(f"{jail}{layout.backup_dir}/{folder.name}", "dir", None, BACKUP_DIR_MODE, user, user)
+            for folder in spec.folders
+        ]
         for folder in spec.folders:
             path = layout.profile(peer.name, folder.name)
             entries.append(Entry(path, "file", render_profile(spec, peer, folder), FILE_MODE, "root", "root"))
@@ -460,6 +510,13 @@ def _stale(spec: MemberSpec, existing: Existing) -> tuple[list[Removal], list[st
             for name in sorted(existing.peer_files[peer])
             if profile_re.fullmatch(name) and name not in wanted
         ]
+    # Keys files of logins no peer has any more, and the one shared file of the single-jail layout.
+    logins = {spec.login(name) for name in peers}
+    removes += [
+        Removal(layout.authorized_keys(name), "file")
+        for name in sorted(existing.key_files)
+        if name not in logins and (name == spec.user or name.startswith(f"{spec.user}-"))
+    ]
     # Status and lock files of any edge that is gone, whether or not its directory was still there.
     for subdir, names, suffix in (("status", existing.status, ".json"), ("locks", existing.locks, ".lock")):
         for name in sorted(names):
@@ -478,6 +535,12 @@ def plan(spec: MemberSpec, existing: Existing) -> Plan:
     before: dict[str, str] = {}
     for entry in desired_entries(spec):
         stat = existing.stats.get(entry.path)
+        if entry.kind == "link":
+            if stat is None or stat.kind != "link" or stat.content != entry.content:
+                if stat is not None:  # an edge directory of the single-jail layout: its archives go
+                    removes.append(Removal(entry.path, "dir" if stat.kind == "dir" else "file"))
+                writes.append(entry)
+            continue
         if entry.kind == "dir":
             if stat is None:
                 mkdirs.append(entry)

@@ -115,6 +115,8 @@ class Config:
     state_dir: str
     log_file: str
     metrics_file: str = ""
+    # The name this node logs in as on its peers (each peer jails it on its own); the user if unset.
+    login: str = ""
 
 
 def _require(valid: bool, where: str, what: str, value: object) -> None:
@@ -184,9 +186,12 @@ def parse_config(data: object) -> Config:
     _require(valid, "marker", "a plain file name", marker)
     user = top.get("user", "replimesh")
     _require(isinstance(user, str) and bool(USER_RE.fullmatch(user)), "user", "a user name", user)
+    login = top.get("login", user)
+    _require(isinstance(login, str) and bool(USER_RE.fullmatch(login)), "login", "a user name", login)
     return Config(
         node=node,
         user=user,
+        login=login,
         folders=tuple(folders),
         peers=tuple(peers),
         concurrency=_positive(top["concurrency"], "concurrency"),
@@ -228,7 +233,7 @@ def edge_dir(config: Config, peer: str) -> str:
 def remote_root(config: Config, peer: Peer, folder: Folder) -> str:
     """The peer's root, written exactly as the profile writes it."""
     host = f"[{peer.address}]" if ":" in peer.address else peer.address
-    return f"ssh://{config.user}@{host}:{peer.port}/{folder.path}"
+    return f"ssh://{config.login or config.user}@{host}:{peer.port}/{folder.path}"
 
 
 def select_peers(config: Config, names: Sequence[str], all_peers: bool) -> list[Peer]:

@@ -10,11 +10,16 @@ short_description: Write a replimesh node's peer list, trusted keys and per-edge
 description:
   - Makes the node's view of the mesh exactly what the control node decided, and removes what belongs to
     edges that no longer exist. Only the control node ever decides it; nodes never learn peers elsewhere.
-  - Writes the runner's config (C(config_file)), the peers' keys (C(authorized_keys)), their pinned host keys
-    (C(known_hosts)), and per peer a directory C(unison_dir/PEER) (root:USER 01770) holding one profile per
-    folder. Each edge has its own Unison directory, so removing an edge removes exactly its archives.
-  - A directory under C(unison_dir) named like a node that is no longer a peer is removed whole, with the
-    peer's status and lock files under C(state_dir). Profiles of folders no longer configured are removed.
+  - Writes the runner's config (C(config_file)) and the peers' pinned host keys (C(known_hosts)).
+  - Gives each peer its own login C(USER-PEER) (the mesh user's uid and gid under another name, in
+    C(peers_group)), its key in C(authorized_keys_dir/USER-PEER), and its own chroot jail
+    C(jails_dir/USER-PEER) holding the template jail's shell and Unison (hard links), the folders (bind
+    mounts, also written to /etc/fstab), the edge's Unison directory (root:USER 01770, one profile per
+    folder; C(unison_dir/PEER) links to it) and the versions the edge's server end keeps. A peer's key
+    reaches the folders and its own edge's state, nothing of the host and nothing of another edge.
+  - Everything of a peer that is gone is removed (login, keys, jail after unmounting it, the link under
+    C(unison_dir), status and lock files); the versions its jail kept move to
+    C(backup_dir/.retired/USER-PEER-TIME). Profiles of folders no longer configured are removed.
   - Migrates the previous flat layout, where archives and profiles lay directly in C(unison_dir). Those
     files are removed and reported in C(migrated); each edge's next sync starts from a fresh archive.
   - Every input is checked before anything changes. Files are written atomically.
@@ -94,17 +99,33 @@ options:
     type: int
     default: 0
   backup_dir:
-    description: Parent of the per-folder backup directories (outside every folder; same path in the jail).
+    description: Parent of the per-folder backup directories (outside every folder; same path in each jail).
     type: path
     default: /var/lib/replimesh/backups
+  jails_dir:
+    description: Parent of the per-peer chroot jails (sshd's C(ChrootDirectory jails_dir/%u)).
+    type: path
+    default: /var/lib/replimesh/jails
+  jail_template:
+    description: The jail the mesh_ssh role builds (shell, Unison, libraries), hard-linked into each jail.
+    type: path
+    default: /var/lib/replimesh/jail
+  peers_group:
+    description: The group of the peers' logins (sshd's C(Match Group)); it must exist.
+    type: str
+    default: replimesh-peers
+  fstab:
+    description: The file system table the jails' bind mounts are written to, so they come back at boot.
+    type: path
+    default: /etc/fstab
   config_file:
     description: The runner's config.
     type: path
     default: /etc/replimesh/mesh.json
-  authorized_keys:
-    description: The mesh user's keys file, read by sshd.
+  authorized_keys_dir:
+    description: Root-owned directory of the keys files sshd reads (C(AuthorizedKeysFile DIR/%u)).
     type: path
-    default: /etc/ssh/authorized_keys/replimesh
+    default: /etc/ssh/authorized_keys
   known_hosts:
     description: The peers' pinned host keys.
     type: path
@@ -186,6 +207,21 @@ migrated:
   returned: always
   type: list
   elements: str
+logins_added:
+  description: Peers' logins created.
+  returned: always
+  type: list
+  elements: str
+logins_removed:
+  description: Logins of former peers removed (with their jails).
+  returned: always
+  type: list
+  elements: str
+mounted:
+  description: Folders bind-mounted into jails (mount points).
+  returned: always
+  type: list
+  elements: str
 """
 
 import grp
@@ -196,6 +232,7 @@ import stat
 import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.mesh_jail import JailError, JailLayout, Jails, apply_jails
 from ansible.module_utils.mesh_member import (
     Entry,
     Existing,
@@ -234,7 +271,11 @@ ARGUMENT_SPEC = {
     "backups": {"type": "int", "default": 0},
     "backup_dir": {"type": "path", "default": "/var/lib/replimesh/backups"},
     "config_file": {"type": "path", "default": "/etc/replimesh/mesh.json"},
-    "authorized_keys": {"type": "path", "default": "/etc/ssh/authorized_keys/replimesh", "no_log": False},
+    "authorized_keys_dir": {"type": "path", "default": "/etc/ssh/authorized_keys", "no_log": False},
+    "jails_dir": {"type": "path", "default": "/var/lib/replimesh/jails"},
+    "jail_template": {"type": "path", "default": "/var/lib/replimesh/jail"},
+    "peers_group": {"type": "str", "default": "replimesh-peers"},
+    "fstab": {"type": "path", "default": "/etc/fstab"},
     "known_hosts": {"type": "path", "default": "/etc/replimesh/known_hosts"},
     "unison_dir": {"type": "path", "default": "/var/lib/replimesh/unison"},
     "state_dir": {"type": "path", "default": "/var/lib/replimesh/state"},
@@ -260,7 +301,7 @@ def _stat(path: str) -> Stat | None:
     kind = {stat.S_IFREG: "file", stat.S_IFDIR: "dir", stat.S_IFLNK: "link"}.get(
         stat.S_IFMT(st.st_mode), "other"
     )
-    content = None
+    content = os.readlink(path) if kind == "link" else None
     if kind == "file":
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
         with os.fdopen(fd, "rb") as handle:
@@ -269,10 +310,12 @@ def _stat(path: str) -> Stat | None:
 
 
 def _names(directory: str, dirs: bool) -> tuple[str, ...]:
-    """Names of the directories (dirs=True) or of the other entries in `directory`; symlinks not followed."""
+    """Names of the directories and links (dirs=True) or of the other entries in `directory`."""
     try:
         with os.scandir(directory) as it:
-            return tuple(sorted(e.name for e in it if e.is_dir(follow_symlinks=False) == dirs))
+            return tuple(
+                sorted(e.name for e in it if (e.is_dir(follow_symlinks=False) or e.is_symlink()) == dirs)
+            )
     except (FileNotFoundError, NotADirectoryError):
         return ()
 
@@ -288,6 +331,7 @@ def read_existing(spec: MemberSpec, entries: list[Entry]) -> Existing:
     return Existing(
         stats=stats,
         unison_dirs=_names(layout.unison_dir, dirs=True),
+        key_files=_names(layout.authorized_keys_dir, dirs=False),
         unison_files=unison_files,
         peer_files={name: files for name, files in peer_files.items() if files},
         status=_names(os.path.join(layout.state_dir, "status"), dirs=False),
@@ -302,6 +346,13 @@ def _set_owner_mode(fd: int, entry: Entry, ids: dict[str, tuple[int, int]]) -> N
 
 def _write(entry: Entry, ids: dict[str, tuple[int, int]]) -> None:
     directory, name = os.path.split(entry.path)
+    if entry.kind == "link":
+        tmp = os.path.join(directory, f".{name}.link.tmp")
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        os.symlink(entry.content or "", tmp)
+        os.replace(tmp, entry.path)
+        return
     fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -327,7 +378,7 @@ def _fix(entry: Entry, ids: dict[str, tuple[int, int]]) -> None:
 
 def apply(result: Plan, ids: dict[str, tuple[int, int]]) -> None:
     for removal in result.removes:
-        if removal.kind == "dir":
+        if os.path.isdir(removal.path) and not os.path.islink(removal.path):
             shutil.rmtree(removal.path)
         elif os.path.lexists(removal.path):
             os.unlink(removal.path)
@@ -356,8 +407,14 @@ def _ids(module: AnsibleModule, user: str) -> dict[str, tuple[int, int]]:
 
 def _missing_dirs(spec: MemberSpec) -> list[str]:
     layout = spec.layout
-    needed = [os.path.dirname(p) for p in (layout.config_file, layout.authorized_keys, layout.known_hosts)]
-    return sorted({d for d in [*needed, layout.unison_dir] if not os.path.isdir(d)})
+    needed = [os.path.dirname(p) for p in (layout.config_file, layout.known_hosts)]
+    needed += [layout.authorized_keys_dir, layout.unison_dir, layout.jails_dir, layout.jail_template]
+    return sorted({d for d in needed if not os.path.isdir(d)} | set(_missing_folders(spec)))
+
+
+def _missing_folders(spec: MemberSpec) -> list[str]:
+    """Folders not there yet: they are bound into every peer's jail, so mesh_sync must make them first."""
+    return [folder.path for folder in spec.folders if not os.path.isdir(folder.path)]
 
 
 def main() -> None:
@@ -369,16 +426,31 @@ def main() -> None:
     ids = _ids(module, spec.user)
     missing = _missing_dirs(spec)
     if missing:
-        message = f"missing directories {', '.join(missing)}: the mesh_ssh and mesh_sync roles create them"
+        message = (
+            f"missing directories {', '.join(missing)}: the mesh_ssh and mesh_sync roles create them "
+            "(run them before mesh_member)"
+        )
         if not module.check_mode:
             module.fail_json(msg=message)
         module.warn(message)
+    layout = spec.layout
+    jails = Jails(
+        run=lambda argv: module.run_command(argv),
+        user=spec.user,
+        group=module.params["peers_group"],
+        peers={spec.login(peer.name): peer.name for peer in spec.peers},
+        folders=[folder.path for folder in spec.folders],
+        layout=JailLayout(layout.jails_dir, layout.jail_template, layout.unison_dir, layout.backup_dir),
+        fstab=module.params["fstab"],
+    )
     try:
         todo = plan(spec, read_existing(spec, desired_entries(spec)))
+        jail_todo = jails.plan()
+        mirrored = jails.mirror(dry_run=True) if not missing else []
     except (MemberError, OSError) as exc:
         module.fail_json(msg=f"cannot plan the node's mesh files: {exc}")
     result = {
-        "changed": todo.changed,
+        "changed": todo.changed or jail_todo.changed or bool(mirrored),
         "peers_added": list(todo.peers_added),
         "peers_removed": list(todo.peers_removed),
         "peers_kept": list(todo.peers_kept),
@@ -387,6 +459,9 @@ def main() -> None:
         "fixed": [entry.path for entry in todo.fixes],
         "removed": [removal.path for removal in todo.removes],
         "migrated": list(todo.migrated),
+        "logins_added": list(jail_todo.users_add),
+        "logins_removed": list(jail_todo.users_remove),
+        "mounted": [dst for _, dst in jail_todo.mount],
     }
     if todo.migrated:
         result["msg"] = (
@@ -395,10 +470,11 @@ def main() -> None:
         )
     if module._diff:
         result["diff"] = todo.diffs()
-    if todo.changed and not module.check_mode:
+    if result["changed"] and not module.check_mode:
         try:
             apply(todo, ids)
-        except OSError as exc:
+            apply_jails(jails, jail_todo)
+        except (OSError, JailError) as exc:
             module.fail_json(msg=f"could not update the node's mesh files: {exc}", **result)
     module.exit_json(**result)
 

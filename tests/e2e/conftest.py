@@ -19,6 +19,12 @@ FOLDER = "/srv/replimesh/shared"
 MARKER = ".replimesh-folder"
 MESH_USER = "replimesh"
 BACKUPS = "/var/lib/replimesh/backups"  # mesh_sync_backup_dir: old versions, BACKUPS/FOLDER/PATH
+# One jail per peer (JAILS/replimesh-PEER): in each, that edge's Unison directory and the versions its
+# server end kept (the same paths as on the host, inside the jail).
+JAILS = "/var/lib/replimesh/jails"
+ARCHIVES = "/var/lib/replimesh/unison"
+# Shell globs: every backup directory of a node (its own runs', and each peer's jail's).
+ALL_BACKUPS = f"{BACKUPS} {JAILS}/*{BACKUPS}"
 NODES = 5
 
 
@@ -70,9 +76,9 @@ class Mesh:
             self.lab.sh(
                 node,
                 f"find {FOLDER} -mindepth 1 ! -name {MARKER} -delete;"
-                " find /var/lib/replimesh/unison/ -mindepth 2 -maxdepth 2"
+                f" find {JAILS}/*{ARCHIVES}/ -mindepth 2 -maxdepth 2"
                 " -name '[afl][rpk][0-9a-f]*' -delete;"
-                f" rm -rf {BACKUPS}/*/* {BACKUPS}/*/.[!.]*",
+                f" for d in {ALL_BACKUPS}; do rm -rf $d/*/* $d/*/.[!.]*; done",
             )
 
 

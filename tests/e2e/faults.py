@@ -11,9 +11,10 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from tests.e2e.conftest import BACKUPS, FOLDER, MARKER, MESH_USER, Mesh
+from tests.e2e.conftest import BACKUPS, FOLDER, JAILS, MARKER, MESH_USER, Mesh
 
-FOLDER_BACKUPS = f"{BACKUPS}/shared"
+# The folder's versions on a node: its own runs' and those each peer's jailed server end kept.
+FOLDER_BACKUPS = f"{BACKUPS}/shared {JAILS}/*{BACKUPS}/shared"
 RUNNER = "/usr/local/sbin/replimesh-sync"
 
 
@@ -70,7 +71,7 @@ def edge_results(reports: dict[str, dict[str, Any]]) -> dict[str, tuple[str, str
 
 
 def backup_hashes(mesh: Mesh, node: str) -> set[str]:
-    """sha256 of every version the node keeps in its backups of the folder."""
+    """sha256 of every version the node keeps in its backups of the folder (on the host and in jails)."""
     out = mesh.lab.sh(node, f"find {FOLDER_BACKUPS} -type f -print0 | xargs -0 -r sha256sum")
     return {line[:64] for line in out.splitlines()}
 

@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from tests.conftest import run_tool, wait_until
-from tests.e2e.conftest import FOLDER, MARKER, MESH_USER, Mesh, sha
+from tests.e2e.conftest import FOLDER, JAILS, MARKER, MESH_USER, Mesh, sha
 from tests.e2e.faults import (
     RUNNER,
     Timer,
@@ -312,13 +312,14 @@ def test_a_folder_without_its_marker_refuses_to_sync_and_deletes_nothing_elsewhe
 
 def test_a_full_disk_is_a_clear_error_on_its_edges_and_harms_no_other_node(mesh: Mesh) -> None:
     timer = Timer()
-    small, jail = "/mnt/rm-small", f"/var/lib/replimesh/jail{FOLDER}"
-    # A 4 MiB file system in place of node4's folder, for its runs and its jailed server alike.
+    small = "/mnt/rm-small"
+    jails = " ".join(f"{JAILS}/{MESH_USER}-{peer}{FOLDER}" for peer in mesh.nodes if peer != "node4")
+    # A 4 MiB file system in place of node4's folder, for its runs and each peer's jailed server alike.
     mesh.lab.sh(
         "node4",
         f"mkdir -p {small} && mount -t tmpfs -o size=4m,mode=0775 tmpfs {small} && cp -a {FOLDER}/. {small}/"
         f" && chown {MESH_USER}:{MESH_USER} {small}"
-        f" && mount --bind {small} {FOLDER} && mount --bind {small} {jail}",
+        f" && mount --bind {small} {FOLDER} && for j in {jails}; do mount --bind {small} $j; done",
     )
     try:
         mesh.lab.sh("node1", as_user(f"head -c {8 << 20} /dev/urandom > {FOLDER}/too-big.bin"))
@@ -335,7 +336,11 @@ def test_a_full_disk_is_a_clear_error_on_its_edges_and_harms_no_other_node(mesh:
             results
         )
     finally:
-        mesh.lab.sh("node4", f"umount {jail}; umount {FOLDER}; umount {small}; rmdir {small}", check=False)
+        mesh.lab.sh(
+            "node4",
+            f"for j in {jails}; do umount $j; done; umount {FOLDER}; umount {small}; rmdir {small}",
+            check=False,
+        )
     print(f"full disk on node4: clear error, others synced: {timer.seconds} s")
     record(
         "fault",

@@ -42,7 +42,7 @@ def _mesh_ssh(mesh: Mesh, src: str, dst: str) -> bytes:
     address = mesh.lab.lab.resolve(dst).address
     ssh = (
         "ssh -F none -i /var/lib/replimesh/.ssh/id_ed25519 -o BatchMode=yes -o ConnectTimeout=5 "
-        f"-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null {MESH_USER}@{address} true"
+        f"-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null {MESH_USER}-{src}@{address} true"
     )
     proc = mesh.lab.lab.exec(src, ["runuser", "-u", MESH_USER, "--", "sh", "-c", f"{ssh} </dev/null"])
     return proc.stdout + proc.stderr
@@ -85,14 +85,14 @@ def test_grow_to_five_then_remove_a_paused_node(mesh: Mesh, tmp_path: Path) -> N
     assert {n: again[n]["changed"] for n in five} == dict.fromkeys(five, 0)
 
     # Without confirmation, or without a node, remove-node stops before any change.
-    keys_before = mesh.lab.sh("node1", "cat /etc/ssh/authorized_keys/replimesh")
+    keys_before = mesh.lab.sh("node1", "cat /etc/ssh/authorized_keys/replimesh-*")
     for args, message in (
         (["-e", "node=node2"], "was not confirmed"),
         (["-e", "skip_confirmation=true"], "Name the node to remove"),
     ):
         proc = run_tool("ansible-playbook", "-i", str(mesh_file), "remove-node.yml", *args, timeout=300)
         assert proc.returncode != 0 and message in proc.stdout, proc.stdout[-3000:]
-    assert mesh.lab.sh("node1", "cat /etc/ssh/authorized_keys/replimesh") == keys_before
+    assert mesh.lab.sh("node1", "cat /etc/ssh/authorized_keys/replimesh-*") == keys_before
 
     # node2 freezes; it is removed anyway, and the survivors keep syncing without it.
     mesh.lab.lab.fault("pause", "node2")

@@ -59,7 +59,7 @@ def test_sync_moves_a_file_and_shows_every_edge(mesh: Mesh, tmp_path: Path) -> N
 def test_a_bad_request_fails_with_a_short_reason_and_changes_nothing(
     mesh: Mesh, tmp_path: Path, command: tuple[str, ...], reason: str
 ) -> None:
-    keys = "sha256sum /etc/ssh/authorized_keys/replimesh"
+    keys = "sha256sum /etc/ssh/authorized_keys/replimesh-*"
     before = {node: mesh.lab.sh(node, keys) for node in mesh.nodes}
     proc = meshctl(mesh, tmp_path, *command)
     assert proc.returncode == 1

@@ -41,13 +41,13 @@ def stored(mesh: Mesh, node: str) -> dict[str, str]:
 
 
 def login(mesh: Mesh, node: str, peer: str, key: str) -> str:
-    """ssh from node to peer as the mesh user with `key`, as the sync profiles do; output made printable."""
+    """ssh from node to peer with `key` as node's login there, as the sync profiles do; output printable."""
     address = mesh.lab.lab.resolve(peer).address
     script = (
         f"runuser -u {MESH_USER} -- timeout 20 ssh -F none -i {key} -o IdentitiesOnly=yes -o BatchMode=yes"
         f" -o HostKeyAlias={peer} -o UserKnownHostsFile=/etc/replimesh/known_hosts"
         f" -o GlobalKnownHostsFile=/dev/null -o StrictHostKeyChecking=yes -o ConnectTimeout=10"
-        f" {MESH_USER}@{address} true </dev/null 2>&1 | LC_ALL=C tr -c '[:print:]\\n' '?'"
+        f" {MESH_USER}-{node}@{address} true </dev/null 2>&1 | LC_ALL=C tr -c '[:print:]\\n' '?'"
     )
     return mesh.lab.sh(node, script)
 
@@ -150,7 +150,7 @@ def test_key_rotation_keeps_every_edge_syncing(mesh: Mesh) -> None:
     for node in mesh.nodes:
         record = stored(mesh, node)
         assert record["public_key"] == public_key(mesh, node) and "next_public_key" not in record, record
-        keys = mesh.lab.sh(node, "grep -v '^#' /etc/ssh/authorized_keys/replimesh")
+        keys = mesh.lab.sh(node, "cat /etc/ssh/authorized_keys/replimesh-* | grep -v '^#'")
         assert len(keys.splitlines()) == len(mesh.nodes) - 1 and old_public not in keys
         assert mesh.lab.sh(node, f"ls -A {HOME}/.ssh").split() in (
             ["id_ed25519", "id_ed25519.pub"],

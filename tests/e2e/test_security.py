@@ -16,17 +16,17 @@ from collections.abc import Iterator
 import pytest
 
 from tests.conftest import run_tool
-from tests.e2e.conftest import FOLDER, MESH_USER, Mesh
+from tests.e2e.conftest import ARCHIVES, BACKUPS, FOLDER, JAILS, MESH_USER, Mesh
 from tests.reliability import record
 
 pytestmark = pytest.mark.lab
 
 KEY = "/var/lib/replimesh/.ssh/id_ed25519"
-JAIL = "/var/lib/replimesh/jail"
-ARCHIVES = "/var/lib/replimesh/unison"
+LOGIN = f"{MESH_USER}-node1"  # node1's login on its peers
+JAIL = f"{JAILS}/{LOGIN}"  # node1's jail on each peer
 
 
-def ssh_argv(mesh: Mesh, dst: str, *, key: str = KEY, user: str = MESH_USER) -> list[str]:
+def ssh_argv(mesh: Mesh, dst: str, *, key: str = KEY, user: str = LOGIN) -> list[str]:
     """ssh as the mesh does it (pinned host key, batch mode), without the command."""
     address = mesh.lab.lab.resolve(dst).address
     return [
@@ -75,7 +75,7 @@ def test_peer_key_gets_only_the_unison_server(mesh: Mesh, timed: None) -> None:
     # scp of /etc/shadow: nothing arrives.
     scp = shlex.join(["scp", *ssh_argv(mesh, "node2")[1:-1]])
     target = mesh.lab.lab.resolve("node2").address
-    as_mesh_user(mesh, "node1", f"{scp} {MESH_USER}@{target}:/etc/shadow /tmp/shadow-{token} </dev/null", 30)
+    as_mesh_user(mesh, "node1", f"{scp} {LOGIN}@{target}:/etc/shadow /tmp/shadow-{token} </dev/null", 30)
     assert mesh.lab.lab.exec("node1", ["test", "-e", f"/tmp/shadow-{token}"]).returncode != 0
     record(
         "security", "peer key: shell, commands, tty, sftp, scp, env refused", checks_tried=len(attempts) + 1
@@ -180,7 +180,7 @@ def test_peer_cannot_read_or_write_outside_the_folders(mesh: Mesh, timed: None) 
         local = f"{work}/{index}"
         script = (
             f"mkdir -p {local} && echo planted > {local}/planted-{token} && "
-            f"UNISON={work}/unison unison {local} ssh://{MESH_USER}@{address}/{root} -batch -auto -ui text "
+            f"UNISON={work}/unison unison {local} ssh://{LOGIN}@{address}/{root} -batch -auto -ui text "
             f"-sshargs {shlex.quote(sshargs)} -ignore 'Name planted-never'"
         )
         proc = as_mesh_user(mesh, "node1", script, timeout=60)
@@ -201,27 +201,44 @@ def test_peer_cannot_read_or_write_outside_the_folders(mesh: Mesh, timed: None) 
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: all peers share one jail, so a peer's Unison run can write into the archive "
-    "directory of another edge (it holds no key and no profile it could replace; the sticky bit keeps "
-    "root's profiles)",
-)
-def test_peer_cannot_write_into_another_edges_archives(mesh: Mesh) -> None:
+# Another edge's state on node2, as node1's key might name it: node3's archives and the versions kept
+# by node2's own runs and by node3's server end (each path as the host has it, and from inside a jail).
+# (BACKUPS inside node1's jail is its own edge's: the versions node1's pushes replaced there.)
+OTHER_EDGES = [
+    f"/{ARCHIVES}/node3",
+    f"/{JAILS}/{MESH_USER}-node3{ARCHIVES}/node3",
+    f"/{JAILS}/{MESH_USER}-node3{BACKUPS}/shared",
+    f"/{ARCHIVES}/../jails/{MESH_USER}-node3{ARCHIVES}/node3",
+    f"/{ARCHIVES}/../../../../{BACKUPS}/shared/../../jails",
+]
+
+
+def test_peer_cannot_reach_another_edges_archives_or_versions(mesh: Mesh, timed: None) -> None:
     token = secrets.token_hex(4)
     address = mesh.lab.lab.resolve("node2").address
     sshargs = shlex.join(ssh_argv(mesh, "node2")[1:-1])
     work = f"/tmp/probe-{token}"
-    mesh.lab.sh("node1", f"install -d -o {MESH_USER} {work} {work}/unison {work}/src")
-    script = (
-        f"echo planted > {work}/src/planted-{token} && UNISON={work}/unison unison {work}/src "
-        f"ssh://{MESH_USER}@{address}/{ARCHIVES}/node3 -batch -auto -ui text -sshargs {shlex.quote(sshargs)}"
-    )
-    as_mesh_user(mesh, "node1", script, timeout=60)
+    mesh.write("node3", "edge.txt", b"synced over node2<->node3\n")
+    assert mesh.playbook("sync.yml", timeout=300).returncode == 0
+    # node2 holds that edge's archives (what a peer would want to tamper with) in node3's jail.
+    assert mesh.lab.sh("node2", f"ls {JAILS}/{MESH_USER}-node3{ARCHIVES}/node3 | grep -c '^ar'") != "0"
+    mesh.lab.sh("node1", f"install -d -o {MESH_USER} {work} {work}/unison")
+    for index, root in enumerate(OTHER_EDGES):
+        local = f"{work}/{index}"
+        script = (
+            f"mkdir -p {local} && echo planted > {local}/planted-{token} && UNISON={work}/unison unison "
+            f"{local} ssh://{LOGIN}@{address}/{root} -batch -auto -ui text -sshargs {shlex.quote(sshargs)}"
+        )
+        proc = as_mesh_user(mesh, "node1", script, timeout=60)
+        assert proc.returncode != 0, (root, proc.stdout.decode()[-1500:])
+        fetched = mesh.lab.sh("node1", f"cd {local} && find . -mindepth 1").split()
+        assert fetched == [f"./planted-{token}"], (root, fetched)
     mesh.lab.sh("node1", f"rm -rf {work}")
-    planted = mesh.lab.sh("node2", f"find {ARCHIVES}/ -name 'planted-{token}'")
-    mesh.lab.sh("node2", f"find {ARCHIVES}/ -name 'planted-{token}' -delete")
-    assert planted == ""
+    planted = mesh.lab.sh("node2", f"find / -xdev -name 'planted-{token}' 2>/dev/null", check=False)
+    assert planted == "", planted
+    record(
+        "security", "peer key: other edges' archives and versions out of reach", checks_tried=len(OTHER_EDGES)
+    )
 
 
 def test_mesh_user_cannot_sudo_or_become_root(mesh: Mesh, timed: None) -> None:
@@ -243,6 +260,7 @@ def _answer(mesh: Mesh, node: str, argv: list[str]) -> bytes:
 
 def test_strangers_cannot_connect(mesh: Mesh, timed: None) -> None:
     token = secrets.token_hex(4)
+    node2 = f"{MESH_USER}-node2"  # node2's login on its peers
     stranger = f"/tmp/stranger-{token}"
     # A key no node authorized, from a mesh node's own address.
     mesh.lab.sh("node1", f"ssh-keygen -q -t ed25519 -N '' -f {stranger}")
@@ -253,7 +271,13 @@ def test_strangers_cannot_connect(mesh: Mesh, timed: None) -> None:
     try:
         tries = {
             "unknown key": _answer(mesh, "node1", ssh_argv(mesh, "node2", key=stranger)),
-            "stolen key, wrong address": _answer(mesh, "node3", ssh_argv(mesh, "node1", key=stolen)),
+            "stolen key, wrong address": _answer(
+                mesh, "node3", ssh_argv(mesh, "node1", key=stolen, user=node2)
+            ),
+            "mesh key as another peer": _answer(
+                mesh, "node1", ssh_argv(mesh, "node2", user=f"{MESH_USER}-node3")
+            ),
+            "mesh key as the mesh user": _answer(mesh, "node1", ssh_argv(mesh, "node2", user=MESH_USER)),
             "mesh key as root": _answer(mesh, "node1", ssh_argv(mesh, "node2", user="root")),
             "mesh key as the lab's admin": _answer(mesh, "node1", ssh_argv(mesh, "node2", user="lab")),
         }
@@ -263,7 +287,7 @@ def test_strangers_cannot_connect(mesh: Mesh, timed: None) -> None:
     for name, answer in tries.items():
         assert b"Permission denied" in answer and not answer.startswith(b"Unison"), (name, answer)
     # The same stolen key from its own node still works: the refusal above is the from= address.
-    assert _answer(mesh, "node2", ssh_argv(mesh, "node1")).startswith(b"Unison")
+    assert _answer(mesh, "node2", ssh_argv(mesh, "node1", user=node2)).startswith(b"Unison")
     record(
         "security",
         "strangers refused (unknown key, stolen key elsewhere, other users)",
@@ -369,8 +393,8 @@ def test_hostile_names_and_modes_arrive_identical_everywhere(mesh: Mesh, timed: 
         assert _listing(mesh, node) == want, node
     # Nothing in a folder or in the jail became writable by everyone, on any node (but node1's own file).
     for node in mesh.nodes:
-        found = mesh.lab.sh(node, f"find {FOLDER} {JAIL} -xdev ! -type l -perm -0002 -print").split("\n")
-        # (the folder shows twice: in place and bind-mounted in the jail)
+        found = mesh.lab.sh(node, f"find {FOLDER} {JAILS} -xdev ! -type l -perm -0002 -print").split("\n")
+        # (the folder shows once in place and once bind-mounted in each peer's jail)
         leftover = [p for p in found if p and not (node == "node1" and p.endswith(f"{FOLDER}/modes/loose"))]
         assert leftover == [], (node, found)
     assert mesh.lab.sh("node4", f"stat -c %a {FOLDER}/modes/run.sh {FOLDER}/modes/private.txt").split() == [

@@ -62,6 +62,10 @@ def run_module(
 
 def load_module(name: str) -> tuple[ModuleType, ModuleType]:
     """(core, module) for mesh_plugins/module_utils/NAME.py and mesh_plugins/modules/NAME.py."""
+    for shared in ("mesh_jail",):  # module_utils a module imports beside its own
+        sys.modules.setdefault(
+            f"ansible.module_utils.{shared}", importlib.import_module(f"mesh_plugins.module_utils.{shared}")
+        )
     core = importlib.import_module(f"mesh_plugins.module_utils.{name}")
     sys.modules.setdefault(f"ansible.module_utils.{name}", core)
     return core, importlib.import_module(f"mesh_plugins.modules.{name}")

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mesh_plugins.module_utils import mesh_runner
+from mesh_plugins.module_utils.mesh_jail import edge_user
 from mesh_plugins.module_utils.mesh_member import (
     HEADER,
     Entry,
@@ -36,6 +37,9 @@ from mesh_plugins.module_utils.mesh_member import (
 
 U = "/var/lib/replimesh/unison"
 S = "/var/lib/replimesh/state"
+K = "/etc/ssh/authorized_keys"
+J = "/var/lib/replimesh/jails"
+B = "/var/lib/replimesh/backups"
 
 
 def key(kind: str = "ssh-ed25519", seed: int = 1) -> str:
@@ -63,13 +67,14 @@ def make_spec(peers: tuple[PeerSpec, ...] | None = None, **kw: object) -> Member
 def settled(spec: MemberSpec) -> Existing:
     """What a node looks like once the plan for `spec` has been applied."""
     stats = {
-        e.path: Stat(e.kind, e.mode, e.owner, e.group, e.content if e.kind == "file" else None)
+        e.path: Stat(e.kind, e.mode, e.owner, e.group, e.content if e.kind in ("file", "link") else None)
         for e in desired_entries(spec)
     }
     names = tuple(p.name for p in spec.peers)
     return Existing(
         stats=stats,
         unison_dirs=names,
+        key_files=tuple(sorted(spec.login(n) for n in names)),
         peer_files={p.name: tuple(f"{p.name}--{f.name}.prf" for f in spec.folders) for p in spec.peers},
         status=tuple(f"{n}.json" for n in names),
         locks=tuple(f"{n}.lock" for n in names),
@@ -85,6 +90,8 @@ def test_config_is_sorted_indented_json_the_runner_accepts() -> None:
     data = json.loads(text)
     assert text.endswith("}\n") and text == json.dumps(data, sort_keys=True, indent=2) + "\n"
     assert data["node"] == "node1" and data["user"] == "replimesh"
+    # This node logs in on its peers as replimesh-node1: each peer jails that login on its own.
+    assert data["login"] == "replimesh-node1"
     assert [p["name"] for p in data["peers"]] == ["node2", "node3"]
     assert data["peers"][0] == {
         "name": "node2",
@@ -109,35 +116,55 @@ def test_config_is_sorted_indented_json_the_runner_accepts() -> None:
         "/var/log/replimesh/sync.log",
     )
     config = mesh_runner.parse_config(data)
-    assert [p.name for p in config.peers] == ["node2", "node3"]
+    assert [p.name for p in config.peers] == ["node2", "node3"] and config.login == "replimesh-node1"
+    assert mesh_runner.remote_root(config, config.peers[0], config.folders[0]).startswith(
+        f"ssh://replimesh-node1@{peer('node2').address}:2222//"
+    )
+
+
+def test_the_login_is_the_users_name_for_the_node_and_stays_short() -> None:
+    spec = make_spec(user="mesh")
+    assert spec.login("node2") == "mesh-node2"
+    long_node = "n" * 40
+    assert json.loads(render_config(make_spec(node=long_node, peers=())))["login"] == edge_user(
+        "replimesh", long_node
+    )
+    assert len(edge_user("replimesh", long_node)) <= 32
+    # The profile's remote root names this node's login on the peer, not the mesh user.
+    assert "root = ssh://mesh-node1@" in render_profile(spec, peer("node2"), spec.folders[0])
 
 
 def test_config_with_no_peers() -> None:
     assert json.loads(render_config(make_spec(peers=())))["peers"] == []
 
 
-def test_authorized_keys_one_restricted_line_per_peer_with_its_own_unison_dir() -> None:
-    spec = make_spec(peers=(peer("node3", "10.0.0.13"), peer("node2", "10.0.0.12", active=False)))
-    lines = render_authorized_keys(spec).splitlines()
-    assert lines[0] == HEADER
-    assert lines[1] == (
+def test_authorized_keys_one_file_per_peer_with_its_own_restricted_line_and_unison_dir() -> None:
+    node3, node2 = peer("node3", "10.0.0.13"), peer("node2", "10.0.0.12", active=False)
+    spec = make_spec(peers=(node3, node2))
+    assert render_authorized_keys(spec, node2) == (
+        f"{HEADER}\n"
         'restrict,from="10.0.0.12",command="UNISONLOCALHOSTNAME=node1 UNISON=/var/lib/replimesh/unison/node2 '
-        f'exec /usr/bin/unison -server" {peer("node2").public_key} replimesh@node2'
+        f'exec /usr/bin/unison -server" {node2.public_key} replimesh@node2\n'
     )
-    assert lines[2].startswith(
+    lines = render_authorized_keys(spec, node3).splitlines()
+    assert lines[0] == HEADER and len(lines) == 2
+    assert lines[1].startswith(
         'restrict,from="10.0.0.13",command="UNISONLOCALHOSTNAME=node1 UNISON=' + U + "/node3 "
     )
-    assert len(lines) == 3
+    assert "node2" not in render_authorized_keys(spec, node3)  # one peer's key never opens another's login
 
 
 def test_authorized_keys_drops_the_key_comment_and_uses_the_mesh_user() -> None:
     spec = make_spec(peers=(peer("node2", public_key=key() + " replimesh@node2 extra\n"),), user="mesh")
-    assert render_authorized_keys(spec).splitlines()[1].endswith(f'-server" {key()} mesh@node2')
+    assert (
+        render_authorized_keys(spec, spec.peers[0]).splitlines()[1].endswith(f'-server" {key()} mesh@node2')
+    )
 
 
 def test_a_rotating_peer_is_accepted_with_either_key_under_the_same_restrictions() -> None:
     rotating = peer("node2", "10.0.0.12", next_public_key=key(seed=99) + " replimesh@node2")
-    lines = render_authorized_keys(make_spec(peers=(rotating, peer("node3", "10.0.0.13")))).splitlines()
+    spec = make_spec(peers=(rotating, peer("node3", "10.0.0.13")))
+    lines = render_authorized_keys(spec, rotating).splitlines()
     node2 = [line for line in lines if line.endswith("replimesh@node2")]
     assert [line.split('" ')[1] for line in node2] == [
         f"{rotating.public_key} replimesh@node2",
@@ -145,12 +172,13 @@ def test_a_rotating_peer_is_accepted_with_either_key_under_the_same_restrictions
     ]
     # Same from=, same forced command with the edge's own Unison dir: only the key differs.
     assert len({line.split('" ')[0] for line in node2}) == 1
-    assert len(lines) == 1 + 2 + 1
+    assert len(lines) == 1 + 2
+    assert len(render_authorized_keys(spec, spec.peers[1]).splitlines()) == 1 + 1
 
 
 def test_a_next_key_equal_to_the_current_one_gives_one_line() -> None:
     spec = make_spec(peers=(peer("node2", next_public_key=peer("node2").public_key),))
-    assert len(render_authorized_keys(spec).splitlines()) == 2
+    assert len(render_authorized_keys(spec, spec.peers[0]).splitlines()) == 2
 
 
 def test_a_bad_next_key_is_refused_by_name() -> None:
@@ -180,9 +208,10 @@ def test_known_hosts_keyed_by_peer_name() -> None:
     )
 
 
-def test_known_hosts_and_keys_of_an_empty_mesh_hold_the_header_only() -> None:
+def test_known_hosts_of_an_empty_mesh_hold_the_header_only_and_no_keys_file_is_wanted() -> None:
     spec = make_spec(peers=())
-    assert render_known_hosts(spec) == render_authorized_keys(spec) == HEADER + "\n"
+    assert render_known_hosts(spec) == HEADER + "\n"
+    assert not [e for e in desired_entries(spec) if e.path.startswith(f"{K}/")]
 
 
 def test_profile_exact_text() -> None:
@@ -191,7 +220,7 @@ def test_profile_exact_text() -> None:
     assert render_profile(spec, node2, folder) == (
         "# Managed by replimesh (mesh_member): edge node1 <-> node2, folder shared.\n"
         "root = /srv/replimesh/shared\n"
-        "root = ssh://replimesh@10.0.0.12:2222//srv/replimesh/shared\n"
+        "root = ssh://replimesh-node1@10.0.0.12:2222//srv/replimesh/shared\n"
         "batch = true\nauto = true\nprefer = newer\ncopyonconflict = true\ntimes = true\nfastcheck = true\n"
         "log = false\nconfirmbigdel = true\nretry = 2\nperms = 0o1775\n"
         "mountpoint = .replimesh-folder\n"
@@ -239,28 +268,48 @@ def test_ipv6_addresses_go_in_brackets_in_the_ssh_root(address: str, host: str) 
     assert url_host(address) == host
     spec = make_spec()
     text = render_profile(spec, peer("node2", address, port=22), spec.folders[0])
-    assert f"root = ssh://replimesh@{host}:22//srv/replimesh/shared\n" in text
-    assert f'from="{address}"' in render_authorized_keys(make_spec(peers=(peer("node2", address),)))
+    assert f"root = ssh://replimesh-node1@{host}:22//srv/replimesh/shared\n" in text
+    with_address = make_spec(peers=(peer("node2", address),))
+    assert f'from="{address}"' in render_authorized_keys(with_address, with_address.peers[0])
 
 
 def test_desired_entries_modes_and_owners() -> None:
-    spec = make_spec(folders=(FolderSpec("a", "/srv/a"), FolderSpec("b", "/srv/b")), user="mesh")
+    spec = make_spec(folders=(FolderSpec("a", "/srv/a"), FolderSpec("b", "/data/b")), user="mesh")
     entries = {e.path: e for e in desired_entries(spec)}
+    # The jail's own directories: its root and every directory above the Unison dir, the backups and the
+    # folders (not the folders' mount points: those are bind mounts, never chowned).
+    jail_dirs = ["", "/var", "/var/lib", "/var/lib/replimesh", U, "/srv", "/data"]
     assert set(entries) == {
         "/etc/replimesh/mesh.json",
-        "/etc/ssh/authorized_keys/replimesh",
         "/etc/replimesh/known_hosts",
+        *(f"{K}/mesh-{p}" for p in ("node2", "node3")),
+        *(f"{J}/mesh-{p}{d}" for p in ("node2", "node3") for d in jail_dirs),
+        *(f"{J}/mesh-{p}{U}/{p}" for p in ("node2", "node3")),
+        *(f"{J}/mesh-{p}{B}" for p in ("node2", "node3")),
+        *(f"{J}/mesh-{p}{B}/{f}" for p in ("node2", "node3") for f in ("a", "b")),
         f"{U}/node2",
         f"{U}/node3",
         *(f"{U}/{p}/{p}--{f}.prf" for p in ("node2", "node3") for f in ("a", "b")),
     }
-    assert entries[f"{U}/node2"] == Entry(f"{U}/node2", "dir", None, 0o1770, "root", "mesh")
+    node2 = f"{J}/mesh-node2"
+    for d in jail_dirs:  # sshd refuses a chroot with a directory anyone but root may write
+        assert entries[node2 + d] == Entry(node2 + d, "dir", None, 0o755, "root", "root"), d
+    archive = f"{node2}{U}/node2"
+    assert entries[archive] == Entry(archive, "dir", None, 0o1770, "root", "mesh")
+    # The host's edge directory is a link to the one in the peer's jail: both ends share the archives.
+    assert entries[f"{U}/node2"] == Entry(f"{U}/node2", "link", archive, 0o777, "root", "root")
+    assert entries[f"{node2}{B}"] == Entry(f"{node2}{B}", "dir", None, 0o750, "root", "mesh")
+    assert entries[f"{node2}{B}/a"] == Entry(f"{node2}{B}/a", "dir", None, 0o700, "mesh", "mesh")
+    assert f"{J}/mesh-node3{U}/node2" not in entries  # no jail holds another edge's archives
     for path, entry in entries.items():
         if entry.kind == "file":
             assert (entry.mode, entry.owner, entry.group) == (0o644, "root", "root"), path
             assert entry.content and entry.content.endswith("\n")
+    assert entries[f"{K}/mesh-node3"].content == render_authorized_keys(spec, spec.peers[0])
     order = [e.path for e in desired_entries(spec)]
-    assert order.index(f"{U}/node2") < order.index(f"{U}/node2/node2--a.prf")
+    assert order.index(node2) < order.index(f"{node2}/var") < order.index(archive)
+    assert order.index(archive) < order.index(f"{U}/node2") < order.index(f"{U}/node2/node2--a.prf")
+    assert order.index(f"{node2}{B}") < order.index(f"{node2}{B}/a")
 
 
 # --- keys -----------------------------------------------------------------------------------------------
@@ -304,6 +353,15 @@ def test_a_good_spec_validates() -> None:
         ({"node": "-x"}, "node"),
         ({"user": "Root"}, "user 'Root' is not a valid user name"),
         ({"user": "a" * 33}, "user"),
+        ({"user": "a" * 22}, "21 characters at most"),
+        (
+            {"layout": Layout(backup_dir="/var/lib/replimesh")},
+            "unison_dir /var/lib/replimesh/unison must not be or lie inside backup_dir",
+        ),
+        (
+            {"layout": Layout(jails_dir="/var/lib/replimesh/jail/x")},
+            "jails_dir .* must not be or lie inside jail_template",
+        ),
         ({"folders": ()}, "at least one folder"),
         ({"folders": (FolderSpec("Bad", "/srv/x"),)}, r"folders\[0\]: name 'Bad'"),
         ({"folders": (FolderSpec("x", "srv/x"),)}, "absolute path"),
@@ -341,7 +399,13 @@ def test_a_good_spec_validates() -> None:
         ({"layout": Layout(state_dir="/")}, "state_dir / is a system directory"),
         ({"layout": Layout(config_file="etc/mesh.json")}, "config_file must be"),
         ({"layout": Layout(unison_binary="/usr/bin/uni son")}, "unison_binary"),
-        ({"layout": Layout(known_hosts="/etc/ssh/authorized_keys/replimesh")}, "three different files"),
+        ({"layout": Layout(known_hosts="/etc/replimesh/mesh.json")}, "two different files"),
+        ({"layout": Layout(jails_dir="/var/lib")}, "jails_dir /var/lib is a system directory"),
+        ({"layout": Layout(authorized_keys_dir="/etc")}, "authorized_keys_dir /etc is a system directory"),
+        ({"layout": Layout(jail_template="var/jail")}, "jail_template must be"),
+        ({"folders": (FolderSpec("x", J + "/x"),)}, "jails_dir"),
+        ({"folders": (FolderSpec("x", "/var/lib/replimesh"),)}, "jails_dir"),
+        ({"layout": Layout(jails_dir="/srv/replimesh/shared/jails")}, "nor hold or lie inside"),
     ],
 )
 def test_invalid_specs_are_refused_with_a_message(change: dict[str, object], message: str) -> None:
@@ -378,10 +442,43 @@ def test_a_fresh_node_gets_everything() -> None:
     spec = make_spec()
     result = plan(spec, Existing())
     assert result.changed
-    assert [e.path for e in result.mkdirs] == [f"{U}/node2", f"{U}/node3"]
-    assert len(result.writes) == 3 + 2 and not result.fixes and not result.removes
+    jails = [f"{J}/replimesh-{p}" for p in ("node2", "node3")]
+    dirs = [
+        "",
+        "/var",
+        "/var/lib",
+        "/var/lib/replimesh",
+        U,
+        "/srv",
+        "/srv/replimesh",
+        f"{U}/node2",
+        B,
+        f"{B}/shared",
+    ]
+    assert [e.path for e in result.mkdirs][: len(dirs)] == [jails[0] + d for d in dirs]
+    assert [e.path for e in result.mkdirs][len(dirs) :] == [
+        jails[1] + d.replace("node2", "node3") for d in dirs
+    ]
+    assert [(e.path, e.kind) for e in result.writes] == [
+        ("/etc/replimesh/mesh.json", "file"),
+        ("/etc/replimesh/known_hosts", "file"),
+        *(
+            entry
+            for p in ("node2", "node3")
+            for entry in (
+                (f"{K}/replimesh-{p}", "file"),
+                (f"{U}/{p}", "link"),
+                (f"{U}/{p}/{p}--shared.prf", "file"),
+            )
+        ),
+    ]
+    assert [e.content for e in result.writes if e.kind == "link"] == [
+        f"{jails[0]}{U}/node2",
+        f"{jails[1]}{U}/node3",
+    ]
+    assert not result.fixes and not result.removes
     assert result.peers_added == ("node2", "node3") and result.peers_removed == result.peers_kept == ()
-    assert all(d["before"] == "" and d["after"] for d in result.diffs())
+    assert all(d["before"] == "" for d in result.diffs())
 
 
 def test_a_settled_node_needs_nothing() -> None:
@@ -412,11 +509,15 @@ def test_changed_content_is_rewritten_with_a_diff() -> None:
 @pytest.mark.parametrize(
     ("path", "change"),
     [
-        ("/etc/ssh/authorized_keys/replimesh", {"mode": 0o664}),
+        (f"{K}/replimesh-node2", {"mode": 0o664}),
         ("/etc/replimesh/known_hosts", {"owner": "replimesh"}),
         (f"{U}/node2/node2--shared.prf", {"group": "replimesh"}),
-        (f"{U}/node2", {"mode": 0o770}),
-        (f"{U}/node3", {"group": "root"}),
+        (f"{J}/replimesh-node2{U}/node2", {"mode": 0o770}),
+        (f"{J}/replimesh-node3{U}/node3", {"group": "root"}),
+        (f"{J}/replimesh-node3", {"owner": "replimesh"}),
+        (f"{J}/replimesh-node2/srv", {"mode": 0o775}),
+        (f"{J}/replimesh-node2{B}", {"mode": 0o755}),
+        (f"{J}/replimesh-node2{B}/shared", {"owner": "root"}),
     ],
 )
 def test_wrong_mode_or_owner_is_fixed_without_rewriting(path: str, change: dict[str, object]) -> None:
@@ -439,11 +540,39 @@ def test_a_symlink_where_a_file_belongs_is_replaced() -> None:
 def test_a_non_directory_where_an_edge_directory_belongs_is_removed_first() -> None:
     spec = make_spec()
     existing = settled(spec)
-    stats = {**existing.stats, f"{U}/node2": Stat("link", 0o777, "replimesh", "replimesh")}
+    archive = f"{J}/replimesh-node2{U}/node2"
+    stats = {**existing.stats, archive: Stat("link", 0o777, "replimesh", "replimesh", "/etc")}
+    stats.pop(f"{U}/node2")
     result = plan(spec, dataclasses.replace(existing, stats=stats, unison_dirs=("node3",)))
-    assert [(r.path, r.kind) for r in result.removes] == [(f"{U}/node2", "file")]
-    assert [e.path for e in result.mkdirs] == [f"{U}/node2"]
+    assert [(r.path, r.kind) for r in result.removes] == [(archive, "file")]
+    assert [e.path for e in result.mkdirs] == [archive]
+    assert [(e.path, e.content) for e in result.writes] == [(f"{U}/node2", archive)]
     assert result.peers_added == ("node2",)
+
+
+def test_the_shared_jail_layouts_edge_directory_becomes_a_link_into_the_peers_jail() -> None:
+    spec = make_spec()
+    existing = settled(spec)
+    stats = {
+        **existing.stats,
+        f"{U}/node2": Stat("dir", 0o1770, "root", "replimesh"),
+        f"{U}/node3": Stat("link", 0o777, "replimesh", "replimesh", "/etc"),
+    }
+    result = plan(spec, dataclasses.replace(existing, stats=stats))
+    # The old directory goes with its archives (the next sync builds a fresh one); a link elsewhere goes.
+    assert [(r.path, r.kind) for r in result.removes] == [(f"{U}/node2", "dir"), (f"{U}/node3", "file")]
+    assert [(e.path, e.kind, e.content) for e in result.writes] == [
+        (f"{U}/{p}", "link", f"{J}/replimesh-{p}{U}/{p}") for p in ("node2", "node3")
+    ]
+    assert result.peers_kept == ("node2", "node3") and not result.mkdirs
+
+
+def test_keys_files_of_gone_logins_and_the_shared_one_are_removed_others_stay() -> None:
+    spec = make_spec(peers=(peer("node2"),))
+    files = ("replimesh", "replimesh-node2", "replimesh-node9", "root", "alice", "other-node9", "replimeshx")
+    result = plan(spec, dataclasses.replace(settled(spec), key_files=files))
+    assert [r.path for r in result.removes] == [f"{K}/replimesh", f"{K}/replimesh-node9"]
+    assert all(r.kind == "file" for r in result.removes)
 
 
 def test_a_directory_where_a_file_belongs_is_an_error() -> None:
@@ -461,6 +590,8 @@ def test_a_removed_peer_loses_its_directory_status_and_lock() -> None:
     assert [(r.path, r.kind) for r in result.removes] == [
         (f"{U}/node3", "dir"),
         (f"{U}/node4", "dir"),
+        (f"{K}/replimesh-node3", "file"),
+        (f"{K}/replimesh-node4", "file"),
         (f"{S}/status/node3.json", "file"),
         (f"{S}/status/node4.json", "file"),
         (f"{S}/locks/node3.lock", "file"),
@@ -472,6 +603,10 @@ def test_a_removed_peer_loses_its_directory_status_and_lock() -> None:
         ("node2",),
     )
     assert result.migrated == ()
+    # The new peer's login gets its keys file and jail; the kept one is left as it is.
+    assert f"{K}/replimesh-node5" in [e.path for e in result.writes]
+    assert f"{J}/replimesh-node5" in [e.path for e in result.mkdirs]
+    assert not [e for e in (*result.writes, *result.mkdirs, *result.fixes) if "node2" in e.path]
 
 
 def test_only_directories_named_like_nodes_are_removed() -> None:
@@ -551,8 +686,12 @@ def test_any_change_of_peers_and_folders_converges(
     assert set(result.peers_kept) == before & after
     removed = {r.path for r in result.removes}
     assert {f"{U}/{n}" for n in before - after} <= removed
+    assert {f"{K}/replimesh-{n}" for n in before - after} <= removed
     assert {f"{U}/{n}/{n}--{f}.prf" for n in before & after for f in old_folders - new_folders} <= removed
     for path in removed:  # nothing else under unison_dir: the kept edges' archives stay
+        if path.startswith(f"{K}/"):
+            assert path.removeprefix(f"{K}/replimesh-") in before - after
+            continue
         if not path.startswith(f"{U}/"):
             assert path.startswith(f"{S}/") and path.split("/")[-1].split(".")[0] in before - after
             continue

@@ -3,6 +3,10 @@
 Ansible ships ``mesh_plugins/module_utils/mesh_member.py`` as ``ansible.module_utils.mesh_member``; here the
 core is registered under that name before the module is imported. The files are chowned to root and to the
 mesh user, so these tests run as root (as ``make test`` does); ``daemon`` stands in for the mesh user.
+
+The host itself is never touched: every path is under tmp_path, and ``FakeSystem`` stands in for the
+commands (useradd, usermod, userdel, mount, umount), the mount table and the peers' group, keeping their
+state between runs so that a second run sees what the first one made.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ import base64
 import json
 import os
 import stat
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -21,11 +27,74 @@ from ansible.module_utils import basic
 from tests.unit.module_harness import load_module, patch_module_args
 
 core, mesh_member = load_module("mesh_member")
+mesh_jail = sys.modules["ansible.module_utils.mesh_jail"]
 
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="chowns files to root and the mesh user")
 USER = "daemon"
 GID = 1
+FSTAB = "# /etc/fstab\nUUID=1234 / ext4 errors=remount-ro 0 1\n/dev/sdb1 /srv ext4 defaults 0 2\n"
+
+
+@dataclass
+class FakeSystem:
+    """The node's logins and mounts, changed only by the commands the module runs."""
+
+    users: set[str] = field(default_factory=set)
+    mounts: set[str] = field(default_factory=set)
+    commands: list[list[str]] = field(default_factory=list)
+    # For each umount: whether the mount point was still there (a jail is unmounted before it goes).
+    umounted_present: list[bool] = field(default_factory=list)
+
+    def run_command(self, module: basic.AnsibleModule, args: list[str], **kw: Any) -> tuple[int, str, str]:
+        argv = [str(arg) for arg in args]
+        self.commands.append(argv)
+        name = argv[-1]
+        if argv[0] in ("useradd", "usermod"):
+            self.users.add(name)
+        elif argv[0] == "userdel":
+            self.users.discard(name)
+        elif argv[:3] == ["mount", "--bind", "--make-slave"]:
+            self.mounts.add(name)
+        elif argv[0] == "umount":
+            self.umounted_present.append(os.path.isdir(name))
+            self.mounts.discard(name)
+        else:
+            return 1, "", f"{argv[0]}: not expected in a test"
+        return 0, "", ""
+
+    @staticmethod
+    def command_of(fake: FakeSystem) -> Any:
+        """``fake.run_command`` as a method of AnsibleModule (the module instance comes first)."""
+
+        def run_command(module: basic.AnsibleModule, args: list[str], **kw: Any) -> tuple[int, str, str]:
+            return fake.run_command(module, args, **kw)
+
+        return run_command
+
+    def ran(self, command: str) -> list[list[str]]:
+        return [argv for argv in self.commands if argv[0] == command]
+
+
+@pytest.fixture(autouse=True)
+def system(tmp_path: Path) -> Any:
+    """Every test runs against the fake: no user is made, nothing mounted, no file outside tmp_path."""
+    fake = FakeSystem()
+    write_file = mesh_jail._write_file
+
+    def guarded_write_fstab(path: str, content: str) -> None:
+        assert path.startswith(f"{tmp_path}/"), f"a test would write {path}"
+        write_file(path, content)
+
+    with (
+        mock.patch.object(basic.AnsibleModule, "run_command", FakeSystem.command_of(fake)),
+        mock.patch.object(mesh_member.Jails, "mounts", lambda self: set(fake.mounts)),
+        mock.patch.object(mesh_member.Jails, "existing_users", lambda self: sorted(fake.users)),
+        mock.patch.object(mesh_jail, "_write_file", guarded_write_fstab),
+        # The folders (/srv/...) are the host's paths in every spec here: taken as made by mesh_sync.
+        mock.patch.object(mesh_member, "_missing_folders", lambda spec: []),
+    ):
+        yield fake
 
 
 class Exited(Exception):
@@ -55,18 +124,29 @@ def node(tmp_path: Path) -> dict[str, Any]:
         "lib/unison",
         "lib/state/status",
         "lib/state/locks",
+        "lib/jails",
+        "lib/jail/bin",
+        "lib/jail/usr/bin",
     ):
         (tmp_path / sub).mkdir(parents=True)
+    # The template jail the mesh_ssh role builds: root-owned binaries, hard-linked into every jail.
+    (tmp_path / "lib/jail/bin/sh").write_text("a shell")
+    (tmp_path / "lib/jail/usr/bin/unison").write_text("unison")
+    (tmp_path / "etc/fstab").write_text(FSTAB)
     return {
         "node": "node1",
         "user": USER,
         "folders": [{"name": "shared", "path": "/srv/replimesh/shared", "ignore": ["*.tmp"]}],
         "peers": [peer("node2"), peer("node3")],
         "config_file": str(tmp_path / "etc/replimesh/mesh.json"),
-        "authorized_keys": str(tmp_path / "etc/ssh/authorized_keys/replimesh"),
+        "authorized_keys_dir": str(tmp_path / "etc/ssh/authorized_keys"),
         "known_hosts": str(tmp_path / "etc/replimesh/known_hosts"),
         "unison_dir": str(tmp_path / "lib/unison"),
         "state_dir": str(tmp_path / "lib/state"),
+        "backup_dir": str(tmp_path / "lib/backups"),
+        "jails_dir": str(tmp_path / "lib/jails"),
+        "jail_template": str(tmp_path / "lib/jail"),
+        "fstab": str(tmp_path / "etc/fstab"),
     }
 
 
@@ -94,13 +174,17 @@ def fail(args: dict[str, Any], check: bool = False) -> str:
     return failed.value.args[0]["msg"]
 
 
-def snapshot(root: Path) -> dict[str, tuple[int, int, int, bytes | None]]:
-    """Every path under root with mode, uid, gid and (for files) bytes."""
+def snapshot(root: Path) -> dict[str, tuple[int, int, int, int, bytes | str | None]]:
+    """Every path under root with mode, uid, gid, inode and (for files) bytes, (for links) the target."""
     found = {}
     for path in sorted(root.rglob("*")):
         st = path.lstat()
-        content = path.read_bytes() if stat.S_ISREG(st.st_mode) else None
-        found[str(path.relative_to(root))] = (st.st_mode, st.st_uid, st.st_gid, content)
+        content: bytes | str | None = None
+        if stat.S_ISREG(st.st_mode):
+            content = path.read_bytes()
+        elif stat.S_ISLNK(st.st_mode):
+            content = os.readlink(path)
+        found[str(path.relative_to(root))] = (st.st_mode, st.st_uid, st.st_gid, st.st_ino, content)
     return found
 
 
@@ -108,45 +192,132 @@ def spec_of(args: dict[str, Any]) -> core.MemberSpec:
     return core.spec_from_params(args)
 
 
+def login(name: str) -> str:
+    return f"{USER}-{name}"
+
+
+def jail(args: dict[str, Any], name: str) -> Path:
+    return Path(args["jails_dir"]) / login(name)
+
+
+def keys_file(args: dict[str, Any], name: str) -> Path:
+    return Path(args["authorized_keys_dir"]) / login(name)
+
+
+def owner_mode(path: Path | str) -> tuple[int, int, int]:
+    st = os.lstat(path)
+    return stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
+
+
 def test_a_fresh_node_gets_its_files_then_a_second_run_changes_nothing(
-    node: dict[str, Any], tmp_path: Path
+    node: dict[str, Any], tmp_path: Path, system: FakeSystem
 ) -> None:
     result = run(node)
-    unison = Path(node["unison_dir"])
+    unison, folder = Path(node["unison_dir"]), "/srv/replimesh/shared"
     assert result["changed"] and result["peers_added"] == ["node2", "node3"]
-    assert result["created"] == [str(unison / "node2"), str(unison / "node3")]
+    assert result["logins_added"] == [login("node2"), login("node3")] and result["logins_removed"] == []
+    assert result["mounted"] == [str(jail(node, p)) + folder for p in ("node2", "node3")]
+    assert {str(jail(node, p)) for p in ("node2", "node3")} <= set(result["created"])
+    assert {str(jail(node, p)) + f"{unison}/{p}" for p in ("node2", "node3")} <= set(result["created"])
     assert sorted(result["written"]) == sorted(
-        [node["config_file"], node["authorized_keys"], node["known_hosts"]]
+        [node["config_file"], node["known_hosts"]]
+        + [str(keys_file(node, p)) for p in ("node2", "node3")]
+        + [str(unison / p) for p in ("node2", "node3")]
         + [str(unison / f"{p}/{p}--shared.prf") for p in ("node2", "node3")]
     )
     spec = spec_of(node)
     assert Path(node["config_file"]).read_text() == core.render_config(spec)
-    assert Path(node["authorized_keys"]).read_text() == core.render_authorized_keys(spec)
+    assert json.loads(Path(node["config_file"]).read_text())["login"] == login("node1")
+    for p in spec.peers:
+        assert keys_file(node, p.name).read_text() == core.render_authorized_keys(spec, p)
+    assert not (Path(node["authorized_keys_dir"]) / USER).exists()
     assert Path(node["known_hosts"]).read_text() == core.render_known_hosts(spec)
     profile = unison / "node2/node2--shared.prf"
     assert profile.read_text() == core.render_profile(spec, spec.peers[0], spec.folders[0])
-    for path in (node["config_file"], node["authorized_keys"], node["known_hosts"], profile):
-        st = os.lstat(path)
-        assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o644, 0, 0), path
-    st = os.lstat(unison / "node2")
-    assert stat.S_ISDIR(st.st_mode) and (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o1770, 0, GID)
+    assert f"root = ssh://{login('node1')}@10.0.0.12:22//srv/replimesh/shared\n" in profile.read_text()
+    for path in (node["config_file"], keys_file(node, "node2"), node["known_hosts"], profile):
+        assert os.path.isfile(path) and owner_mode(path) == (0o644, 0, 0), path
+
+    # Each peer's jail: root-owned directories, its own Unison directory (the host's links to it) and
+    # backup directories, the template's binaries as hard links, its folders' mount points.
+    for name in ("node2", "node3"):
+        root = jail(node, name)
+        archive = Path(f"{root}{unison}/{name}")
+        assert os.readlink(unison / name) == str(archive)
+        assert archive.is_dir() and owner_mode(archive) == (0o1770, 0, GID)
+        assert (archive / f"{name}--shared.prf").is_file()
+        for directory in (
+            root,
+            root / "srv",
+            Path(f"{root}{unison}"),
+            Path(f"{root}{node['unison_dir']}").parent,
+        ):
+            assert owner_mode(directory) == (0o755, 0, 0), directory
+        assert owner_mode(f"{root}{node['backup_dir']}") == (0o750, 0, GID)
+        assert owner_mode(f"{root}{node['backup_dir']}/shared") == (0o700, 1, GID)
+        for rel in ("bin/sh", "usr/bin/unison"):
+            assert (root / rel).stat().st_ino == (tmp_path / "lib/jail" / rel).stat().st_ino
+        assert Path(f"{root}{folder}").is_dir() and not any(Path(f"{root}{folder}").iterdir())
+    assert not os.path.lexists(f"{jail(node, 'node2')}{unison}/node3")  # no other edge's archives
+
+    assert system.ran("useradd") == [
+        ["useradd", "-o", "-u", "1", "-g", "1", "-G", "replimesh-peers", "-M", "-N", "-d", "/", "-s",
+         "/bin/sh", "-p", "*", "-c", f"replimesh peer {name}", login(name)]
+        for name in ("node2", "node3")
+    ]  # fmt: skip
+    assert system.ran("mount") == [
+        ["mount", "--bind", "--make-slave", folder, f"{jail(node, p)}{folder}"] for p in ("node2", "node3")
+    ]
+    assert Path(node["fstab"]).read_text() == FSTAB + "".join(
+        f"{folder} {jail(node, p)}{folder} none bind,slave 0 0\n" for p in ("node2", "node3")
+    )
     assert not [p for p in tmp_path.rglob("*.tmp")]  # no temp file left behind
 
-    before = snapshot(tmp_path)
+    before, commands = snapshot(tmp_path), len(system.commands)
     again = run(node)
     assert not again["changed"] and again["written"] == again["created"] == again["removed"] == []
     assert again["peers_kept"] == ["node2", "node3"] and again["peers_added"] == []
-    assert snapshot(tmp_path) == before
+    assert again["logins_added"] == again["logins_removed"] == again["mounted"] == []
+    assert snapshot(tmp_path) == before and len(system.commands) == commands
 
 
-def test_check_mode_reports_the_plan_and_changes_nothing(node: dict[str, Any], tmp_path: Path) -> None:
+def test_check_mode_reports_the_plan_and_changes_nothing(
+    node: dict[str, Any], tmp_path: Path, system: FakeSystem
+) -> None:
     before = snapshot(tmp_path)
     result = run(node, check=True, diff=True)
     assert result["changed"] and result["peers_added"] == ["node2", "node3"]
-    assert snapshot(tmp_path) == before
+    assert result["logins_added"] == [login("node2"), login("node3")] and len(result["mounted"]) == 2
+    assert snapshot(tmp_path) == before and system.commands == []
     diffs = {d["after_header"]: d for d in result["diff"]}
     assert diffs[node["known_hosts"]]["before"] == ""
     assert diffs[node["known_hosts"]]["after"] == core.render_known_hosts(spec_of(node))
+
+
+def test_check_mode_removing_a_peer_runs_no_command(
+    node: dict[str, Any], tmp_path: Path, system: FakeSystem
+) -> None:
+    run(node)
+    system.commands.clear()
+    node["peers"] = [peer("node2")]
+    before = snapshot(tmp_path)
+    result = run(node, check=True)
+    assert result["changed"] and result["logins_removed"] == [login("node3")]
+    assert system.commands == [] and snapshot(tmp_path) == before
+    assert system.users == {login("node2"), login("node3")}
+
+
+def test_a_new_template_binary_is_linked_into_every_jail(node: dict[str, Any], tmp_path: Path) -> None:
+    run(node)
+    shell = tmp_path / "lib/jail/bin/sh"
+    shell.unlink()
+    shell.write_text("an upgraded shell")
+    assert run(node, check=True)["changed"]
+    assert (jail(node, "node2") / "bin/sh").read_text() == "a shell"
+    assert run(node)["changed"]
+    for name in ("node2", "node3"):
+        assert (jail(node, name) / "bin/sh").stat().st_ino == shell.stat().st_ino
+    assert not run(node)["changed"]
 
 
 def test_diff_mode_shows_the_previous_content(node: dict[str, Any]) -> None:
@@ -154,10 +325,11 @@ def test_diff_mode_shows_the_previous_content(node: dict[str, Any]) -> None:
     node["peers"] = [peer("node2", address="10.0.9.2")]
     result = run(node, diff=True)
     diffs = {d["before_header"]: d for d in result["diff"]}
-    assert set(diffs) == {node["config_file"], node["authorized_keys"], node["known_hosts"],
+    node2_keys = str(keys_file(node, "node2"))
+    assert set(diffs) == {node["config_file"], node2_keys, node["known_hosts"],
                           f"{node['unison_dir']}/node2/node2--shared.prf"}  # fmt: skip
-    assert 'from="10.0.0.12"' in diffs[node["authorized_keys"]]["before"]
-    assert 'from="10.0.9.2"' in diffs[node["authorized_keys"]]["after"]
+    assert 'from="10.0.0.12"' in diffs[node2_keys]["before"]
+    assert 'from="10.0.9.2"' in diffs[node2_keys]["after"]
     assert "diff" not in run(node)
 
 
@@ -172,23 +344,123 @@ def test_a_removed_peer_loses_its_archives_status_and_lock(node: dict[str, Any])
     node["peers"] = [peer("node2")]
     result = run(node)
     assert result["changed"] and result["peers_removed"] == ["node3"] and result["peers_kept"] == ["node2"]
-    assert not (unison / "node3").exists()
+    assert not os.path.lexists(unison / "node3") and not jail(node, "node3").exists()
     assert not (state / "status/node3.json").exists() and not (state / "locks/node3.lock").exists()
     assert (unison / "node2" / ("ar" + "0" * 32)).exists() and (state / "status/node2.json").exists()
     assert (state / "status/notes.txt").exists() and (state / "locks/node2.lock").exists()
-    assert "node3" not in Path(node["authorized_keys"]).read_text()
+    assert not keys_file(node, "node3").exists() and keys_file(node, "node2").exists()
     assert [p["name"] for p in json.loads(Path(node["config_file"]).read_text())["peers"]] == ["node2"]
     assert not run(node)["changed"]
 
 
+def test_a_removed_peers_jail_is_unmounted_then_removed_its_backups_retired_its_login_deleted(
+    node: dict[str, Any], system: FakeSystem
+) -> None:
+    node["folders"].append({"name": "photos", "path": "/srv/photos"})
+    run(node)
+    old = jail(node, "node3")
+    backups = Path(f"{old}{node['backup_dir']}")
+    version = backups / "shared/.bak.0.report.txt"
+    version.write_text("an old version")
+    os.chown(version, 1, GID)  # kept by the edge's server end, as the mesh user
+    archive = Path(f"{old}{node['unison_dir']}/node3") / ("ar" + "3" * 32)
+    archive.write_text("archive")
+    os.chown(archive, 1, GID)
+    system.commands.clear()
+    node["peers"] = [peer("node2")]
+    result = run(node)
+    assert result["logins_removed"] == [login("node3")] and result["mounted"] == []
+    mounts = [f"{old}/srv/photos", f"{old}/srv/replimesh/shared"]
+    assert sorted(argv[1] for argv in system.ran("umount")) == mounts
+    assert system.umounted_present == [True, True]  # unmounted while the jail was still there
+    assert system.commands[-1] == ["userdel", "-f", login("node3")]
+    assert [argv[0] for argv in system.commands] == ["umount", "umount", "userdel"]
+    assert system.users == {login("node2")}
+    assert system.mounts == {f"{jail(node, 'node2')}{p}" for p in ("/srv/replimesh/shared", "/srv/photos")}
+    assert not old.exists() and jail(node, "node2").is_dir()
+    [retired] = (Path(node["backup_dir"]) / ".retired").iterdir()
+    assert retired.name.startswith(f"{login('node3')}-")
+    assert (retired / "shared/.bak.0.report.txt").read_text() == "an old version"
+    assert (retired / "photos").is_dir()
+    assert not run(node)["changed"]
+
+
+def test_fstab_holds_one_bind_per_peer_and_folder_after_the_other_lines(
+    node: dict[str, Any], system: FakeSystem
+) -> None:
+    stale = f"/srv/replimesh/shared {node['jails_dir']}/{login('node9')}/srv/replimesh/shared none bind 0 0\n"
+    Path(node["fstab"]).write_text(FSTAB + stale + "\n\n")
+    node["folders"].append({"name": "photos", "path": "/srv/photos"})
+    run(node)
+    binds = [
+        f"{src} {jail(node, name)}{src} none bind,slave 0 0"
+        for name in ("node2", "node3")
+        for src in ("/srv/replimesh/shared", "/srv/photos")
+    ]
+    assert Path(node["fstab"]).read_text().splitlines() == FSTAB.splitlines() + binds
+    assert owner_mode(node["fstab"]) == (0o644, 0, 0)
+    assert len(system.ran("mount")) == 4
+    node["peers"] = [peer("node3")]
+    run(node)
+    assert Path(node["fstab"]).read_text().splitlines() == FSTAB.splitlines() + binds[2:]
+    node["peers"] = []
+    run(node)
+    assert Path(node["fstab"]).read_text() == FSTAB
+
+
+def test_a_login_that_exists_outside_the_group_is_added_to_it(
+    node: dict[str, Any], system: FakeSystem
+) -> None:
+    def getpwnam(name: str) -> Any:
+        if name == login("node2"):  # made by hand, the mesh user's uid, not in the peers' group
+            return mock.Mock(pw_uid=1, pw_gid=GID)
+        return real(name)
+
+    real = mesh_member.pwd.getpwnam
+    with mock.patch.object(mesh_member.pwd, "getpwnam", getpwnam):
+        run(node)
+    assert system.ran("usermod") == [["usermod", "-a", "-G", "replimesh-peers", login("node2")]]
+    assert [argv[-1] for argv in system.ran("useradd")] == [login("node3")]
+
+
+def test_a_login_taken_by_another_user_fails_the_run(node: dict[str, Any], system: FakeSystem) -> None:
+    real = mesh_member.pwd.getpwnam
+    with mock.patch.object(
+        mesh_member.pwd,
+        "getpwnam",
+        lambda name: mock.Mock(pw_uid=4242) if name == login("node2") else real(name),
+    ):
+        assert f"user {login('node2')} exists and is not the mesh user's" in fail(node)
+    assert system.ran("useradd") == [] and system.ran("usermod") == []
+
+
+def test_a_failing_command_fails_the_run_with_its_message(node: dict[str, Any], system: FakeSystem) -> None:
+    with mock.patch.object(
+        basic.AnsibleModule, "run_command", lambda self, argv, **kw: (12, "", "no such user")
+    ):
+        msg = fail(node)
+    assert "useradd" in msg and "failed (12): no such user" in msg
+
+
 def test_an_inactive_peer_is_trusted_and_written(node: dict[str, Any]) -> None:
     node["peers"] = [peer("node2"), peer("node4", active=False)]
-    run(node)
+    result = run(node)
     peers = json.loads(Path(node["config_file"]).read_text())["peers"]
     assert [(p["name"], p["active"]) for p in peers] == [("node2", True), ("node4", False)]
-    assert "replimesh" not in Path(node["authorized_keys"]).read_text().splitlines()[2]
-    assert Path(node["authorized_keys"]).read_text().splitlines()[2].endswith(f"{USER}@node4")
+    lines = keys_file(node, "node4").read_text().splitlines()
+    assert len(lines) == 2 and lines[1].endswith(f"{USER}@node4") and 'from="10.0.0.14"' in lines[1]
     assert (Path(node["unison_dir"]) / "node4/node4--shared.prf").exists()
+    assert login("node4") in result["logins_added"] and jail(node, "node4").is_dir()
+
+
+def test_the_shared_keys_file_of_the_single_jail_layout_is_removed(node: dict[str, Any]) -> None:
+    keys = Path(node["authorized_keys_dir"])
+    (keys / USER).write_text("old shared keys")
+    (keys / login("node9")).write_text("a gone peer's keys")
+    (keys / "root").write_text("someone else's keys")
+    result = run(node)
+    assert sorted(result["removed"]) == [str(keys / USER), str(keys / login("node9"))]
+    assert sorted(p.name for p in keys.iterdir()) == [login("node2"), login("node3"), "root"]
 
 
 def test_the_flat_layout_is_migrated(node: dict[str, Any]) -> None:
@@ -205,9 +477,20 @@ def test_the_flat_layout_is_migrated(node: dict[str, Any]) -> None:
     assert "msg" not in run(node)
 
 
-def test_a_dropped_folder_loses_its_profiles_only(node: dict[str, Any]) -> None:
+def test_the_shared_jails_edge_directory_is_replaced_by_a_link(node: dict[str, Any]) -> None:
+    unison = Path(node["unison_dir"])
+    (unison / "node2").mkdir(mode=0o1770)
+    (unison / "node2" / ("ar" + "2" * 32)).write_text("archive of the shared jail")
+    result = run(node)
+    assert str(unison / "node2") in result["removed"] and result["peers_kept"] == ["node2"]
+    assert (unison / "node2").is_symlink()
+    assert sorted(p.name for p in (unison / "node2").iterdir()) == ["node2--shared.prf"]
+
+
+def test_a_dropped_folder_loses_its_profiles_only(node: dict[str, Any], system: FakeSystem) -> None:
     node["folders"].append({"name": "photos", "path": "/srv/photos"})
     run(node)
+    system.commands.clear()
     archive = Path(node["unison_dir"]) / "node2" / ("ar" + "1" * 32)
     archive.write_text("archive")
     node["folders"].pop()
@@ -216,6 +499,12 @@ def test_a_dropped_folder_loses_its_profiles_only(node: dict[str, Any]) -> None:
         f"{node['unison_dir']}/{p}/{p}--photos.prf" for p in ("node2", "node3")
     ]
     assert archive.exists() and (archive.parent / "node2--shared.prf").exists()
+    assert "/srv/photos" not in Path(node["fstab"]).read_text()
+    # ... and leaves the kept peers' jails: no peer reaches a folder that is no longer synced.
+    assert system.ran("umount") == [
+        ["umount", "--recursive", f"{jail(node, p)}/srv/photos"] for p in ("node2", "node3")
+    ]
+    assert system.mounts == {f"{jail(node, p)}/srv/replimesh/shared" for p in ("node2", "node3")}
 
 
 def test_wrong_mode_and_owner_are_fixed_in_place(node: dict[str, Any]) -> None:
@@ -223,13 +512,16 @@ def test_wrong_mode_and_owner_are_fixed_in_place(node: dict[str, Any]) -> None:
     profile = Path(node["unison_dir"]) / "node3/node3--shared.prf"
     os.chmod(profile, 0o666)
     os.chown(profile, 1, 1)
-    os.chmod(Path(node["unison_dir"]) / "node2", 0o777)
+    archive = f"{jail(node, 'node2')}{node['unison_dir']}/node2"
+    os.chmod(archive, 0o777)
+    os.chmod(jail(node, "node2"), 0o775)
     inode = profile.stat().st_ino
     result = run(node)
-    assert sorted(result["fixed"]) == [f"{node['unison_dir']}/node2", str(profile)] and not result["written"]
+    assert sorted(result["fixed"]) == sorted([archive, str(jail(node, "node2")), str(profile)])
+    assert not result["written"]
     st = profile.stat()
     assert (st.st_ino, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (inode, 0o644, 0, 0)
-    assert stat.S_IMODE((Path(node["unison_dir"]) / "node2").stat().st_mode) == 0o1770
+    assert owner_mode(archive) == (0o1770, 0, GID) and owner_mode(jail(node, "node2")) == (0o755, 0, 0)
 
 
 def test_symlinks_planted_by_the_mesh_user_are_replaced_not_followed(
@@ -242,7 +534,7 @@ def test_symlinks_planted_by_the_mesh_user_are_replaced_not_followed(
     unison = Path(node["unison_dir"])
     (unison / "node2").symlink_to(outside)
     run(node)
-    assert (unison / "node2").is_dir() and not (unison / "node2").is_symlink()
+    assert os.readlink(unison / "node2") == f"{jail(node, 'node2')}{unison}/node2"
     assert sorted(p.name for p in outside.iterdir()) == ["victim"] and victim.read_text() == "untouched"
     profile = unison / "node3/node3--shared.prf"
     profile.unlink()
@@ -261,35 +553,61 @@ def test_symlinks_planted_by_the_mesh_user_are_replaced_not_followed(
         ({"folders": [{"name": "x", "path": "relative"}]}, "absolute path"),
         ({"user": "Bad User"}, "not a valid user name"),
         ({"unison_dir": "/var"}, "system directory"),
+        ({"jails_dir": "/var/lib"}, "jails_dir /var/lib is a system directory"),
     ],
 )
 def test_bad_input_fails_before_any_change(
-    node: dict[str, Any], tmp_path: Path, change: dict[str, Any], message: str
+    node: dict[str, Any], tmp_path: Path, system: FakeSystem, change: dict[str, Any], message: str
 ) -> None:
     before = snapshot(tmp_path)
     assert message in fail({**node, **change})
-    assert snapshot(tmp_path) == before
+    assert snapshot(tmp_path) == before and system.commands == []
 
 
-def test_a_missing_mesh_user_fails_but_check_mode_only_warns(node: dict[str, Any], tmp_path: Path) -> None:
+def test_a_folder_inside_the_jails_is_refused(node: dict[str, Any], system: FakeSystem) -> None:
+    node["folders"] = [{"name": "x", "path": f"{node['jails_dir']}/x"}]
+    assert "jails_dir" in fail(node) and system.commands == []
+
+
+def test_a_missing_mesh_user_fails_but_check_mode_only_warns(
+    node: dict[str, Any], tmp_path: Path, system: FakeSystem
+) -> None:
     node["user"] = "no-such-mesh-user"
     assert "'no-such-mesh-user'" in fail(node) and "must exist" in fail(node)
     assert not any(Path(node["unison_dir"]).iterdir())
     with mock.patch.object(basic.AnsibleModule, "warn") as warn:
         result = run(node, check=True)
     assert result["changed"] and "must exist" in warn.call_args.args[0]
+    assert system.commands == []
 
 
-def test_missing_directories_fail_with_the_role_to_run(node: dict[str, Any], tmp_path: Path) -> None:
-    node["known_hosts"] = str(tmp_path / "nowhere/known_hosts")
+@pytest.mark.parametrize("param", ["known_hosts", "jails_dir", "jail_template", "authorized_keys_dir"])
+def test_missing_directories_fail_with_the_role_to_run(
+    node: dict[str, Any], tmp_path: Path, system: FakeSystem, param: str
+) -> None:
+    node[param] = str(tmp_path / "nowhere" / Path(node[param]).name)
     msg = fail(node)
-    assert str(tmp_path / "nowhere") in msg and "roles create them" in msg
-    assert not Path(node["config_file"]).exists()
+    missing = Path(node[param]).parent if param == "known_hosts" else Path(node[param])
+    assert str(missing) in msg and "roles create them" in msg
+    assert not Path(node["config_file"]).exists() and system.commands == []
 
 
-def test_no_peers_leaves_headers_only(node: dict[str, Any]) -> None:
+def test_no_peers_leaves_headers_only(node: dict[str, Any], system: FakeSystem) -> None:
     run(node)
     node["peers"] = []
     result = run(node)
     assert result["peers_removed"] == ["node2", "node3"] and not any(Path(node["unison_dir"]).iterdir())
-    assert Path(node["authorized_keys"]).read_text() == core.HEADER + "\n"
+    assert result["logins_removed"] == [login("node2"), login("node3")]
+    assert not any(Path(node["authorized_keys_dir"]).iterdir()) and not any(Path(node["jails_dir"]).iterdir())
+    assert Path(node["known_hosts"]).read_text() == core.HEADER + "\n"
+    assert system.users == system.mounts == set() and Path(node["fstab"]).read_text() == FSTAB
+    assert not run(node)["changed"]
+
+
+def test_a_folder_mesh_sync_did_not_make_yet_fails_before_any_change(
+    node: dict[str, Any], system: FakeSystem
+) -> None:
+    with mock.patch.object(mesh_member, "_missing_folders", lambda spec: ["/srv/replimesh/shared"]):
+        msg = fail(node)
+    assert "missing directories /srv/replimesh/shared" in msg and "before mesh_member" in msg
+    assert system.commands == [] and not Path(node["config_file"]).exists()

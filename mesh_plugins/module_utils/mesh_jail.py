@@ -1,0 +1,405 @@
+"""One SSH chroot jail per edge: what a peer's key reaches on this node, and nothing more.
+
+Every peer logs in as its own user (``edge_user``): the mesh user's uid and gid under another name, so
+files keep one owner, but sshd chroots each name into its own jail (``ChrootDirectory JAILS_DIR/%u``). A
+jail holds the shell and Unison (hard links of the template jail the mesh_ssh role builds), the sync
+folders (bind mounts, at the same paths), the edge's own Unison directory and the versions its server
+end keeps. No other edge's archives, no other edge's backups: a peer's Unison names roots in its own
+jail only.
+
+Standard library only. ``plan_*`` functions are pure; the ``apply_*`` ones change the node and are
+called by the mesh_member module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import hashlib
+import os
+import pwd
+import re
+import shutil
+import stat
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+# A name in /etc/passwd: the peer's node name after the mesh user's, while it fits in 32 characters.
+USER_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+RETIRED = ".retired"  # BACKUP_DIR/.retired/EDGE_USER-TIME: versions a removed edge's server end kept
+
+
+class JailError(RuntimeError):
+    """A jail cannot be made or removed safely; nothing further was changed."""
+
+
+def edge_user(user: str, node: str) -> str:
+    """The name ``node`` logs in as on its peers: ``USER-NODE``, or ``USER-HASH`` when that is too long."""
+    name = f"{user}-{node}"
+    if len(name) <= 32:
+        return name
+    return f"{user[:21]}-{hashlib.sha256(node.encode()).hexdigest()[:10]}"
+
+
+@dataclass(frozen=True)
+class JailLayout:
+    jails_dir: str
+    template: str
+    unison_dir: str
+    backup_dir: str
+
+    def root(self, login: str) -> str:
+        return f"{self.jails_dir}/{login}"
+
+    def archive_dir(self, login: str, peer: str) -> str:
+        """The edge's Unison directory inside the peer's jail (the host's UNISON_DIR/PEER links to it)."""
+        return f"{self.root(login)}{self.unison_dir}/{peer}"
+
+    def backup_root(self, login: str) -> str:
+        return f"{self.root(login)}{self.backup_dir}"
+
+
+def parents(path: str) -> list[str]:
+    """``/a/b/c`` -> ``["/a", "/a/b"]``: the directories above a path, top first."""
+    parts = path.strip("/").split("/")[:-1]
+    return ["/" + "/".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def unescape_mountinfo(field: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def mount_points(mountinfo: str) -> set[str]:
+    """Every mount point in /proc/self/mountinfo."""
+    return {unescape_mountinfo(line.split()[4]) for line in mountinfo.splitlines() if len(line.split()) > 4}
+
+
+def escape_fstab(path: str) -> str:
+    return path.replace("\\", "\\134").replace(" ", "\\040").replace("\t", "\\011")
+
+
+def fstab_binds(current: str, jails_dir: str) -> list[str]:
+    """Mount points of the jails' lines in an fstab."""
+    prefix = escape_fstab(jails_dir.rstrip("/") + "/")
+    found = []
+    for line in current.splitlines():
+        fields = line.split()
+        if len(fields) > 1 and not fields[0].startswith("#") and fields[1].startswith(prefix):
+            found.append(unescape_mountinfo(fields[1]))
+    return found
+
+
+def render_fstab(current: str, binds: Sequence[tuple[str, str]], jails_dir: str) -> str:
+    """/etc/fstab with exactly ``binds`` (source, mount point) for the jails: other lines kept as they are.
+
+    Lines whose mount point lies in JAILS_DIR are the jails'; they come last, after the lines that may
+    mount the folders' own disks, so a booting host binds the mounted disk and not what lies beneath it.
+    """
+    prefix = jails_dir.rstrip("/") + "/"
+    kept = []
+    for line in current.splitlines():
+        fields = line.split()
+        ours = (
+            len(fields) > 1 and not fields[0].startswith("#") and fields[1].startswith(escape_fstab(prefix))
+        )
+        if not ours:
+            kept.append(line)
+    while kept and not kept[-1].strip():
+        kept.pop()
+    # slave: mounts made later under a folder show in the jails too; nothing done in a jail comes back.
+    lines = kept + [f"{escape_fstab(src)} {escape_fstab(dst)} none bind,slave 0 0" for src, dst in binds]
+    if lines == current.splitlines():
+        return current
+    return "\n".join(lines) + "\n"
+
+
+def template_files(template: str, skip: Iterable[str], is_mount: Callable[[str], bool]) -> list[str]:
+    """Paths (relative to the template, with a leading /) of its regular files: the shell, Unison and
+    their libraries. State left in an old shared jail (archives, backups, folders) is skipped."""
+    skipped = {template + path for path in skip}
+    found = []
+    for top, dirs, files in os.walk(template):
+        dirs[:] = sorted(d for d in dirs if f"{top}/{d}" not in skipped and not is_mount(f"{top}/{d}"))
+        found += [f"{top}/{f}"[len(template) :] for f in sorted(files) if os.path.isfile(f"{top}/{f}")]
+    return found
+
+
+def mirror_template(template: str, jail: str, files: Sequence[str], dry_run: bool = False) -> list[str]:
+    """Hard-link the template's files into the jail (root-owned, same inode); returns what changed (or,
+    with ``dry_run``, what would)."""
+    changed = []
+    for rel in files:
+        src, dst = template + rel, jail + rel
+        for directory in parents(rel):
+            if not os.path.isdir(jail + directory):
+                if not dry_run:
+                    os.mkdir(jail + directory, 0o755)
+                changed.append(jail + directory)
+        src_st = os.stat(src)
+        try:
+            dst_st = os.lstat(dst)
+            if (dst_st.st_ino, dst_st.st_dev) == (src_st.st_ino, src_st.st_dev):
+                continue
+        except FileNotFoundError:
+            pass
+        if dry_run:
+            changed.append(dst)
+            continue
+        tmp = f"{dst}.replimesh-new"
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        try:
+            os.link(src, tmp)
+        except OSError:  # another file system: a copy, owned and moded like the template's
+            shutil.copy2(src, tmp)
+            os.chown(tmp, src_st.st_uid, src_st.st_gid)
+        os.replace(tmp, dst)
+        changed.append(dst)
+    return changed
+
+
+def remove_jail(
+    jail: str,
+    archives: str,
+    mounts: Callable[[], set[str]],
+    umount: Callable[[str], None],
+    keep: tuple[str, str] | None = None,
+) -> None:
+    """Unmount what is bound into a jail, keep its backups (``keep``: moved from, to), then remove it.
+
+    Never deletes through a mount: whatever is still mounted in the jail after unmounting stops the
+    removal (JailError), and so does a file that no jail is made of (one not owned by root outside
+    ``archives``, the jail's Unison directories).
+    """
+    prefix = jail.rstrip("/") + "/"
+    for point in sorted((m for m in mounts() if m.startswith(prefix)), key=len, reverse=True):
+        umount(point)
+    if left := sorted(m for m in mounts() if m.startswith(prefix) or m == jail):
+        raise JailError(f"still mounted in {jail}: {', '.join(left)}; not removing it")
+    if keep is not None and os.path.isdir(keep[0]):
+        os.makedirs(os.path.dirname(keep[1]), mode=0o750, exist_ok=True)
+        os.rename(keep[0], keep[1])
+    # Every file is checked before the first is removed, so a refused jail is left whole.
+    for top, _, files in os.walk(jail):
+        for name in files:
+            path = f"{top}/{name}"
+            st = os.lstat(path)
+            if not (stat.S_ISLNK(st.st_mode) or st.st_uid == 0 or path.startswith(archives)):
+                raise JailError(
+                    f"{path} is not part of a jail (owned by uid {st.st_uid}): not removing {jail}"
+                )
+    for top, dirs, files in os.walk(jail, topdown=False):
+        for name in files:
+            os.unlink(f"{top}/{name}")
+        for name in dirs:
+            path = f"{top}/{name}"
+            if os.path.islink(path):
+                os.unlink(path)
+            else:
+                os.rmdir(path)
+    os.rmdir(jail)
+
+
+def retired_path(backup_dir: str, login: str, now: float | None = None) -> str:
+    """Where a removed edge's backups go: BACKUP_DIR/.retired/LOGIN-TIME (never a folder's name)."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() if now is None else now))
+    return f"{backup_dir}/{RETIRED}/{login}-{stamp}"
+
+
+@dataclass(frozen=True)
+class JailPlan:
+    """What the node's logins, jails and mounts need; see ``plan_jails``."""
+
+    users_add: tuple[str, ...] = ()
+    users_remove: tuple[str, ...] = ()
+    jails_remove: tuple[str, ...] = ()
+    binds: tuple[tuple[str, str], ...] = ()  # every (folder, mount point in a jail) wanted
+    mount: tuple[tuple[str, str], ...] = ()  # those not mounted now
+    unmount: tuple[str, ...] = ()  # mount points in kept jails that no wanted bind has (a dropped folder)
+    fstab: str | None = None  # the new /etc/fstab, when it changes
+
+    @property
+    def changed(self) -> bool:
+        return bool(
+            self.users_add
+            or self.users_remove
+            or self.jails_remove
+            or self.mount
+            or self.unmount
+            or self.fstab
+        )
+
+
+def plan_jails(
+    logins: Sequence[str],
+    folders: Sequence[str],
+    layout: JailLayout,
+    users: Iterable[str],
+    jails: Iterable[str],
+    mounted: set[str],
+    fstab: str,
+) -> JailPlan:
+    """Compare the wanted logins (one per peer) and their folder mounts with what the node has.
+
+    ``users``: the edge logins that exist (members of the peers' group); ``jails``: names in JAILS_DIR.
+    """
+    wanted, have, jail_names = set(logins), set(users), set(jails)
+    binds = tuple((path, layout.root(login) + path) for login in sorted(wanted) for path in folders)
+    new_fstab = render_fstab(fstab, binds, layout.jails_dir)
+    points = {dst for _, dst in binds}
+    kept = tuple(layout.root(login) + "/" for login in sorted(wanted))
+    # Only binds replimesh made (its fstab lines) of folders no longer synced, in jails that stay.
+    unmount = [
+        dst for dst in fstab_binds(fstab, layout.jails_dir) if dst.startswith(kept) and dst not in points
+    ]
+    unmount = [dst for dst in unmount if dst in mounted]
+    return JailPlan(
+        users_add=tuple(sorted(wanted - have)),
+        users_remove=tuple(sorted(have - wanted)),
+        jails_remove=tuple(sorted(name for name in jail_names - wanted if USER_RE.fullmatch(name))),
+        binds=binds,
+        mount=tuple(bind for bind in binds if bind[1] not in mounted),
+        unmount=tuple(unmount),
+        fstab=new_fstab if new_fstab != fstab else None,
+    )
+
+
+class Jails:
+    """The peers' logins, their jails' binaries and the folders' bind mounts: what needs commands.
+
+    ``run`` runs a command (argv) and returns (rc, stdout, stderr); ``peers`` maps each login to its peer.
+    """
+
+    def __init__(
+        self,
+        run: Callable[[list[str]], tuple[int, str, str]],
+        user: str,
+        group: str,
+        peers: Mapping[str, str],
+        folders: Sequence[str],
+        layout: JailLayout,
+        fstab: str = "/etc/fstab",
+    ) -> None:
+        self.run, self.user, self.group = run, user, group
+        self.peers, self.folders, self.layout, self.fstab = dict(peers), list(folders), layout, fstab
+        self.logins = sorted(self.peers)
+
+    def _run(self, argv: list[str]) -> str:
+        rc, out, err = self.run(argv)
+        if rc != 0:
+            raise JailError(f"{' '.join(argv)} failed ({rc}): {(err or out).strip()}")
+        return out
+
+    def mounts(self) -> set[str]:
+        with open("/proc/self/mountinfo", encoding="utf-8") as handle:
+            return mount_points(handle.read())
+
+    def existing_users(self) -> list[str]:
+        """Logins in the peers' group that are the mesh user under another name."""
+        try:
+            members = grp.getgrnam(self.group).gr_mem
+            uid = pwd.getpwnam(self.user).pw_uid
+        except KeyError:
+            return []
+        return [name for name in members if name != self.user and _uid(name) == uid]
+
+    def plan(self) -> JailPlan:
+        try:
+            with open(self.fstab, encoding="utf-8") as handle:
+                fstab = handle.read()
+        except FileNotFoundError:
+            fstab = ""
+        try:
+            with os.scandir(self.layout.jails_dir) as it:
+                jails = [e.name for e in it if e.is_dir(follow_symlinks=False)]
+        except FileNotFoundError:
+            jails = []
+        return plan_jails(
+            self.logins, self.folders, self.layout, self.existing_users(), jails, self.mounts(), fstab
+        )
+
+    def template_files(self) -> list[str]:
+        skip = [self.layout.unison_dir, self.layout.backup_dir, *self.folders]
+        return template_files(self.layout.template, skip, self.mounts().__contains__)
+
+    def mirror(self, dry_run: bool) -> list[str]:
+        files = self.template_files()
+        changed = []
+        for login in self.logins:
+            if os.path.isdir(self.layout.root(login)) or not dry_run:
+                changed += mirror_template(self.layout.template, self.layout.root(login), files, dry_run)
+        return changed
+
+    def add_users(self, names: Sequence[str]) -> None:
+        user = pwd.getpwnam(self.user)
+        for name in names:
+            try:
+                found: pwd.struct_passwd | None = pwd.getpwnam(name)
+            except KeyError:
+                found = None
+            if found is not None and found.pw_uid != user.pw_uid:
+                raise JailError(
+                    f"user {name} exists and is not the mesh user's: rename it, a peer logs in as it"
+                )
+            if found is None:
+                self._run(["useradd", "-o", "-u", str(user.pw_uid), "-g", str(user.pw_gid), "-G", self.group,
+                           "-M", "-N", "-d", "/", "-s", "/bin/sh", "-p", "*",
+                           "-c", f"replimesh peer {self.peers.get(name, name)}", name])  # fmt: skip
+            else:
+                self._run(["usermod", "-a", "-G", self.group, name])
+
+    def mount(self, binds: Sequence[tuple[str, str]]) -> None:
+        for src, dst in binds:
+            if not os.path.isdir(dst):
+                os.mkdir(dst, 0o755)
+            # A slave of the folder's mount: unmounting in a jail never unmounts anything on the host.
+            self._run(["mount", "--bind", "--make-slave", src, dst])
+
+    def unmount(self, points: Sequence[str]) -> None:
+        """Folders no longer synced leave the jails they were bound into (the empty mount point goes too)."""
+        for point in points:
+            self._run(["umount", "--recursive", point])
+            if point not in self.mounts():
+                with contextlib.suppress(OSError):
+                    os.rmdir(point)
+
+    def remove(self, names: Sequence[str]) -> None:
+        for name in names:
+            jail = self.layout.root(name)
+            keep = (self.layout.backup_root(name), retired_path(self.layout.backup_dir, name))
+            archives = jail + self.layout.unison_dir + "/"
+            remove_jail(jail, archives, self.mounts, lambda point: self._run(["umount", point]), keep)
+
+    def remove_users(self, names: Sequence[str]) -> None:
+        for name in names:
+            # -f: the mesh user's own processes share the uid; without -r nothing but the entry goes.
+            self._run(["userdel", "-f", name])
+
+
+def _uid(name: str) -> int | None:
+    try:
+        return pwd.getpwnam(name).pw_uid
+    except KeyError:
+        return None
+
+
+def _write_file(path: str, content: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=os.path.dirname(path))
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(content)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def apply_jails(jails: Jails, todo: JailPlan) -> None:
+    """Logins first (a jail must not wait for its user), then binaries, mounts, fstab; stale ones last."""
+    jails.add_users(todo.users_add)
+    jails.mirror(dry_run=False)
+    jails.unmount(todo.unmount)
+    jails.mount(todo.mount)
+    if todo.fstab is not None:
+        _write_file(jails.fstab, todo.fstab)
+    jails.remove(todo.jails_remove)
+    jails.remove_users(todo.users_remove)
