@@ -174,18 +174,20 @@ class Arrivals:
 class PathRunner(Runner):
     """The runner's edge sync (edge lock, marker check, status record, log) for some paths only."""
 
-    def __init__(self, config: Config, paths: Mapping[str, list[str] | None], bigdel_ok: bool) -> None:
+    def __init__(self, config: Config, paths: Mapping[str, list[str] | None]) -> None:
         super().__init__(replace(config, folders=tuple(f for f in config.folders if f.name in paths)))
         self.paths = paths
-        self.bigdel_ok = bigdel_ok
 
     def command(self, peer: Peer, folder: Folder) -> list[str]:
         argv = super().command(peer, folder)
-        for path in self.paths[folder.name] or []:
+        paths = self.paths[folder.name]
+        for path in paths or []:
             argv += ["-path", path]
-        if self.paths[folder.name] and self.bigdel_ok:
-            # A deleted path is "completely emptied" to Unison, which then refuses to sync it. The
-            # marker still guards the folder itself (an unmounted or emptied disk is never synced).
+        if paths:
+            # Unison takes every deleted -path for an emptied replica ("may delete everything below these
+            # paths") and refuses it in batch mode, also the deletion of a folder's last files. These are
+            # paths inotify saw change here; a missing disk is the marker's case, checked before every
+            # run (and, by the profile's mountpoint, on the peer). Whole-folder runs keep the check.
             argv += ["-confirmbigdel=false"]
         return argv
 
@@ -239,19 +241,7 @@ class Edges:
                 time.sleep(min(0.5 * 2**attempt, 8.0))
 
     def _sync(self, peer: str, paths: Mapping[str, list[str] | None]) -> dict[str, Any]:
-        runner = PathRunner(self.config, paths, bigdel_ok=self._replicas_not_emptied())
-        return runner._sync_edge_safely(self._peers[peer])
-
-    def _replicas_not_emptied(self) -> bool:
-        """Unison's big-deletion check stays on when a folder holds nothing but its marker."""
-        for folder in self.config.folders:
-            try:
-                names = [n for n in os.listdir(folder.path) if n != self.config.marker]
-            except OSError:
-                return False
-            if not [n for n in names if not n.startswith(UNISON_TEMP_PREFIX)]:
-                return False
-        return True
+        return PathRunner(self.config, paths)._sync_edge_safely(self._peers[peer])
 
 
 # ---- the watcher -----------------------------------------------------------------------------------

@@ -13,12 +13,14 @@ from collections.abc import Iterator
 import pytest
 
 from tests.conftest import run_tool, wait_until
-from tests.e2e.conftest import FOLDER, Mesh, sha
+from tests.e2e.conftest import FOLDER, MARKER, Mesh, sha
+from tests.e2e.faults import as_user, backup_hashes
 
 pytestmark = pytest.mark.lab
 
 STATE = "/var/lib/replimesh/state"
 RECORD = f"{STATE}/watch/watcher.json"
+SYNC_LOG = "/var/log/replimesh/sync.log"
 # Only the watcher's and the cron job's tasks of the role: the rest of the mesh stays as bootstrapped.
 ROLE_TAGS = ("--tags", "mesh_sync_watch,mesh_sync_cron")
 DELIVERY_TIMEOUT_S = 30.0
@@ -110,3 +112,44 @@ def test_watch_mode_delivers_without_rounds_and_a_killed_watcher_comes_back(watc
     proc = run_tool("meshctl", "status", "-i", str(mesh.inventory), "--json", timeout=600)
     report = json.loads(proc.stdout)
     assert {row["node"]: row.get("watcher") for row in report["nodes"]} == dict.fromkeys(mesh.nodes, "alive")
+
+
+def test_deleting_the_last_files_of_a_folder_reaches_every_node_and_keeps_them(watching: Mesh) -> None:
+    """A user who empties a folder (only the marker left) on one node: the watcher's runs delete the files
+    on every node, and every node that lost a copy keeps it in its backups."""
+    mesh = watching
+    files = {"report.txt": b"the last report\n" * 32, "old/data.bin": bytes(range(256)) * 8}
+    for rel, data in files.items():
+        mesh.write("node2", rel, data)
+    want = {f"./{rel}": sha(data) for rel, data in files.items()}
+    assert wait_until(lambda: all(mesh.digest(n) == want for n in mesh.nodes), DELIVERY_TIMEOUT_S), {
+        n: mesh.digest(n) for n in mesh.nodes
+    }
+
+    logged = int(mesh.lab.sh("node2", f"wc -l < {SYNC_LOG}"))
+    started = time.monotonic()
+    mesh.lab.sh("node2", as_user(f"rm -r {FOLDER}/report.txt {FOLDER}/old"))
+    left = f"find {FOLDER} -mindepth 1 ! -name {MARKER}"
+
+    def since(node: str) -> str:
+        return mesh.lab.sh(node, f"tail -n +{logged + 1} {SYNC_LOG}")
+
+    gone = wait_until(lambda: not any(mesh.lab.sh(n, left).strip() for n in mesh.nodes), DELIVERY_TIMEOUT_S)
+    assert gone, ({n: mesh.lab.sh(n, left) for n in mesh.nodes}, since("node2"))
+    log(f"the last files deleted on node2 were gone from all nodes after {time.monotonic() - started:.1f} s")
+    for node in mesh.nodes:
+        assert mesh.lab.sh(node, f"test -f {FOLDER}/{MARKER} && echo yes").strip() == "yes", node
+        if node != "node2":  # node2's copies were deleted by its user, not by a sync
+            assert set(want.values()) <= backup_hashes(mesh, node), node
+
+    # The watcher's own runs did it, node2's edges say so, and none of its runs was refused (Unison's
+    # big-deletion check).
+    peers = [n for n in mesh.nodes if n != "node2"]
+
+    def edges_ok() -> bool:
+        statuses = [json.loads(mesh.lab.sh("node2", f"cat {STATE}/status/{p}.json")) for p in peers]
+        return all(status["result"] == "ok" for status in statuses)
+
+    assert wait_until(edges_ok, RESTART_TIMEOUT_S), mesh.lab.sh("node2", f"cat {STATE}/status/*.json")
+    runs = since("node2")
+    assert "kind=ok" in runs and "kind=failed" not in runs and "emptied" not in runs, runs

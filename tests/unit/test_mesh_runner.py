@@ -414,6 +414,17 @@ def test_installs_as_replimesh_node_and_needs_only_the_standard_library(
     assert option in proc.stdout
 
 
+def local_profile(mesh: Mesh, remote: Path, peer: str = "node2") -> None:
+    """What the role's profile holds for the edge's folder "shared", with a local second root instead of
+    ssh://, for the real Unison."""
+    (mesh.unison_dir / peer).mkdir()
+    (mesh.unison_dir / peer / f"{peer}--shared.prf").write_text(
+        f"root = {mesh.folders['shared']}\nroot = {remote}\nbatch = true\nauto = true\nprefer = newer\n"
+        f"copyonconflict = true\ntimes = true\nlog = false\nconfirmbigdel = true\nmountpoint = {MARKER}\n"
+        f"ignore = Name {MARKER}\nignore = Name *.tmp\n"
+    )
+
+
 @pytest.mark.skipif(not Path("/usr/bin/unison").exists(), reason="unison is not installed")
 def test_real_unison_between_two_local_dirs(tmp_path: Path, capsys: Capsys) -> None:
     mesh = Mesh(tmp_path, {"node2": True})
@@ -421,13 +432,7 @@ def test_real_unison_between_two_local_dirs(tmp_path: Path, capsys: Capsys) -> N
     remote.mkdir(parents=True)
     (remote / MARKER).touch()
     (mesh.folders["shared"] / "report.bin").write_bytes(os.urandom(4096) + b"\x00end")
-    # What the role's profile holds, with a local second root instead of ssh://.
-    (mesh.unison_dir / "node2").mkdir()
-    (mesh.unison_dir / "node2" / "node2--shared.prf").write_text(
-        f"root = {mesh.folders['shared']}\nroot = {remote}\nbatch = true\nauto = true\nprefer = newer\n"
-        f"copyonconflict = true\ntimes = true\nlog = false\nconfirmbigdel = true\nmountpoint = {MARKER}\n"
-        f"ignore = Name {MARKER}\nignore = Name *.tmp\n"
-    )
+    local_profile(mesh, remote)
     (mesh.folders["shared"] / "scratch.tmp").write_text("ignored")
     mesh.save(unison="/usr/bin/unison")
     code, report = mesh.run(capsys)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,10 +17,11 @@ import pytest
 
 from mesh_plugins.module_utils import mesh_supervise, mesh_watch
 from mesh_plugins.module_utils.mesh_inotify import IN_CLOSE_WRITE, IN_MOVED_FROM, IN_MOVED_TO, Inotify
-from mesh_plugins.module_utils.mesh_runner import ConfigError, Peer, load_config
+from mesh_plugins.module_utils.mesh_runner import ConfigError, Peer, Runner, load_config
 from mesh_plugins.module_utils.mesh_watch import (
     Arrivals,
     Batch,
+    PathRunner,
     Watcher,
     compact_paths,
     ignored,
@@ -28,7 +30,7 @@ from mesh_plugins.module_utils.mesh_watch import (
 )
 from mesh_plugins.module_utils.mesh_watchstate import process_alive, watcher_state
 from tests.conftest import wait_until
-from tests.unit.test_mesh_runner import MARKER, Mesh
+from tests.unit.test_mesh_runner import MARKER, Mesh, local_profile
 
 TEMP = ".unison.report.txt.b177728791efa6f93cd49885694cff73.unison.tmp"
 PEERS = [Peer("node2", "10.0.0.2", 22, True), Peer("node3", "10.0.0.3", 22, False)]
@@ -171,6 +173,53 @@ def test_the_watcher_syncs_only_the_changed_paths_over_every_edge(
     assert mesh.status("node3")["result"] == "ok"  # the runner's status record, as for a cron round
     state = watcher_state(str(mesh.state_dir))
     assert state is not None and state["alive"] is False  # this test process is not a replimesh-watch
+
+
+def test_path_runs_lift_the_big_deletion_check_and_whole_folder_runs_keep_it(tmp_path: Path) -> None:
+    # A second folder holding nothing but its marker changes nothing for the first one's runs.
+    config = load_config(str(Mesh(tmp_path, {"node2": True}, ("shared", "empty")).config_path))
+    peer = config.peers[0]
+    shared, empty = config.folders
+    runner = PathRunner(config, {"shared": ["gone.txt", "sub"], "empty": None})
+    assert runner.command(peer, shared)[2:] == ["-path", "gone.txt", "-path", "sub", "-confirmbigdel=false"]
+    assert runner.command(peer, empty)[2:] == []  # the profile's confirmbigdel = true holds
+
+
+@pytest.mark.skipif(not Path("/usr/bin/unison").exists(), reason="unison is not installed")
+def test_a_path_run_deletes_the_last_files_of_a_folder_but_never_without_its_marker(tmp_path: Path) -> None:
+    """The real Unison, with the role's profile (confirmbigdel = true): a user deletes every file of the
+    folder; a watcher's run of those paths deletes them on the peer, and keeps the marker. While the
+    marker is missing (an unmounted disk, an application writing into the bare mount point) the same run
+    starts no Unison and deletes nothing."""
+    mesh = Mesh(tmp_path, {"node2": True})
+    remote = tmp_path / "peer" / "shared"
+    remote.mkdir(parents=True)
+    (remote / MARKER).touch()
+    local_profile(mesh, remote)
+    mesh.save(unison="/usr/bin/unison")
+    config = load_config(str(mesh.config_path))
+    Runner(config).prepare()
+    folder, peer = mesh.folders["shared"], config.peers[0]
+    (folder / "sub").mkdir()
+    (folder / "sub" / "b.txt").write_text("b")
+    (folder / "a.txt").write_text("a")
+    first = PathRunner(config, {"shared": None})._sync_edge_safely(peer)
+    assert first["result"] == "ok", (first, mesh.log_file.read_text())
+    assert sorted(p.name for p in remote.iterdir()) == [MARKER, "a.txt", "sub"]
+
+    (folder / "a.txt").unlink()
+    shutil.rmtree(folder / "sub")
+    (folder / MARKER).unlink()
+    (folder / "stray.log").write_text("written into the bare mount point")
+    refused = PathRunner(config, {"shared": ["a.txt", "stray.log", "sub"]})._sync_edge_safely(peer)
+    assert refused["result"] == "marker", refused
+    assert sorted(p.name for p in remote.iterdir()) == [MARKER, "a.txt", "sub"]
+
+    (folder / "stray.log").unlink()
+    (folder / MARKER).touch()  # mounted again: the folder holds nothing but its marker
+    done = PathRunner(config, {"shared": ["a.txt", "sub"]})._sync_edge_safely(peer)
+    assert (done["result"], done["files_changed"]) == ("ok", 2), done
+    assert [p.name for p in remote.iterdir()] == [MARKER]
 
 
 CHILD = "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(60)"
