@@ -40,7 +40,8 @@ TOPOLOGY_KEYS = ("kind",)
 OVERLAY_KEYS = ("kind", "degree")
 SYNC_KEYS = ("mode", "schedule", "concurrency", "timeout", "connect_timeout", "backups")
 
-USER_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+# 21 characters at most: each peer logs in as USER-PEER (32 at most; a hash stands in for a long PEER).
+USER_RE = re.compile(r"[a-z_][a-z0-9_-]{0,20}")
 # Node and folder names end up in file names (keys, Unison profiles, status files), hence the narrow alphabet.
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 IDENTIFIER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -154,9 +155,9 @@ def parse_mesh(data: object, *, extra_keys: Collection[str] = ()) -> Mesh:
 
 
 def _parse_user(value: object) -> str:
-    user = _named("user", value, USER_RE, "a POSIX user name like 'replimesh'")
+    user = _named("user", value, USER_RE, "a POSIX user name like 'replimesh', 21 characters at most")
     if user == "root":
-        # The mesh user is what a peer logs in as; root would bypass the SSH jail.
+        # The mesh user runs Unison and owns the folders; root would bypass the SSH jails.
         raise MeshConfigError("user", "must be an unprivileged user, not root")
     return user
 

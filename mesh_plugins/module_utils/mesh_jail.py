@@ -7,8 +7,8 @@ folders (bind mounts, at the same paths), the edge's own Unison directory and th
 end keeps. No other edge's archives, no other edge's backups: a peer's Unison names roots in its own
 jail only.
 
-Standard library only. ``plan_*`` functions are pure; the ``apply_*`` ones change the node and are
-called by the mesh_member module.
+Standard library only. ``plan_jails`` and the text helpers are pure; ``Jails`` (logins, hard links,
+mounts), ``remove_jail`` and ``apply_jails`` change the node, for the mesh_member module.
 """
 
 from __future__ import annotations
@@ -80,15 +80,18 @@ def escape_fstab(path: str) -> str:
     return path.replace("\\", "\\134").replace(" ", "\\040").replace("\t", "\\011")
 
 
+def _jails_line(line: str, jails_dir: str) -> str | None:
+    """The mount point of an fstab line that binds into JAILS_DIR (a jail's line), else None."""
+    fields = line.split()
+    prefix = escape_fstab(jails_dir.rstrip("/") + "/")
+    if len(fields) > 1 and not fields[0].startswith("#") and fields[1].startswith(prefix):
+        return unescape_mountinfo(fields[1])
+    return None
+
+
 def fstab_binds(current: str, jails_dir: str) -> list[str]:
     """Mount points of the jails' lines in an fstab."""
-    prefix = escape_fstab(jails_dir.rstrip("/") + "/")
-    found = []
-    for line in current.splitlines():
-        fields = line.split()
-        if len(fields) > 1 and not fields[0].startswith("#") and fields[1].startswith(prefix):
-            found.append(unescape_mountinfo(fields[1]))
-    return found
+    return [point for line in current.splitlines() if (point := _jails_line(line, jails_dir)) is not None]
 
 
 def render_fstab(current: str, binds: Sequence[tuple[str, str]], jails_dir: str) -> str:
@@ -97,15 +100,7 @@ def render_fstab(current: str, binds: Sequence[tuple[str, str]], jails_dir: str)
     Lines whose mount point lies in JAILS_DIR are the jails'; they come last, after the lines that may
     mount the folders' own disks, so a booting host binds the mounted disk and not what lies beneath it.
     """
-    prefix = jails_dir.rstrip("/") + "/"
-    kept = []
-    for line in current.splitlines():
-        fields = line.split()
-        ours = (
-            len(fields) > 1 and not fields[0].startswith("#") and fields[1].startswith(escape_fstab(prefix))
-        )
-        if not ours:
-            kept.append(line)
+    kept = [line for line in current.splitlines() if _jails_line(line, jails_dir) is None]
     while kept and not kept[-1].strip():
         kept.pop()
     # slave: mounts made later under a folder show in the jails too; nothing done in a jail comes back.

@@ -139,6 +139,7 @@ def test_top_level_must_be_a_mapping(data: object) -> None:
         ("user", "Root", "user", "invalid name"),
         ("user", "1user", "user", "invalid name"),
         ("user", "u" * 33, "user", "invalid name"),
+        ("user", "u" * 22, "user", "21 characters at most"),
         ("user", "user\n", "user", "invalid name"),
         ("user", 5, "user", "must be a string, got an integer"),
         ("user", "root", "user", "unprivileged"),
