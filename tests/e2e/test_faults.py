@@ -94,7 +94,13 @@ def test_a_node_killed_mid_transfer_never_shows_a_partial_file(mesh: Mesh) -> No
             assert final in ("-", str(BIG)), f"partial big.bin on node2: {final} bytes"
             return int(temporary) >= 32 << 20
 
-        assert wait_until(moving, timeout=120, interval=0.2), f"no transfer seen: {seen[-3:]}"
+        if not wait_until(moving, timeout=120, interval=0.2):
+            run.kill()
+            out, err = run.communicate(timeout=30)
+            log = mesh.lab.sh("node1", "tail -n 20 /var/log/replimesh/sync.log", check=False)
+            raise AssertionError(
+                f"no transfer seen: {seen[-3:]}; runner: {out[-1500:]!r} {err[-500:]!r}; {log}"
+            )
         mesh.lab.lab.fault("kill", "node2")
         killed = True
         out, _ = run.communicate(timeout=120)
