@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .mesh_jail import edge_user, parents
+from .mesh_jail import JailLayout, edge_user, parents
 
 HEADER = "# Managed by replimesh (mesh_member): do not edit, the control node rewrites it."
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
@@ -82,8 +82,9 @@ class Layout:
         """The edge's Unison directory as the host sees it: a link into the peer's jail."""
         return f"{self.unison_dir}/{peer}"
 
-    def jail(self, login: str) -> str:
-        return f"{self.jails_dir}/{login}"
+    def jails(self) -> JailLayout:
+        """Where each peer's jail and what is in it lie (mesh_jail's view of this layout)."""
+        return JailLayout(self.jails_dir, self.jail_template, self.unison_dir, self.backup_dir)
 
     def authorized_keys(self, login: str) -> str:
         return f"{self.authorized_keys_dir}/{login}"
@@ -457,29 +458,28 @@ def backup_prefs(spec: MemberSpec, folder: FolderSpec) -> list[str]:
 
 def desired_entries(spec: MemberSpec) -> list[Entry]:
     """Everything that must exist, parents before children."""
-    layout, user = spec.layout, spec.user
+    layout, user, jails = spec.layout, spec.user, spec.layout.jails()
     entries = [
         Entry(layout.config_file, "file", render_config(spec), FILE_MODE, "root", "root"),
         Entry(layout.known_hosts, "file", render_known_hosts(spec), FILE_MODE, "root", "root"),
     ]
+    # A jail's own directories (sshd wants every one root-owned, writable by root only), the same in every
+    # jail; the folders' mount points are the mesh_jail module_utils' (never chowned through a mount).
+    above = parents(f"{layout.unison_dir}/x") + parents(layout.backup_dir)
+    above += [p for folder in spec.folders for p in parents(folder.path)]
+    own_dirs = ["", *dict.fromkeys(above)]
     for peer in _sorted_peers(spec):
         login = spec.login(peer.name)
-        jail = layout.jail(login)
+        jail, backups = jails.root(login), jails.backup_root(login)
         keys = render_authorized_keys(spec, peer)
         entries.append(Entry(layout.authorized_keys(login), "file", keys, FILE_MODE, "root", "root"))
-        # The jail's own directories (sshd wants every one root-owned, writable by root only); the folders'
-        # mount points are the mesh_jail module_utils' (never chowned through a mount).
-        above = parents(f"{layout.unison_dir}/x") + parents(layout.backup_dir)
-        above += [p for folder in spec.folders for p in parents(folder.path)]
-        entries += [
-            Entry(jail + p, "dir", None, DIR_MODE, "root", "root") for p in ["", *dict.fromkeys(above)]
-        ]
-        archive = jail + layout.peer_dir(peer.name)
+        entries += [Entry(jail + p, "dir", None, DIR_MODE, "root", "root") for p in own_dirs]
+        archive = jails.archive_dir(login, peer.name)
         entries.append(Entry(archive, "dir", None, PEER_DIR_MODE, "root", user))
         entries.append(Entry(layout.peer_dir(peer.name), "link", archive, 0o777, "root", "root"))
-        entries.append(Entry(jail + layout.backup_dir, "dir", None, BACKUP_ROOT_MODE, "root", user))
+        entries.append(Entry(backups, "dir", None, BACKUP_ROOT_MODE, "root", user))
         entries += [
-            Entry(f"{jail}{layout.backup_dir}/{folder.name}", "dir", None, BACKUP_DIR_MODE, user, user)
+            Entry(f"{backups}/{folder.name}", "dir", None, BACKUP_DIR_MODE, user, user)
             for folder in spec.folders
         ]
         for folder in spec.folders:

@@ -232,7 +232,7 @@ import stat
 import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.mesh_jail import JailError, JailLayout, Jails, apply_jails
+from ansible.module_utils.mesh_jail import JailError, Jails, apply_jails
 from ansible.module_utils.mesh_member import (
     Entry,
     Existing,
@@ -433,14 +433,13 @@ def main() -> None:
         if not module.check_mode:
             module.fail_json(msg=message)
         module.warn(message)
-    layout = spec.layout
     jails = Jails(
         run=lambda argv: module.run_command(argv),
         user=spec.user,
         group=module.params["peers_group"],
         peers={spec.login(peer.name): peer.name for peer in spec.peers},
         folders=[folder.path for folder in spec.folders],
-        layout=JailLayout(layout.jails_dir, layout.jail_template, layout.unison_dir, layout.backup_dir),
+        layout=spec.layout.jails(),
         fstab=module.params["fstab"],
     )
     try:
