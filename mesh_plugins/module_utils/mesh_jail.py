@@ -2,10 +2,11 @@
 
 Every peer logs in as its own user (``edge_user``): the mesh user's uid and gid under another name, so
 files keep one owner, but sshd chroots each name into its own jail (``ChrootDirectory JAILS_DIR/%u``). A
-jail holds the shell and Unison (hard links of the template jail the mesh_ssh role builds), the sync
-folders (bind mounts, at the same paths), the edge's own Unison directory and the versions its server
-end keeps. No other edge's archives, no other edge's backups: a peer's Unison names roots in its own
-jail only.
+jail holds the shell, Unison and the forced command (hard links of the template jail the mesh_ssh role
+builds), the sync folders (recursive bind mounts at the same paths, read-only, nosuid, nodev: a peer's
+login never writes them; a disk mounted inside a folder shows the same in the jail as on the host), the
+edge's own Unison directory (its archive, the one place the login writes) and a notice directory. No
+other edge's archives, no versions at all: a node's versions are kept by its own pulls, on the host.
 
 Standard library only. ``plan_jails`` and the text helpers are pure; ``Jails`` (logins, hard links,
 mounts), ``remove_jail`` and ``apply_jails`` change the node, for the mesh_member module.
@@ -76,6 +77,22 @@ def mount_points(mountinfo: str) -> set[str]:
     return {unescape_mountinfo(line.split()[4]) for line in mountinfo.splitlines() if len(line.split()) > 4}
 
 
+# What every mount in a jail must carry: a peer reads the folders, never writes or runs anything there.
+JAIL_MOUNT_FLAGS = ("ro", "nosuid", "nodev")
+
+
+def writable_points(mountinfo: str, prefix: str) -> set[str]:
+    """Mount points under ``prefix`` that lack one of JAIL_MOUNT_FLAGS (per-mount options, field 6)."""
+    found = set()
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if len(fields) > 5:
+            point = unescape_mountinfo(fields[4])
+            if point.startswith(prefix) and not set(JAIL_MOUNT_FLAGS) <= set(fields[5].split(",")):
+                found.add(point)
+    return found
+
+
 def escape_fstab(path: str) -> str:
     return path.replace("\\", "\\134").replace(" ", "\\040").replace("\t", "\\011")
 
@@ -103,8 +120,10 @@ def render_fstab(current: str, binds: Sequence[tuple[str, str]], jails_dir: str)
     kept = [line for line in current.splitlines() if _jails_line(line, jails_dir) is None]
     while kept and not kept[-1].strip():
         kept.pop()
-    # slave: mounts made later under a folder show in the jails too; nothing done in a jail comes back.
-    lines = kept + [f"{escape_fstab(src)} {escape_fstab(dst)} none bind,slave 0 0" for src, dst in binds]
+    # rbind: a disk mounted inside a folder shows in the jail too; rslave: mounts made later under a folder
+    # follow, nothing done in a jail comes back; ro,nosuid,nodev: the peer only reads.
+    options = ",".join(("rbind", *JAIL_MOUNT_FLAGS, "rslave"))
+    lines = kept + [f"{escape_fstab(src)} {escape_fstab(dst)} none {options} 0 0" for src, dst in binds]
     if lines == current.splitlines():
         return current
     return "\n".join(lines) + "\n"
@@ -212,6 +231,8 @@ class JailPlan:
     jails_remove: tuple[str, ...] = ()
     binds: tuple[tuple[str, str], ...] = ()  # every (folder, mount point in a jail) wanted
     mount: tuple[tuple[str, str], ...] = ()  # those not mounted now
+    remount: tuple[str, ...] = ()  # mounted binds (or mounts below them) not yet read-only, nosuid, nodev
+    retire: tuple[str, ...] = ()  # kept logins whose jail still holds versions (earlier layout)
     unmount: tuple[str, ...] = ()  # mount points in kept jails that no wanted bind has (a dropped folder)
     fstab: str | None = None  # the new /etc/fstab, when it changes
 
@@ -222,6 +243,8 @@ class JailPlan:
             or self.users_remove
             or self.jails_remove
             or self.mount
+            or self.remount
+            or self.retire
             or self.unmount
             or self.fstab
         )
@@ -235,10 +258,14 @@ def plan_jails(
     jails: Iterable[str],
     mounted: set[str],
     fstab: str,
+    writable: set[str] = frozenset(),  # type: ignore[assignment]
+    with_backups: Iterable[str] = (),
 ) -> JailPlan:
     """Compare the wanted logins (one per peer) and their folder mounts with what the node has.
 
-    ``users``: the edge logins that exist (members of the peers' group); ``jails``: names in JAILS_DIR.
+    ``users``: the edge logins that exist (members of the peers' group); ``jails``: names in JAILS_DIR;
+    ``writable``: mount points in JAILS_DIR not read-only, nosuid, nodev; ``with_backups``: logins whose
+    jail still has the versions directory of the earlier layout (its server end kept versions).
     """
     wanted, have, jail_names = set(logins), set(users), set(jails)
     binds = tuple((path, layout.root(login) + path) for login in sorted(wanted) for path in folders)
@@ -256,6 +283,10 @@ def plan_jails(
         jails_remove=tuple(sorted(name for name in jail_names - wanted if USER_RE.fullmatch(name))),
         binds=binds,
         mount=tuple(bind for bind in binds if bind[1] not in mounted),
+        remount=tuple(
+            sorted(p for p in writable if p in points or any(p.startswith(f"{d}/") for d in points))
+        ),
+        retire=tuple(sorted(set(with_backups) & wanted)),
         unmount=tuple(unmount),
         fstab=new_fstab if new_fstab != fstab else None,
     )
@@ -311,8 +342,19 @@ class Jails:
                 jails = [e.name for e in it if e.is_dir(follow_symlinks=False)]
         except FileNotFoundError:
             jails = []
+        with open("/proc/self/mountinfo", encoding="utf-8") as handle:
+            info = handle.read()
+        old_backups = [login for login in self.logins if os.path.isdir(self.layout.backup_root(login))]
         return plan_jails(
-            self.logins, self.folders, self.layout, self.existing_users(), jails, self.mounts(), fstab
+            self.logins,
+            self.folders,
+            self.layout,
+            self.existing_users(),
+            jails,
+            mount_points(info),
+            fstab,
+            writable_points(info, self.layout.jails_dir.rstrip("/") + "/"),
+            old_backups,
         )
 
     def template_files(self) -> list[str]:
@@ -349,8 +391,22 @@ class Jails:
         for src, dst in binds:
             if not os.path.isdir(dst):
                 os.mkdir(dst, 0o755)
-            # A slave of the folder's mount: unmounting in a jail never unmounts anything on the host.
-            self._run(["mount", "--bind", "--make-slave", src, dst])
+            # Recursive, and a slave of the folder's mounts: unmounting in a jail never unmounts anything
+            # on the host. Then read-only, nosuid, nodev, each mount of the tree (a bind's flags are set by
+            # a remount, one mount at a time).
+            self._run(["mount", "--rbind", "--make-rslave", src, dst])
+            self.remount(sorted(p for p in self.mounts() if p == dst or p.startswith(f"{dst}/")))
+
+    def remount(self, points: Sequence[str]) -> None:
+        for point in points:
+            self._run(["mount", "-o", "remount,bind," + ",".join(JAIL_MOUNT_FLAGS), point])
+
+    def retire(self, logins: Sequence[str]) -> None:
+        """Versions an earlier layout let a peer's server end keep in its jail go to BACKUP_DIR/.retired."""
+        for login in logins:
+            target = retired_path(self.layout.backup_dir, login)
+            os.makedirs(os.path.dirname(target), mode=0o750, exist_ok=True)
+            os.rename(self.layout.backup_root(login), target)
 
     def unmount(self, points: Sequence[str]) -> None:
         """Folders no longer synced leave the jails they were bound into (the empty mount point goes too)."""
@@ -394,6 +450,8 @@ def apply_jails(jails: Jails, todo: JailPlan) -> None:
     jails.mirror(dry_run=False)
     jails.unmount(todo.unmount)
     jails.mount(todo.mount)
+    jails.remount(todo.remount)
+    jails.retire(todo.retire)
     if todo.fstab is not None:
         _write_file(jails.fstab, todo.fstab)
     jails.remove(todo.jails_remove)

@@ -4,13 +4,20 @@ Standard library only (and mesh_jail, the per-edge jails). Nothing here touches 
 ``desired_entries`` says what must exist, the module reads what does exist into an ``Existing``, and
 ``plan`` compares the two.
 
-Layout on a node (defaults): ``/etc/replimesh/mesh.json`` (the runner's config) and
-``/etc/replimesh/known_hosts``; per peer a login ``USER-PEER`` (see mesh_jail) with its key in the
-root-owned ``/etc/ssh/authorized_keys/USER-PEER``, its own chroot jail ``JAILS_DIR/USER-PEER``, and in that
-jail the edge's Unison directory ``UNISON_DIR/PEER`` (root:USER 01770: the mesh user writes Unison's
-archives there, but cannot replace the root-owned profiles ``PEER--FOLDER.prf``), which the host's
-``UNISON_DIR/PEER`` links to, so both ends of the edge use one directory. Removing an edge removes exactly
-its login, jail, profiles and archives.
+Layout on a node (defaults): ``/etc/replimesh/mesh.json`` (the runner's config),
+``/etc/replimesh/known_hosts`` and ``/etc/replimesh/profiles/PEER--FOLDER.prf`` (root-owned, out of every
+peer's reach); per peer a login ``USER-PEER`` (see mesh_jail) with its key in the root-owned
+``/etc/ssh/authorized_keys/USER-PEER``, its own chroot jail ``JAILS_DIR/USER-PEER``, and in that jail the
+edge's Unison directory ``UNISON_DIR/PEER``, which the host's ``UNISON_DIR/PEER`` links to: one archive per
+edge on each host, whichever end runs (pull-only runs converge only so).
+
+Every run pulls: this node's own client, with its own profile, writes this node's disk, and the peer's
+root is ``noupdate``/``nodeletion``/``nocreation``. The edge directory is the one place a peer's login
+writes (its server end keeps its archive there), and this node's client reads it as ``UNISON``: so every
+name Unison would read there as a setting (``PEER--FOLDER``, ``PEER--FOLDER.prf``, ``default``,
+``default.prf``) is a root-owned link the peer cannot replace (the directory is root:USER 01770, sticky),
+pointing at the profile in ``/etc/replimesh/profiles`` or at ``/dev/null``. Removing an edge removes
+exactly its login, jail, profiles and archives.
 """
 
 from __future__ import annotations
@@ -38,6 +45,10 @@ ADDRESS_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*")
 PATH_RE = re.compile(r"/[^\s\"'\\,=\x00-\x1f\x7f]*")
 PREF_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]* = [^\x00-\x1f\x7f]+")
 CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+MAX_DELETIONS_RE = re.compile(r"[0-9]{1,9}|(?:100|[0-9]{1,2})%")
+# The jail's forced command (the mesh_ssh role puts it in the template jail): the Unison server, or a
+# change notice from the peer (watch mode), nothing else.
+SERVE = "/bin/replimesh-serve"
 # Files of the previous flat layout (everything directly in UNISON_DIR), removed on migration.
 LEGACY_FILE_RES = (
     re.compile(r"(ar|fp|lk)[0-9a-f]{32}"),
@@ -54,8 +65,12 @@ PROTECTED_DIRS = frozenset([
 FILE_MODE = 0o644
 DIR_MODE = 0o755
 PEER_DIR_MODE = 0o1770
-BACKUP_ROOT_MODE = 0o750
-BACKUP_DIR_MODE = 0o700
+# Where a peer's ssh leaves a change notice (watch mode): the login writes, this node's watcher reads.
+NOTIFY_DIR = "/notify"
+NOTIFY_DIR_MODE = 0o1770
+# Names Unison reads in its UNISON directory as a profile when they exist: the profile's name with and
+# without .prf, and default(.prf) when no profile is named. All held by root-owned links (see the module doc).
+GUARDED_DEFAULTS = ("default", "default.prf")
 
 
 class MemberError(ValueError):
@@ -72,8 +87,10 @@ class Layout:
     log_file: str = "/var/log/replimesh/sync.log"
     key: str = "/var/lib/replimesh/.ssh/id_ed25519"
     unison_binary: str = "/usr/bin/unison"
-    # Old versions of overwritten and deleted files, BACKUP_DIR/FOLDER (the same path in the SSH jail).
+    # Old versions of what this node's own pulls overwrote or deleted, BACKUP_DIR/FOLDER (in no jail).
     backup_dir: str = "/var/lib/replimesh/backups"
+    # The edges' profiles, root-owned: no login of any peer reaches them.
+    profiles_dir: str = "/etc/replimesh/profiles"
     # One chroot jail per peer, JAILS_DIR/LOGIN, made from the template jail (shell, Unison, libraries).
     jails_dir: str = "/var/lib/replimesh/jails"
     jail_template: str = "/var/lib/replimesh/jail"
@@ -90,7 +107,7 @@ class Layout:
         return f"{self.authorized_keys_dir}/{login}"
 
     def profile(self, peer: str, folder: str) -> str:
-        return f"{self.unison_dir}/{peer}/{peer}--{folder}.prf"
+        return f"{self.profiles_dir}/{peer}--{folder}.prf"
 
 
 @dataclass(frozen=True)
@@ -129,6 +146,9 @@ class Settings:
     marker: str = ".replimesh-folder"
     unison_extra_prefs: tuple[str, ...] = ()
     backups: int = 0  # versions Unison keeps of each overwritten or deleted file; 0: none
+    # The mass-deletion brake: at most this many files ("N") or this share of a folder ("N%") deleted by
+    # one pull; more stops the edge until an operator allows it once.
+    max_deletions: str = "50%"
 
 
 @dataclass(frozen=True)
@@ -176,7 +196,7 @@ class Existing:
     ``unison_dirs``/``unison_files``: names of directories and links / regular files directly in
     UNISON_DIR; ``peer_files``: names of the non-directories in each current peer's directory;
     ``status``/``locks``: names in STATE_DIR/status and STATE_DIR/locks; ``key_files``: names in
-    AUTHORIZED_KEYS_DIR.
+    AUTHORIZED_KEYS_DIR. ``peer_files`` lists links too (the guards of the profile names).
     """
 
     stats: Mapping[str, Stat] = field(default_factory=dict)
@@ -186,6 +206,7 @@ class Existing:
     peer_files: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     status: tuple[str, ...] = ()
     locks: tuple[str, ...] = ()
+    profile_files: tuple[str, ...] = ()  # names in PROFILES_DIR
 
 
 @dataclass(frozen=True)
@@ -284,13 +305,13 @@ def validate(spec: MemberSpec) -> None:
     _check(
         layout.config_file != layout.known_hosts, "config_file and known_hosts must be two different files"
     )
-    for name in ("unison_dir", "state_dir", "backup_dir", "jails_dir", "authorized_keys_dir"):
+    for name in ("unison_dir", "state_dir", "backup_dir", "jails_dir", "authorized_keys_dir", "profiles_dir"):
         _check(
             getattr(layout, name) not in PROTECTED_DIRS,
             f"{name} {getattr(layout, name)} is a system directory: replimesh removes old edges' entries "
             "from it by name; give it a directory of its own",
         )
-    state = ("unison_dir", "backup_dir", "jails_dir", "jail_template")
+    state = ("unison_dir", "backup_dir", "jails_dir", "jail_template", "profiles_dir")
     for one in state:
         for other in state:
             a, b = getattr(layout, one), getattr(layout, other)
@@ -336,6 +357,11 @@ def validate(spec: MemberSpec) -> None:
     backups = settings.backups
     valid = isinstance(backups, int) and not isinstance(backups, bool) and 0 <= backups <= 1000
     _check(valid, f"backups must be a whole number 0-1000 (got {backups!r})")
+    _check(
+        isinstance(settings.max_deletions, str) and bool(MAX_DELETIONS_RE.fullmatch(settings.max_deletions)),
+        f"max_deletions must be a count (e.g. 100) or a percentage 0-100 (e.g. 50%) "
+        f"(got {settings.max_deletions!r})",
+    )
     marker = settings.marker
     valid = (
         isinstance(marker, str) and marker not in ("", ".", "..") and not re.search(r"[\s/\x00-\x1f]", marker)
@@ -366,7 +392,10 @@ def render_config(spec: MemberSpec) -> str:
         "login": spec.login(spec.node),
         "folders": [{"name": f.name, "path": f.path, "ignore": list(f.ignore)} for f in spec.folders],
         "peers": [
-            {k: getattr(p, k) for k in ("name", "address", "port", "initiator", "active")}
+            {
+                **{k: getattr(p, k) for k in ("name", "address", "port", "initiator", "active")},
+                "notify_dir": layout.jails().root(spec.login(p.name)) + NOTIFY_DIR,
+            }
             for p in _sorted_peers(spec)
         ],
         "concurrency": settings.concurrency,
@@ -379,15 +408,17 @@ def render_config(spec: MemberSpec) -> str:
         "log_file": layout.log_file,
         "backups": settings.backups,
         "backup_dir": layout.backup_dir,
+        "max_deletions": settings.max_deletions,
     }
     return json.dumps(data, sort_keys=True, indent=2) + "\n"
 
 
 def render_authorized_keys(spec: MemberSpec, peer: PeerSpec) -> str:
-    """The peer's keys file (sshd reads AUTHORIZED_KEYS_DIR/LOGIN): the Unison server, from its address."""
+    """The peer's keys file (sshd reads AUTHORIZED_KEYS_DIR/LOGIN): from its address, the jail's forced
+    command, which serves Unison (read-only folders) or takes a change notice, nothing else."""
     command = (
         f"UNISONLOCALHOSTNAME={spec.node} UNISON={spec.layout.peer_dir(peer.name)} "
-        f"exec {spec.layout.unison_binary} -server"
+        f"UNISON_BINARY={spec.layout.unison_binary} exec {SERVE}"
     )
     # Two lines while the peer rotates its key, with the same restrictions: either key works.
     lines = [HEADER] + [
@@ -411,10 +442,16 @@ def render_profile(spec: MemberSpec, peer: PeerSpec, folder: FolderSpec) -> str:
         f"-o StrictHostKeyChecking=yes -o ConnectTimeout={settings.connect_timeout} "
         f"-o ServerAliveInterval={settings.server_alive_interval} -o ServerAliveCountMax=3"
     )
+    remote = f"ssh://{spec.login(spec.node)}@{url_host(peer.address)}:{peer.port}/{folder.path}"
     lines = [
-        f"# Managed by replimesh (mesh_member): edge {spec.node} <-> {peer.name}, folder {folder.name}.",
+        f"# Managed by replimesh (mesh_member): {spec.node} pulls folder {folder.name} from {peer.name}.",
         f"root = {folder.path}",
-        f"root = ssh://{spec.login(spec.node)}@{url_host(peer.address)}:{peer.port}/{folder.path}",
+        f"root = {remote}",
+        # Pull only: this run writes this node's disk and never the peer's (its jail shows the folders
+        # read-only too). A change made here waits for the peer's own pull.
+        f"noupdate = {remote}",
+        f"nodeletion = {remote}",
+        f"nocreation = {remote}",
         "batch = true",
         "auto = true",
         "prefer = newer",
@@ -440,12 +477,8 @@ def render_profile(spec: MemberSpec, peer: PeerSpec, folder: FolderSpec) -> str:
 
 
 def backup_prefs(spec: MemberSpec, folder: FolderSpec) -> list[str]:
-    """Unison keeps the old version of every file it overwrites or deletes, outside the synced tree.
-
-    Both ends of an edge back up into BACKUP_DIR/FOLDER: a run started here on the host, the server end
-    inside the peer's jail (where the same path is the jail's own), so no peer reaches versions that
-    another edge or this node's own runs kept.
-    """
+    """Unison keeps the old version of every file a pull overwrites or deletes here, outside the synced
+    tree, in BACKUP_DIR/FOLDER on the host: in no jail, so no peer reaches, deletes or disables them."""
     if spec.settings.backups <= 0:
         return []
     return [
@@ -462,30 +495,40 @@ def desired_entries(spec: MemberSpec) -> list[Entry]:
     entries = [
         Entry(layout.config_file, "file", render_config(spec), FILE_MODE, "root", "root"),
         Entry(layout.known_hosts, "file", render_known_hosts(spec), FILE_MODE, "root", "root"),
+        Entry(layout.profiles_dir, "dir", None, DIR_MODE, "root", "root"),
     ]
     # A jail's own directories (sshd wants every one root-owned, writable by root only), the same in every
     # jail; the folders' mount points are the mesh_jail module_utils' (never chowned through a mount).
-    above = parents(f"{layout.unison_dir}/x") + parents(layout.backup_dir)
-    above += [p for folder in spec.folders for p in parents(folder.path)]
+    above = parents(f"{layout.unison_dir}/x") + [p for folder in spec.folders for p in parents(folder.path)]
     own_dirs = ["", *dict.fromkeys(above)]
     for peer in _sorted_peers(spec):
         login = spec.login(peer.name)
-        jail, backups = jails.root(login), jails.backup_root(login)
+        jail = jails.root(login)
         keys = render_authorized_keys(spec, peer)
         entries.append(Entry(layout.authorized_keys(login), "file", keys, FILE_MODE, "root", "root"))
         entries += [Entry(jail + p, "dir", None, DIR_MODE, "root", "root") for p in own_dirs]
         archive = jails.archive_dir(login, peer.name)
         entries.append(Entry(archive, "dir", None, PEER_DIR_MODE, "root", user))
         entries.append(Entry(layout.peer_dir(peer.name), "link", archive, 0o777, "root", "root"))
-        entries.append(Entry(backups, "dir", None, BACKUP_ROOT_MODE, "root", user))
+        entries.append(Entry(jail + NOTIFY_DIR, "dir", None, NOTIFY_DIR_MODE, "root", user))
         entries += [
-            Entry(f"{backups}/{folder.name}", "dir", None, BACKUP_DIR_MODE, user, user)
-            for folder in spec.folders
+            Entry(f"{archive}/{name}", "link", "/dev/null", 0o777, "root", "root")
+            for name in GUARDED_DEFAULTS
         ]
         for folder in spec.folders:
             path = layout.profile(peer.name, folder.name)
             entries.append(Entry(path, "file", render_profile(spec, peer, folder), FILE_MODE, "root", "root"))
+            name = profile_name(peer.name, folder.name)
+            entries += [
+                Entry(f"{archive}/{guard}", "link", path, 0o777, "root", "root")
+                for guard in (name, f"{name}.prf")
+            ]
     return entries
+
+
+def profile_name(peer: str, folder: str) -> str:
+    """The name the runner gives Unison (``unison PEER--FOLDER``)."""
+    return f"{peer}--{folder}"
 
 
 def _stale(spec: MemberSpec, existing: Existing) -> tuple[list[Removal], list[str]]:
@@ -502,13 +545,21 @@ def _stale(spec: MemberSpec, existing: Existing) -> tuple[list[Removal], list[st
         if any(pattern.fullmatch(name) for pattern in LEGACY_FILE_RES)
     ]
     removes += [Removal(path, "file") for path in migrated]
+    # Profiles, and their guards in the edge directories, of folders (or peers) no longer configured.
+    wanted = {profile_name(peer.name, folder.name) for peer in spec.peers for folder in spec.folders}
+    profile_re = re.compile(r"([a-z0-9][a-z0-9_-]*--[a-z0-9][a-z0-9_-]*)(\.prf)?")
+    removes += [
+        Removal(f"{layout.profiles_dir}/{name}", "file")
+        for name in sorted(existing.profile_files)
+        if (match := profile_re.fullmatch(name)) and match.group(2) and match.group(1) not in wanted
+    ]
     for peer in sorted(peers & set(existing.peer_files)):
-        wanted = {f"{peer}--{folder.name}.prf" for folder in spec.folders}
-        profile_re = re.compile(re.escape(peer) + r"--[a-z0-9][a-z0-9_-]*\.prf")
         removes += [
             Removal(f"{layout.peer_dir(peer)}/{name}", "file")
             for name in sorted(existing.peer_files[peer])
-            if profile_re.fullmatch(name) and name not in wanted
+            if (match := profile_re.fullmatch(name))
+            and match.group(1).startswith(f"{peer}--")
+            and match.group(1) not in wanted
         ]
     # Keys files of logins no peer has any more, and the one shared file of the single-jail layout.
     logins = {spec.login(name) for name in peers}

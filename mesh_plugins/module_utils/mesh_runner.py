@@ -4,12 +4,22 @@ Installed by the mesh_sync role as ``replimesh_node`` (beside ``mesh_status``) a
 ``/usr/local/sbin/replimesh-sync``; Debian's python3 with the standard library only, no Ansible.
 
 The peer list comes from one root-owned file written by the control node (``/etc/replimesh/mesh.json``);
-the node never learns peers from anywhere else. Per edge and folder it runs exactly ``[unison, PROFILE]``
-with PROFILE ``{peer}--{folder}``: the profile (roots, ssh options, prefer/copyonconflict, mountpoint,
-ignores) is the role's, so what runs is what Ansible wrote and nothing else.
+the node never learns peers from anywhere else. Every run *pulls*: per peer and folder it runs
+``[unison, PROFILE]`` with PROFILE ``{peer}--{folder}``, the root-owned profile the control node wrote
+(roots, ssh options, prefer/copyonconflict, mountpoint, ignores, backups, and ``noupdate``/``nodeletion``/
+``nocreation`` on the peer's root): this node's own client writes this node's disk, never the peer's. A
+change made here reaches a peer when that peer pulls. A round pulls from every active peer.
+
+The mass-deletion brake: each pull first runs with ``-nodeletion`` on the local root too. Deletions it
+held back are applied by a second run of only those paths when they stay within ``max_deletions``
+(a count, or a share of the folder's files; a share never stops 10 deletions or fewer); otherwise the
+edge stops as ``brake``, nothing deleted, until ``--allow-deletions``.
+
+Before each run the edge's Unison directory (where the peer's login writes its archive) is cleared of
+whatever Unison itself never makes there: links not root's, directories, FIFOs, hard links.
 
 Exit codes: 0 every edge ok/conflict/skipped/busy; 1 some edge failed (failed, unreachable, timeout,
-hostkey, marker); 2 bad configuration or usage.
+hostkey, marker, brake); 2 bad configuration or usage.
 """
 
 from __future__ import annotations
@@ -20,8 +30,11 @@ import fcntl
 import json
 import os
 import pwd
+import random
 import re
+import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -34,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from .mesh_cleanup import clean_stale_temps, due
-from .mesh_locks import locked_error, recover_stale_locks
+from .mesh_locks import LOCKED_TEXT, locked_error, recover_stale_locks
 from .mesh_metrics import render_metrics
 from .mesh_status import (
     HARMLESS_KINDS,
@@ -68,6 +81,14 @@ USER_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 CLEANUP_EVERY_S = 3600.0  # how often a node looks for stale Unison temporary entries in its folders
 KILL_GRACE_S = 5.0  # between SIGTERM and SIGKILL of a timed-out Unison's process group
 LOG_TAIL_LINES = 20
+# Both ends of an edge pull at times (a round runs every node at once), and Unison locks the edge's
+# archives on both hosts for a run: a pull that finds them locked waits and tries again, a bounded number
+# of times (about 25 s in all, with jitter so the two ends do not meet again).
+LOCK_RETRIES = 8
+LOCK_BACKOFF_S = (0.2, 4.0)
+DEFAULT_MAX_DELETIONS = "50%"
+BRAKE_FLOOR = 10  # a percentage brake never stops a pull of this many deletions or fewer
+MAX_DELETIONS_RE = re.compile(r"[0-9]{1,9}|(?:100|[0-9]{1,2})%")
 DIR_MODE = 0o750
 # node_exporter (another user) reads the metrics textfile.
 METRICS_DIR_MODE = 0o755
@@ -98,6 +119,8 @@ class Peer:
     # False while the edge is being set up (a joining node is seeded first): trusted, but not synced
     # unless named with --peer.
     active: bool = True
+    # Where this peer's change notices land here (its jail's notice directory; watch mode).
+    notify_dir: str = ""
 
 
 @dataclass(frozen=True)
@@ -117,6 +140,7 @@ class Config:
     metrics_file: str = ""
     # The name this node logs in as on its peers (each peer jails it on its own); the user if unset.
     login: str = ""
+    max_deletions: str = DEFAULT_MAX_DELETIONS
 
 
 def _require(valid: bool, where: str, what: str, value: object) -> None:
@@ -170,14 +194,16 @@ def parse_config(data: object) -> Config:
     for i, item in enumerate(_items(top["peers"], "peers")):
         name, address = _name(item.get("name"), f"peers[{i}].name"), item.get("address")
         port, initiator = item.get("port", 22), item.get("initiator", False)
-        active = item.get("active", True)
+        active, notify_dir = item.get("active", True), item.get("notify_dir", "")
+        if notify_dir:
+            _abs_path(notify_dir, f"peers[{i}].notify_dir")
         _require(name != node, f"peers[{i}].name", "another node than this one", name)
         _require(isinstance(address, str) and bool(address), f"peers[{i}].address", "an address", address)
         valid_port = isinstance(port, int) and not isinstance(port, bool) and 0 < port < 65536
         _require(valid_port, f"peers[{i}].port", "a port 1-65535", port)
         _require(isinstance(initiator, bool), f"peers[{i}].initiator", "true or false", initiator)
         _require(isinstance(active, bool), f"peers[{i}].active", "true or false", active)
-        peers.append(Peer(name, address, port, initiator, active))
+        peers.append(Peer(name, address, port, initiator, active, notify_dir))
     for what, names in (("folders", [f.name for f in folders]), ("peers", [p.name for p in peers])):
         dupes = sorted({n for n in names if names.count(n) > 1})
         _require(not dupes, what, "uniquely named", dupes)
@@ -188,10 +214,14 @@ def parse_config(data: object) -> Config:
     _require(isinstance(user, str) and bool(USER_RE.fullmatch(user)), "user", "a user name", user)
     login = top.get("login", user)
     _require(isinstance(login, str) and bool(USER_RE.fullmatch(login)), "login", "a user name", login)
+    brake = top.get("max_deletions", DEFAULT_MAX_DELETIONS)
+    valid = isinstance(brake, str) and bool(MAX_DELETIONS_RE.fullmatch(brake))
+    _require(valid, "max_deletions", "a count such as '100' or a percentage such as '50%'", brake)
     return Config(
         node=node,
         user=user,
         login=login,
+        max_deletions=brake,
         folders=tuple(folders),
         peers=tuple(peers),
         concurrency=_positive(top["concurrency"], "concurrency"),
@@ -236,8 +266,8 @@ def remote_root(config: Config, peer: Peer, folder: Folder) -> str:
     return f"ssh://{config.login or config.user}@{host}:{peer.port}/{folder.path}"
 
 
-def select_peers(config: Config, names: Sequence[str], all_peers: bool) -> list[Peer]:
-    """By default the edges this node initiates (so a mesh-wide round runs each edge once)."""
+def select_peers(config: Config, names: Sequence[str], all_peers: bool = False) -> list[Peer]:
+    """By default every active peer: a node pulls from each (``all_peers`` is the same, kept for scripts)."""
     if names:
         known = {peer.name for peer in config.peers}
         if unknown := [name for name in names if name not in known]:
@@ -246,7 +276,54 @@ def select_peers(config: Config, names: Sequence[str], all_peers: bool) -> list[
                 f"{', '.join(sorted(known)) or '(none)'}"
             )
         return [peer for peer in config.peers if peer.name in names]
-    return [peer for peer in config.peers if peer.active and (all_peers or peer.initiator)]
+    return [peer for peer in config.peers if peer.active]
+
+
+def deletion_limit(max_deletions: str, files: int) -> int:
+    """How many deletions one pull may make in a folder of ``files`` files."""
+    if max_deletions.endswith("%"):
+        return max(BRAKE_FLOOR, files * int(max_deletions[:-1]) // 100)
+    return int(max_deletions)
+
+
+def count_files(root: str, rels: Sequence[str] = ("",), marker: str = "") -> int:
+    """Regular files at or below each path (relative to ``root``), links not followed; the marker aside."""
+    total = 0
+    for rel in rels:
+        top = os.path.join(root, rel) if rel else root
+        if not os.path.isdir(top) or os.path.islink(top):
+            total += int(os.path.lexists(top))
+            continue
+        for _, _, files in os.walk(top):
+            total += len(files)
+    if marker and "" in rels and os.path.lexists(os.path.join(root, marker)):
+        total -= 1
+    return total
+
+
+def scrub_edge_dir(path: str) -> list[str]:
+    """Remove from an edge's Unison directory what Unison never makes there and a peer's login could have
+    planted for this node's client to follow: anything not root's that is not a plain, singly linked file
+    (links, directories, FIFOs, devices, sockets, hard links). Returns the names removed."""
+    removed = []
+    try:
+        entries = list(os.scandir(path))
+    except OSError:
+        return removed
+    for entry in entries:
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        if st.st_uid == 0 or (stat.S_ISREG(st.st_mode) and st.st_nlink == 1):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISDIR(st.st_mode):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+            removed.append(entry.name)
+    return removed
 
 
 @contextlib.contextmanager
@@ -277,11 +354,13 @@ def _home() -> str:
 
 
 class Runner:
-    def __init__(self, config: Config, seed: bool = False) -> None:
+    def __init__(self, config: Config, seed: bool = False, allow_deletions: bool = False) -> None:
         self.config = config
         # Seeding a joining node: the peer's version wins every difference, and nothing local is
         # deleted, so an empty or stale folder neither deletes nor conflicts anything.
         self.seed = seed
+        # An operator allowed, once, the deletions the brake stopped.
+        self.allow_deletions = allow_deletions
         self.state = Path(config.state_dir)
         self._log_lock = threading.Lock()
         # A minimal, fixed environment: the profile names everything else (key, known_hosts, options).
@@ -304,7 +383,21 @@ class Runner:
         return argv
 
     def run_unison(self, argv: list[str], unison_dir: str) -> tuple[str, int, bool]:
-        """Run Unison with the edge's own UNISON dir; returns (merged output, exit code, timed out)."""
+        """Run Unison with the edge's own UNISON dir, again while the edge's archives are locked by a live
+        run of the other direction (bounded); returns (merged output, exit code, timed out)."""
+        for _ in range(LOCK_RETRIES):
+            scrubbed = scrub_edge_dir(unison_dir)
+            if scrubbed:
+                self.note(
+                    f"{unison_dir}: removed what Unison never makes there: {', '.join(sorted(scrubbed))}"
+                )
+            output, code, timed_out = self._run_once(argv, unison_dir)
+            if timed_out or LOCKED_TEXT not in output:
+                break
+            time.sleep(random.uniform(*LOCK_BACKOFF_S))
+        return output, code, timed_out
+
+    def _run_once(self, argv: list[str], unison_dir: str) -> tuple[str, int, bool]:
         proc = subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,
@@ -347,21 +440,47 @@ class Runner:
             )
         else:
             try:
-                output, code, timed_out = self.run_unison(
-                    self.command(peer, folder), edge_dir(self.config, peer.name)
-                )
+                run, output = self.pull(peer, folder)
             except OSError as exc:
                 run = not_run("failed", f"cannot run {self.config.unison}: {exc.strerror or exc}")
-            else:
-                run = parse_unison_output(output, code)
-                if locked := locked_error(output, edge_dir(self.config, peer.name)):
-                    run = replace(run, kind=locked[0], ok=False, error=locked[1])
-                if timed_out:
-                    error = f"timed out after {self.config.timeout:g} s: unison and its ssh were killed"
-                    run = replace(run, kind="timeout", ok=False, error=error)
         run = replace(run, folder=folder.name)
         self.log(peer.name, run, output)
         return run
+
+    def pull(self, peer: Peer, folder: Folder) -> tuple[UnisonRun, str]:
+        """One pull of a folder, deletions braked: first every change but deletions, then the deletions it
+        held back (only those paths) when they are within the limit; returns (result, output)."""
+        argv = self.command(peer, folder)
+        braked = not (self.seed or self.allow_deletions)
+        run, output = self._run(peer, [*argv, "-nodeletion", folder.path] if braked else argv)
+        if not (braked and run.ok and run.held):
+            return run, output
+        deleting = count_files(folder.path, run.held)
+        limit = deletion_limit(self.config.max_deletions, count_files(folder.path, marker=self.config.marker))
+        if deleting > limit:
+            error = (
+                f"brake: this pull would delete {deleting} files of {folder.name} (max_deletions "
+                f"{self.config.max_deletions}: {limit}); nothing deleted. Allow it once with "
+                f"`meshctl sync --allow-deletions {self.config.node}`"
+            )
+            return replace(run, kind="brake", ok=False, error=error), output
+        paths = [arg for held in run.held for arg in ("-path", held)]
+        second, more = self._run(peer, [*argv, *paths, "-confirmbigdel=false"])
+        merged = replace(second, transferred=run.transferred + second.transferred)
+        if second.ok and run.kind == "conflict":
+            merged = replace(merged, kind="conflict", conflicts=run.conflicts + second.conflicts)
+        return merged, f"{output}\n{more}"
+
+    def _run(self, peer: Peer, argv: list[str]) -> tuple[UnisonRun, str]:
+        directory = edge_dir(self.config, peer.name)
+        output, code, timed_out = self.run_unison(argv, directory)
+        run = parse_unison_output(output, code)
+        if locked := locked_error(output, directory):
+            run = replace(run, kind=locked[0], ok=False, error=locked[1])
+        if timed_out:
+            error = f"timed out after {self.config.timeout:g} s: unison and its ssh were killed"
+            run = replace(run, kind="timeout", ok=False, error=error)
+        return run, output
 
     def sync_edge(self, peer: Peer) -> dict[str, Any]:
         started = time.time()
@@ -489,7 +608,7 @@ def plan(config: Config, peers: Sequence[Peer], seed: bool = False) -> list[dict
             {
                 "folder": f.name,
                 "path": f.path,
-                "profile": f"{edge_dir(config, peer.name)}/{profile_name(peer.name, f.name)}.prf",
+                "profile": f"{edge_dir(config, peer.name)}/{profile_name(peer.name, f.name)}",
                 "command": runner.command(peer, f),
             }
             for f in config.folders
@@ -500,7 +619,7 @@ def plan(config: Config, peers: Sequence[Peer], seed: bool = False) -> list[dict
 
 def render_plan(node: str, edges: Sequence[Mapping[str, Any]]) -> str:
     lines = [
-        f"would sync {node} <-> {edge['peer']} folder {folder['folder']}: {' '.join(folder['command'])} "
+        f"would pull {edge['peer']} -> {node} folder {folder['folder']}: {' '.join(folder['command'])} "
         f"(profile {folder['profile']})"
         for edge in edges
         for folder in edge["folders"]
@@ -513,10 +632,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", default=DEFAULT_CONFIG, help="the node's mesh file (written by Ansible)")
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--peer", action="append", default=[], metavar="NAME", help="sync this edge (repeat)")
-    which.add_argument("--all-peers", action="store_true", help="every edge, not only those this node starts")
+    which.add_argument("--all-peers", action="store_true", help="every active peer (the default)")
     parser.add_argument("--delay", type=float, default=0.0, metavar="SECONDS", help="wait first (cron splay)")
     parser.add_argument("--dry-run", action="store_true", help="print what would run; run and change nothing")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.add_argument(
+        "--allow-deletions",
+        action="store_true",
+        help="apply, this once, deletions the mass-deletion brake (max_deletions) stopped",
+    )
     parser.add_argument(
         "--seed",
         action="store_true",
@@ -553,7 +677,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     time.sleep(args.delay)
-    runner = Runner(config, args.seed)
+    runner = Runner(config, args.seed, args.allow_deletions)
     try:
         runner.prepare()
     except OSError as exc:

@@ -16,6 +16,14 @@ Every pattern here was checked against real Unison 2.52.1 / OpenSSH 9.2 output; 
   [P partially transferred, ]S skipped, F failed)``; with no changes only ``Nothing to do: ...``.
 - Exit codes: 0 all done, 1 something skipped, 2 non-fatal failures, 3 fatal error. But a missing profile
   also exits 1 (after its usage text), so a run counts as a success only if it reached the summary line.
+- Every run pulls: the peer's root carries ``noupdate``/``nodeletion``/``nocreation``. A change made here
+  that the run would carry to the peer is skipped with ``skipped: PATH (would create|update|delete a file
+  with noupdate or noupdatepartial set)`` and exit 1: it waits for the peer's own pull, which is not a
+  problem of this run (``waiting``). Its reconciliation line shows ``<=?=>`` with one side's state blank;
+  a real conflict has both sides changed.
+- The mass-deletion brake runs first with ``nodeletion`` on the local root: each deletion it held back is
+  ``skipped: PATH (would delete a file with nodeletion or nodeletionpartial set)`` (``held``). The peer's
+  root has ``noupdate`` too, which Unison checks first, so that message names a local deletion only.
 """
 
 from __future__ import annotations
@@ -28,7 +36,11 @@ from typing import Any
 
 # Worst last: an edge's result is the worst kind over its folders. The specific, actionable kinds rank
 # above the generic ones (a changed host key needs a person; an unreachable peer explains any failure).
-KINDS = ("ok", "conflict", "skipped", "busy", "failed", "timeout", "unreachable", "marker", "hostkey")
+# "brake": a pull would have deleted more files than the node allows (sync.max_deletions); nothing was
+# deleted and the edge waits for an operator.
+KINDS = (
+    "ok", "conflict", "skipped", "busy", "failed", "timeout", "unreachable", "marker", "brake", "hostkey",
+)  # fmt: skip
 # The edge was synced (a skipped path stays as it was and is retried on the next run).
 SUCCESS_KINDS = frozenset({"ok", "conflict", "skipped"})
 # Not a failure of this run: "busy" means another live run is syncing the edge right now.
@@ -44,7 +56,11 @@ SUMMARY_RE = re.compile(
     r"(\d+) skipped, (\d+) failed\)"
 )
 # "changed  <==== changed    report.txt  ": 8-column state, arrow, 8-column state, then the path.
-RECON_RE = re.compile(r"^.{8} ([<=?M>-]{5}) .{8} {2,}(.+?) *$")
+RECON_RE = re.compile(r"^(.{8}) ([<=?M>-]{5}) (.{8}) {2,}(.+?) *$")
+# A path the pull held back: a change here waiting for the peer's pull, or a deletion the brake held.
+ONE_WAY_RE = re.compile(
+    r"^skipped: (.+) \(would (?:create|update|delete) a file with (no\w+?)(?:partial)? or "
+)
 # fmt: off
 RECON_ARROWS = frozenset({
     "---->", "<----", "====>", "<====", "<-?->", "<=?=>",
@@ -97,6 +113,9 @@ class UnisonRun:
     first_sync: bool = False
     error: str | None = None
     folder: str = ""
+    # Local changes that wait for the peer's own pull, and deletions the brake held back (paths).
+    waiting: int = 0
+    held: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -110,6 +129,8 @@ class UnisonRun:
             "conflicts": list(self.conflicts),
             "first_sync": self.first_sync,
             "error": self.error,
+            "waiting": self.waiting,
+            "held": len(self.held),
         }
 
 
@@ -149,9 +170,19 @@ def _conflicts(lines: Sequence[str]) -> tuple[str, ...]:
     found: dict[str, None] = {}  # ordered set: a path is listed once per run, but stay safe
     for line in lines:
         match = RECON_RE.match(line)
-        if match and match.group(1) in RECON_ARROWS and ("=" in match.group(1) or "?" in match.group(1)):
-            found[match.group(2)] = None
+        if not match or match.group(2) not in RECON_ARROWS or not match.group(1).strip():
+            continue
+        # Both sides changed: a conflict. A "?" with one side blank is a one-way skip, not a conflict.
+        if match.group(3).strip() and ("=" in match.group(2) or "?" in match.group(2)):
+            found[match.group(4)] = None
     return tuple(found)
+
+
+def _one_way_line(line: str, paths: set[str]) -> bool:
+    """A line about a path the pull held back on purpose: not an error."""
+    if ONE_WAY_RE.match(line):
+        return True
+    return line.startswith("[CONFLICT] Skipping ") and line[len("[CONFLICT] Skipping ") :] in paths
 
 
 def parse_unison_output(output: str, exit_code: int) -> UnisonRun:
@@ -166,6 +197,14 @@ def parse_unison_output(output: str, exit_code: int) -> UnisonRun:
             finished = True
         finished = finished or line.startswith(NOTHING_PREFIX)
     conflicts = _conflicts(lines)
+    waiting, held, one_way_paths = 0, [], set()
+    for line in lines:
+        if one_way := ONE_WAY_RE.match(line.strip()):
+            one_way_paths.add(one_way.group(1))
+            if one_way.group(2) == "nodeletion":
+                held.append(one_way.group(1))
+            else:
+                waiting += 1
     first_sync = any(FIRST_SYNC_TEXT in line for line in lines)
     connected = any(line.startswith(CONNECTED_PREFIX) for line in lines)
 
@@ -174,7 +213,10 @@ def parse_unison_output(output: str, exit_code: int) -> UnisonRun:
     ssh_error = hostkey or unreachable or _first_match(lines, SSH_OTHER_RES)
     ok = exit_code in (0, 1) and fatal is None and finished
     if ok:
-        kind = "skipped" if exit_code == 1 else "conflict" if conflicts else "ok"
+        # Skips that are all one-way (waiting for the peer's pull, or held by the brake) are this run's
+        # normal outcome; any other skip is a real one.
+        other_skips = exit_code == 1 and skipped > waiting + len(held)
+        kind = "skipped" if other_skips else "conflict" if conflicts else "ok"
     elif hostkey:
         kind = "hostkey"
     elif fatal and MARKER_RE.search(fatal):
@@ -192,7 +234,11 @@ def parse_unison_output(output: str, exit_code: int) -> UnisonRun:
         error = fatal
     else:
         emptied = next((line for line in lines if EMPTIED_RE.match(line)), None)
-        path_errors = [_joined(lines, i) for i, line in enumerate(lines) if PATH_ERROR_RE.match(line.strip())]
+        path_errors = [
+            _joined(lines, i)
+            for i, line in enumerate(lines)
+            if PATH_ERROR_RE.match(line.strip()) and not _one_way_line(line.strip(), one_way_paths)
+        ]
         error = emptied or (path_errors[-1] if path_errors else None)
         if error is None and not ok:
             error = next((line.strip() for line in reversed(lines) if line.strip()), None)
@@ -207,6 +253,8 @@ def parse_unison_output(output: str, exit_code: int) -> UnisonRun:
         conflicts=conflicts,
         first_sync=first_sync,
         error=error,
+        waiting=waiting,
+        held=tuple(held),
     )
 
 

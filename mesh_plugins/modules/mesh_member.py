@@ -13,12 +13,15 @@ description:
   - Writes the runner's config (C(config_file)) and the peers' pinned host keys (C(known_hosts)).
   - Gives each peer its own login C(USER-PEER) (the mesh user's uid and gid under another name, in
     C(peers_group)), its key in C(authorized_keys_dir/USER-PEER), and its own chroot jail
-    C(jails_dir/USER-PEER) holding the template jail's shell and Unison (hard links), the folders (bind
-    mounts, also written to /etc/fstab), the edge's Unison directory (root:USER 01770, one profile per
-    folder; C(unison_dir/PEER) links to it) and the versions the edge's server end keeps. A peer's key
-    reaches the folders and its own edge's state, nothing of the host and nothing of another edge.
+    C(jails_dir/USER-PEER) holding the template jail's shell, Unison and forced command (hard links), the
+    folders (recursive bind mounts, read-only, nosuid, nodev; also written to /etc/fstab), the edge's
+    Unison directory (root:USER 01770; C(unison_dir/PEER) links to it) and a notice directory. A peer's
+    key reads the folders and writes its own edge's archive, nothing of the host, nothing of another edge.
+  - Every run pulls, with the node's own profile (C(profiles_dir/PEER--FOLDER.prf), root-owned, out of
+    every jail): the peer's root is C(noupdate), C(nodeletion), C(nocreation). In the edge's Unison
+    directory every name Unison reads as a setting is a root-owned link the peer cannot replace.
   - Everything of a peer that is gone is removed (login, keys, jail after unmounting it, the link under
-    C(unison_dir), status and lock files); the versions its jail kept move to
+    C(unison_dir), status and lock files, profiles). Versions an earlier layout kept inside a jail move to
     C(backup_dir/.retired/USER-PEER-TIME). Profiles of folders no longer configured are removed.
   - Migrates the previous flat layout, where archives and profiles lay directly in C(unison_dir). Those
     files are removed and reported in C(migrated); each edge's next sync starts from a fresh archive.
@@ -98,8 +101,18 @@ options:
       - Old versions Unison keeps of each overwritten or deleted file, in C(backup_dir/FOLDER); 0 keeps none.
     type: int
     default: 0
+  max_deletions:
+    description:
+      - The mass-deletion brake, C(N) files or C(N%) of a folder at most deleted by one pull; more stops the
+        edge, deletes nothing, until an operator allows it once.
+    type: str
+    default: 50%
+  profiles_dir:
+    description: Root-owned directory of the edges' Unison profiles.
+    type: path
+    default: /etc/replimesh/profiles
   backup_dir:
-    description: Parent of the per-folder backup directories (outside every folder; same path in each jail).
+    description: Parent of the per-folder backup directories (outside every folder and every jail).
     type: path
     default: /var/lib/replimesh/backups
   jails_dir:
@@ -222,6 +235,16 @@ mounted:
   returned: always
   type: list
   elements: str
+remounted:
+  description: Mounts in jails made read-only, nosuid, nodev (an earlier layout bound folders writable).
+  returned: always
+  type: list
+  elements: str
+retired:
+  description: Logins whose jail's versions (an earlier layout) moved to C(backup_dir/.retired).
+  returned: always
+  type: list
+  elements: str
 """
 
 import grp
@@ -269,6 +292,8 @@ ARGUMENT_SPEC = {
     "marker": {"type": "str", "default": ".replimesh-folder"},
     "unison_extra_prefs": {"type": "list", "elements": "str", "default": []},
     "backups": {"type": "int", "default": 0},
+    "max_deletions": {"type": "str", "default": "50%"},
+    "profiles_dir": {"type": "path", "default": "/etc/replimesh/profiles"},
     "backup_dir": {"type": "path", "default": "/var/lib/replimesh/backups"},
     "config_file": {"type": "path", "default": "/etc/replimesh/mesh.json"},
     "authorized_keys_dir": {"type": "path", "default": "/etc/ssh/authorized_keys", "no_log": False},
@@ -309,12 +334,17 @@ def _stat(path: str) -> Stat | None:
     return Stat(kind, stat.S_IMODE(st.st_mode), owner, group, content)
 
 
-def _names(directory: str, dirs: bool) -> tuple[str, ...]:
-    """Names of the directories and links (dirs=True) or of the other entries in `directory`."""
+def _names(directory: str, dirs: bool, links: bool | None = None) -> tuple[str, ...]:
+    """Names of the directories and links (dirs=True) or of the other entries in `directory`; with
+    ``links`` given, links count as directories (True) or as other entries (False)."""
     try:
         with os.scandir(directory) as it:
             return tuple(
-                sorted(e.name for e in it if (e.is_dir(follow_symlinks=False) or e.is_symlink()) == dirs)
+                sorted(
+                    e.name
+                    for e in it
+                    if (e.is_dir(follow_symlinks=False) or (e.is_symlink() and links is not False)) == dirs
+                )
             )
     except (FileNotFoundError, NotADirectoryError):
         return ()
@@ -327,7 +357,7 @@ def read_existing(spec: MemberSpec, entries: list[Entry]) -> Existing:
         name for name in _names(layout.unison_dir, dirs=False)
         if stat.S_ISREG(os.lstat(os.path.join(layout.unison_dir, name)).st_mode)
     )  # fmt: skip
-    peer_files = {peer.name: _names(layout.peer_dir(peer.name), dirs=False) for peer in spec.peers}
+    peer_files = {peer.name: _names(layout.peer_dir(peer.name), False, links=False) for peer in spec.peers}
     return Existing(
         stats=stats,
         unison_dirs=_names(layout.unison_dir, dirs=True),
@@ -336,6 +366,7 @@ def read_existing(spec: MemberSpec, entries: list[Entry]) -> Existing:
         peer_files={name: files for name, files in peer_files.items() if files},
         status=_names(os.path.join(layout.state_dir, "status"), dirs=False),
         locks=_names(os.path.join(layout.state_dir, "locks"), dirs=False),
+        profile_files=_names(layout.profiles_dir, dirs=False),
     )
 
 
@@ -461,6 +492,8 @@ def main() -> None:
         "logins_added": list(jail_todo.users_add),
         "logins_removed": list(jail_todo.users_remove),
         "mounted": [dst for _, dst in jail_todo.mount],
+        "remounted": list(jail_todo.remount),
+        "retired": list(jail_todo.retire),
     }
     if todo.migrated:
         result["msg"] = (

@@ -93,6 +93,12 @@ EXPECTED: dict[str, tuple[int, str, bool, int, int, int, tuple[str, ...], bool, 
     "profile_bad_pref": (3, "failed", False, 0, 0, 0, (), False,
                          f'Fatal error: Profile "node2--typo" (file "{PROFILES}/node2--typo.prf"), line 3: '
                          "`prefre' is not a valid option"),
+    # Pulls (the peer's root is noupdate/nodeletion/nocreation): changes made here wait for the peer's
+    # own pull (exit 1, one-way skips, not conflicts); a conflict has both sides changed.
+    "pull_local_changes_wait": (1, "ok", True, 0, 3, 0, (), False, None),
+    "pull_conflict_local_newer": (1, "conflict", True, 1, 2, 0, ("f3",), False, None),
+    # The brake's first pass (nodeletion on the local root): the deletion is held, the rest applied.
+    "pull_deletion_held": (1, "ok", True, 2, 2, 0, (), False, None),
     # Unison's own confirmbigdel guard: exit 3 but no "Fatal error" line.
     "root_emptied": (3, "failed", False, 0, 0, 0, (), False,
                      "The root of one of the replicas has been completely emptied."),
@@ -122,6 +128,20 @@ def test_parse_real_output(name: str) -> None:
     )
     assert got == EXPECTED[name]
     assert run.exit_code == code
+
+
+@pytest.mark.parametrize(
+    ("name", "waiting", "held"),
+    [
+        ("pull_local_changes_wait", 3, ()),
+        ("pull_conflict_local_newer", 2, ()),
+        ("pull_deletion_held", 1, ("f2",)),
+    ],
+)
+def test_one_way_skips_are_counted_apart(name: str, waiting: int, held: tuple[str, ...]) -> None:
+    run = parse_unison_output(*fixture(name))
+    assert (run.waiting, run.held) == (waiting, held)
+    assert run.as_dict()["held"] == len(held)
 
 
 def test_conflict_copy_names() -> None:
