@@ -222,15 +222,25 @@ def rotate_keys(
 def sync(
     inventory: Inventory = None,
     limit: Annotated[str | None, typer.Option("--limit", "-l", help="Only these nodes' edges.")] = None,
+    allow_deletions: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-deletions",
+            metavar="NODE",
+            help="This node applies, this once, the deletions its mass-deletion brake stopped (repeat).",
+        ),
+    ] = None,
     extra_vars: ExtraVars = None,
 ) -> None:
-    """A full-mesh round now (sync.yml); shows every edge's result. Exit 1 when an edge did not sync."""
+    """A full-mesh round now (sync.yml): every node pulls from its peers; shows every edge's result. Exit 1
+    when an edge did not sync (a brake included)."""
     from replimesh.operate import show_sync, sync_edges
     from replimesh.playbooks import PlaybookError, resolve_inventory, run_playbook
 
+    fixed = {"allow_deletions": ",".join(allow_deletions)} if allow_deletions else {}
     try:
-        result = run_playbook("sync.yml", resolve_inventory(inventory), extravars=_extravars(extra_vars),
-                              limit=limit)  # fmt: skip
+        result = run_playbook("sync.yml", resolve_inventory(inventory),
+                              extravars=_extravars(extra_vars, **fixed), limit=limit)  # fmt: skip
     except PlaybookError as exc:
         _fail(str(exc))
     show_sync(sync_edges(result), typer.echo)

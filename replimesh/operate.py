@@ -65,13 +65,13 @@ def show_sync(rows: list[dict[str, Any]], echo: Callable[[str], Any]) -> None:
         for row in rows:
             error = f" ({row['error']})" if row.get("error") else ""
             moved = row.get("files_changed", 0)
-            echo(f"{row['node']} -> {row['peer']}: {row['result']}, {moved} files{error}")
+            echo(f"{row['node']} <- {row['peer']}: {row['result']}, {moved} files{error}")
         return
-    table = Table("edge", "result", "files", "conflicts", "error", title="sync round")
+    table = Table("pull", "result", "files", "conflicts", "error", title="sync round")
     for row in rows:
         good = row.get("result") in GOOD_EDGE_RESULTS
         table.add_row(
-            escape(f"{row['node']} -> {row['peer']}"),
+            escape(f"{row['node']} <- {row['peer']}"),
             f"[green]{escape(row['result'])}[/]" if good else f"[bold red]{escape(row['result'])}[/]",
             str(row.get("files_changed", 0)),
             escape("\n".join(row.get("conflicts") or [])) or "0",

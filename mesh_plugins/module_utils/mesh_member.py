@@ -409,6 +409,7 @@ def render_config(spec: MemberSpec) -> str:
         "backups": settings.backups,
         "backup_dir": layout.backup_dir,
         "max_deletions": settings.max_deletions,
+        "ssh_options": ssh_options(spec),
     }
     return json.dumps(data, sort_keys=True, indent=2) + "\n"
 
@@ -434,14 +435,21 @@ def render_known_hosts(spec: MemberSpec) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_profile(spec: MemberSpec, peer: PeerSpec, folder: FolderSpec) -> str:
+def ssh_options(spec: MemberSpec) -> list[str]:
+    """ssh's options for every connection of this node to a peer (the profiles' pulls, the watcher's
+    notices); the peer's name goes in as HostKeyAlias."""
     layout, settings = spec.layout, spec.settings
-    sshargs = (
-        f"-F none -i {layout.key} -o IdentitiesOnly=yes -o BatchMode=yes -o HostKeyAlias={peer.name} "
-        f"-o UserKnownHostsFile={layout.known_hosts} -o GlobalKnownHostsFile=/dev/null "
-        f"-o StrictHostKeyChecking=yes -o ConnectTimeout={settings.connect_timeout} "
-        f"-o ServerAliveInterval={settings.server_alive_interval} -o ServerAliveCountMax=3"
-    )
+    return [
+        "-F", "none", "-i", layout.key, "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+        "-o", f"UserKnownHostsFile={layout.known_hosts}", "-o", "GlobalKnownHostsFile=/dev/null",
+        "-o", "StrictHostKeyChecking=yes", "-o", f"ConnectTimeout={settings.connect_timeout}",
+        "-o", f"ServerAliveInterval={settings.server_alive_interval}", "-o", "ServerAliveCountMax=3",
+    ]  # fmt: skip
+
+
+def render_profile(spec: MemberSpec, peer: PeerSpec, folder: FolderSpec) -> str:
+    settings = spec.settings
+    sshargs = " ".join([*ssh_options(spec), "-o", f"HostKeyAlias={peer.name}"])
     remote = f"ssh://{spec.login(spec.node)}@{url_host(peer.address)}:{peer.port}/{folder.path}"
     lines = [
         f"# Managed by replimesh (mesh_member): {spec.node} pulls folder {folder.name} from {peer.name}.",

@@ -141,6 +141,9 @@ class Config:
     # The name this node logs in as on its peers (each peer jails it on its own); the user if unset.
     login: str = ""
     max_deletions: str = DEFAULT_MAX_DELETIONS
+    # ssh's options for this node's connections to its peers (key, pinned host keys, timeouts): the
+    # profiles' sshargs, for the watcher's change notices.
+    ssh_options: tuple[str, ...] = ()
 
 
 def _require(valid: bool, where: str, what: str, value: object) -> None:
@@ -214,6 +217,9 @@ def parse_config(data: object) -> Config:
     _require(isinstance(user, str) and bool(USER_RE.fullmatch(user)), "user", "a user name", user)
     login = top.get("login", user)
     _require(isinstance(login, str) and bool(USER_RE.fullmatch(login)), "login", "a user name", login)
+    ssh_options = top.get("ssh_options", [])
+    valid = isinstance(ssh_options, list) and all(isinstance(o, str) for o in ssh_options)
+    _require(valid, "ssh_options", "a list of strings", ssh_options)
     brake = top.get("max_deletions", DEFAULT_MAX_DELETIONS)
     valid = isinstance(brake, str) and bool(MAX_DELETIONS_RE.fullmatch(brake))
     _require(valid, "max_deletions", "a count such as '100' or a percentage such as '50%'", brake)
@@ -222,6 +228,7 @@ def parse_config(data: object) -> Config:
         user=user,
         login=login,
         max_deletions=brake,
+        ssh_options=tuple(ssh_options),
         folders=tuple(folders),
         peers=tuple(peers),
         concurrency=_positive(top["concurrency"], "concurrency"),

@@ -1,18 +1,22 @@
-"""Watch mode on a node: inotify events -> coalesced paths -> Unison runs of only those paths, per edge.
+"""Watch mode on a node: inotify events -> coalesced paths -> a notice to every peer -> each peer pulls them.
 
 Installed beside the runner (``replimesh_node.mesh_watch``) and started as ``replimesh-watch``: by a
 systemd unit where systemd runs, else by ``replimesh-watch --supervise`` (mesh_supervise), which cron
 starts again if it is gone. Standard library only.
 
-- Events are coalesced until the folder has been quiet for ``delay`` seconds (at most ``max_delay`` after
-  the first), then each edge gets one run per folder with every changed path (``-path``, several at once).
-  The watch path never scans the whole tree for a one-file change: Unison looks only at those paths.
+- Every node only pulls (mesh_runner). Events are coalesced until the folder has been quiet for ``delay``
+  seconds (at most ``max_delay`` after the first), then every peer gets one *notice* naming every changed
+  path (mesh_notify: ``ssh LOGIN@PEER replimesh-notify``, the jail's forced command writes it to the
+  jail's ``/notify``). Each peer's watcher sees the notice appear and pulls exactly those paths
+  (``-path``, several at once) from the node that sent it. A one-file change never makes Unison scan the
+  whole tree.
 - Unison's own temporary entries (``.unison.*``) and the folder marker are not changes. A file that Unison
   renamed into place from its temporary name arrived from a peer: it is forwarded to this node's other
   peers only when ``forward`` is on (overlay). In a full mesh the origin syncs with every node itself, so
   forwarding would only add N*(N-1) no-op runs.
-- Edges run in parallel (at most ``concurrency`` at once), each under the runner's edge lock; a busy or
-  failed run is retried a bounded number of times. The cron round stays the full safety net.
+- Pulls run in parallel (at most ``concurrency`` at once), each under the runner's edge lock; a busy or
+  failed run is retried a bounded number of times, so is a notice that could not be sent. The cron round
+  stays the full safety net. Notices left while the watcher was down are read when it starts.
 - A change of mesh.json (membership) ends the watcher with exit 0: its supervisor starts it again at once
   with the new peers.
 """
@@ -34,7 +38,8 @@ from pathlib import Path
 from typing import Any
 
 from . import mesh_supervise
-from .mesh_inotify import IN_MOVED_FROM, IN_MOVED_TO, IN_Q_OVERFLOW, Inotify
+from .mesh_inotify import IN_CLOSE_WRITE, IN_MOVED_FROM, IN_MOVED_TO, IN_Q_OVERFLOW, Inotify
+from .mesh_notify import Notifier, parse_notice, pending_notices, read_notice
 from .mesh_runner import (
     DEFAULT_CONFIG,
     Config,
@@ -96,8 +101,8 @@ def _ancestors(path: str) -> set[str]:
 
 
 def targets(peers: Sequence[Peer], arrived: bool, forward: bool) -> list[Peer]:
-    """The edges a change goes over: every active peer for a local change; for a change that arrived
-    from a peer, every active peer only when forwarding (the origin's edge then runs as a cheap no-op)."""
+    """The peers told of a change: every active peer for a local change; for a change that arrived from a
+    peer, every active peer only when forwarding (the origin then pulls as a cheap no-op)."""
     if arrived and not forward:
         return []
     return [peer for peer in peers if peer.active]
@@ -265,8 +270,11 @@ class Watcher:
             "syncs": 0,
         }
         self.edges = Edges(config, int(self.options["retries"]), self._on_result)
+        self.notifier = Notifier(config, int(self.options["retries"]), self._on_sent)
         self._record_lock = threading.Lock()
         self._stop = False
+        # A peer's notices land in its jail's notice directory: directory -> peer.
+        self.notice_dirs = {p.notify_dir: p.name for p in config.peers if p.active and p.notify_dir}
 
     def _on_result(self, peer: str, result: Mapping[str, Any]) -> None:
         with self._record_lock:
@@ -274,6 +282,42 @@ class Watcher:
             self.record["syncs"] += 1
             self._write_record()
             write_metrics(self.config)
+
+    def _on_sent(self, peer: str, ok: bool, error: str) -> None:
+        with self._record_lock:
+            self.record["last_notice"] = iso_utc(time.time())
+            self.record["notices_sent" if ok else "notices_failed"] = (
+                self.record.get("notices_sent" if ok else "notices_failed", 0) + 1
+            )
+        if not ok:
+            self.note(f"notice to {peer} not delivered: {error or 'ssh failed'}")
+
+    def take_notice(self, path: str) -> None:
+        """A peer told us what changed there: pull those paths from it (nothing else is ever done)."""
+        peer = self.notice_dirs.get(os.path.dirname(path))
+        data = read_notice(path)
+        if peer is None or data is None:
+            return
+        folders = parse_notice(data, [f.name for f in self.config.folders])
+        if folders:
+            self.edges.submit({peer: folders})
+
+    def watch_notices(self) -> None:
+        """Read the peers' notices as they come (a thread of its own: a pull starts without waiting for
+        this node's own debounce)."""
+        inotify = Inotify(skip=lambda _path: True)  # the notice directories alone, never below them
+        try:
+            for directory in self.notice_dirs:
+                with contextlib.suppress(OSError):
+                    inotify.add_tree(directory)
+                for path in pending_notices(directory):
+                    self.take_notice(path)
+            while not self._stop:
+                for event in inotify.read(1.0):
+                    if event.mask & (IN_CLOSE_WRITE | IN_MOVED_TO) and not event.is_dir:
+                        self.take_notice(event.path)
+        finally:
+            inotify.close()
 
     def _write_record(self) -> None:
         self.record["heartbeat"] = iso_utc(time.time())
@@ -301,6 +345,7 @@ class Watcher:
             self._write_record()
         write_metrics(self.config)
         signal.signal(signal.SIGTERM, lambda *_: setattr(self, "_stop", True))
+        threading.Thread(target=self.watch_notices, daemon=True).start()
         arrivals, batch = Arrivals(), Batch()
         delay, max_delay = float(self.options["delay"]), float(self.options["max_delay"])
         next_beat = time.monotonic() + HEARTBEAT_S
@@ -312,7 +357,7 @@ class Watcher:
                 self._collect(event, arrivals, batch)
             now = time.monotonic()
             if batch.ready(now, delay, max_delay):
-                self.edges.submit(batch.plan(self.config.peers, bool(self.options["forward"])))
+                self.notifier.submit(batch.plan(self.config.peers, bool(self.options["forward"])))
                 batch = Batch()
             if now >= next_beat:
                 next_beat = now + HEARTBEAT_S
@@ -324,8 +369,10 @@ class Watcher:
             if not batch and not all(inotify.watching(f.path) for f in self.config.folders):
                 # The folder itself was removed or moved: start again (and watch it anew) when it is back.
                 self.note("a folder is gone: restarting")
+                self._stop = True
                 inotify.close()
                 return 1
+        self._stop = True
         inotify.close()
         return 0
 

@@ -9,9 +9,11 @@ module: mesh_sync
 short_description: Sync a replimesh node's edges now, with a result per edge
 description:
   - Runs the node's sync runner (C(replimesh-sync), laid by the C(mesh_sync) role) as the mesh user.
-  - By default it syncs the edges this node starts (each edge of the mesh has exactly one such node, so
-    running the module on every node syncs every edge once). The runner's per-edge lock keeps two runs
-    of one edge apart: an edge already being synced is reported C(busy), not run twice.
+  - Every node only pulls. By default the node pulls from every active peer (running the module on every
+    node syncs every edge both ways). The runner's per-edge lock keeps two runs of one edge apart on a
+    node: an edge already being pulled is reported C(busy), not run twice.
+  - A pull that would delete more files than the node's C(max_deletions) deletes nothing and reports
+    C(brake) until it is allowed once with O(allow_deletions).
   - In check mode it reports which edges and folders would be synced, and changes nothing.
 options:
   peers:
@@ -20,7 +22,11 @@ options:
     elements: str
     default: []
   all_peers:
-    description: Sync every edge of this node, not only those it starts.
+    description: Pull from every active peer (the default; kept for playbooks that name it).
+    type: bool
+    default: false
+  allow_deletions:
+    description: Apply, this once, the deletions the mass-deletion brake stopped on this node.
     type: bool
     default: false
   seed:
@@ -53,6 +59,11 @@ EXAMPLES = r"""
 - name: Sync node1's edge to node3 now
   mesh_sync:
     peers: [node3]
+
+- name: Apply the deletions node2's brake stopped (an operator checked them)
+  mesh_sync:
+    allow_deletions: true
+  when: inventory_hostname == 'node2'
 """
 
 RETURN = r"""
@@ -89,6 +100,7 @@ def main() -> None:
             "peers": {"type": "list", "elements": "str", "default": []},
             "all_peers": {"type": "bool", "default": False},
             "seed": {"type": "bool", "default": False},
+            "allow_deletions": {"type": "bool", "default": False},
             "user": {"type": "str", "default": "replimesh"},
             "runner": {"type": "path", "default": "/usr/local/sbin/replimesh-sync"},
             "config": {"type": "path", "default": "/etc/replimesh/mesh.json"},
@@ -102,6 +114,8 @@ def main() -> None:
         argv += ["--peer", peer]
     if params["all_peers"]:
         argv.append("--all-peers")
+    if params["allow_deletions"]:
+        argv.append("--allow-deletions")
     if params["seed"]:
         if len(params["peers"]) != 1:
             module.fail_json(msg="seed needs exactly one peer to seed from, in peers")

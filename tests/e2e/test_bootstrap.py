@@ -25,7 +25,8 @@ def test_file_from_one_node_reaches_all_after_one_sync(mesh: Mesh) -> None:
     assert proc.returncode == 0, proc.stdout[-4000:]
     for node in mesh.nodes:
         assert mesh.digest(node) == {"./greeting.txt": sha(data)}, node
-    assert "edges synced: 10 of 10" in proc.stdout
+    # Every node pulled from each of its 4 peers: both directions of each of the 10 edges, 20 pulls.
+    assert "edges synced: 20 of 20" in proc.stdout
     mesh.verify()
 
 

@@ -388,7 +388,7 @@ def test_hostile_names_and_modes_arrive_identical_everywhere(mesh: Mesh, timed: 
     want[loose][0] = "-rw-rw-r--"
 
     proc = mesh.playbook("sync.yml", timeout=300)
-    assert proc.returncode == 0 and "edges synced: 10 of 10" in proc.stdout, proc.stdout[-3000:]
+    assert proc.returncode == 0 and "edges synced: 20 of 20" in proc.stdout, proc.stdout[-3000:]
     for node in mesh.nodes[1:]:
         assert _listing(mesh, node) == want, node
     # Nothing in a folder or in the jail became writable by everyone, on any node (but node1's own file).

@@ -137,8 +137,8 @@ def test_sync_table_lists_every_edge_and_counts(capsys: pytest.CaptureFixture[st
     show_sync(sync_edges(_sync_result()), lines.append)
     assert lines == [
         "edges synced: 1 of 2; files moved: 3; conflicts: 0",
-        "node1 -> node2: ok, 3 files",
-        "node2 -> node3: unreachable, 0 files (timed out)",
+        "node1 <- node2: ok, 3 files",
+        "node2 <- node3: unreachable, 0 files (timed out)",
     ]
 
 

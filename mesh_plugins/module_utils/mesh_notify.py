@@ -1,0 +1,193 @@
+"""Change notices between watch-mode nodes: a node tells its peers what changed, and each pulls at once.
+
+Every node only ever pulls, so a change made here reaches a peer when that peer runs its own client. In
+watch mode the writer does not wait for the peer's next round: it sends a *notice* over the same jailed
+login the peer's pulls use (``ssh LOGIN@PEER replimesh-notify``, whose forced command writes the lines to
+the jail's ``/notify`` and nothing else), and the peer's watcher, seeing the file appear, pulls exactly
+those paths from this node. A notice carries no data and grants nothing: the receiver checks every line
+and at worst pulls from that peer, as its cron round would.
+
+A notice is one JSON array a line: ``["FOLDER", "PATH"]`` (PATH relative to the folder; ``""`` means the
+whole folder). Installed beside the runner; standard library only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import stat
+import subprocess
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+
+from .mesh_runner import Config, Peer
+
+NOTIFY_COMMAND = "replimesh-notify"
+MAX_NOTICE_BYTES = 64 * 1024  # the forced command cuts a notice there too (ulimit -f 128)
+MAX_NOTICE_LINES = 1000
+MAX_PATH_CHARS = 4096
+
+# peer -> folder -> paths (None: the whole folder), as the watcher's Batch.plan and Edges.submit use.
+Work = Mapping[str, Mapping[str, "list[str] | None"]]
+
+
+def render_notice(folders: Mapping[str, list[str] | None]) -> bytes:
+    """The lines of one notice: every changed path of every folder, or the folder alone when whole."""
+    lines = []
+    for folder, paths in sorted(folders.items()):
+        lines += [json.dumps([folder, path]) for path in (paths if paths is not None else [""])]
+    return ("\n".join(lines[:MAX_NOTICE_LINES]) + "\n").encode()
+
+
+def safe_path(path: object) -> str | None:
+    """A relative, normalized path inside a folder, or None: a notice never names anything else."""
+    if not isinstance(path, str) or len(path) > MAX_PATH_CHARS or "\x00" in path:
+        return None
+    if path == "":
+        return path
+    if path.startswith("/") or posixpath.normpath(path) != path or path.split("/")[0] == "..":
+        return None
+    if any(ord(char) < 0x20 for char in path):
+        return None
+    return path
+
+
+def parse_notice(data: bytes, folders: Sequence[str]) -> dict[str, list[str] | None]:
+    """folder -> paths to pull (None: the whole folder) from a notice's bytes; bad lines are dropped.
+
+    A folder this node does not sync, a path that leaves the folder, or a line that is not a JSON pair
+    counts for nothing; a notice that names no valid path at all asks for nothing.
+    """
+    found: dict[str, list[str] | None] = {}
+    for raw in data[:MAX_NOTICE_BYTES].splitlines()[:MAX_NOTICE_LINES]:
+        try:
+            item = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            continue
+        if not (isinstance(item, list) and len(item) == 2 and item[0] in folders):
+            continue
+        path = safe_path(item[1])
+        if path is None:
+            continue
+        if path == "" or found.get(item[0], []) is None:
+            found[item[0]] = None
+        else:
+            found.setdefault(item[0], []).append(path)  # type: ignore[union-attr]
+    return found
+
+
+def read_notice(path: str) -> bytes | None:
+    """A notice file's bytes (at most MAX_NOTICE_BYTES), then the file is gone; None if it is not a plain
+    file. Opened without following links and without blocking (a FIFO planted there never hangs us)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        _unlink(path)
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return os.read(fd, MAX_NOTICE_BYTES)
+    finally:
+        os.close(fd)
+        _unlink(path)
+
+
+def _unlink(path: str) -> None:
+    try:
+        if not stat.S_ISDIR(os.lstat(path).st_mode):
+            os.unlink(path)
+    except OSError:
+        pass
+
+
+def pending_notices(directory: str) -> Iterator[str]:
+    """Notice files already waiting (sent while this watcher was not running)."""
+    try:
+        with os.scandir(directory) as it:
+            names = sorted(entry.name for entry in it)
+    except OSError:
+        return
+    for name in names:
+        yield os.path.join(directory, name)
+
+
+def notify_argv(config: Config, peer: Peer) -> list[str]:
+    """ssh to the peer's jailed login, as the profiles' pulls do (pinned host key, batch mode)."""
+    host = f"[{peer.address}]" if ":" in peer.address else peer.address
+    return [
+        "ssh", *config.ssh_options, "-o", f"HostKeyAlias={peer.name}", "-p", str(peer.port),
+        f"{config.login or config.user}@{host}", NOTIFY_COMMAND,
+    ]  # fmt: skip
+
+
+class Notifier:
+    """Sends notices, one thread per peer at a time; notices for a peer that is busy wait for its next send.
+
+    ``on_sent(peer, ok, error)`` reports each send; a failed send is tried ``retries`` more times (the
+    peer's cron round is the safety net after that).
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        retries: int,
+        on_sent: Callable[[str, bool, str], None],
+        run: Callable[[list[str], bytes, float], tuple[int, str]] | None = None,
+    ) -> None:
+        self.config = config
+        self.retries = retries
+        self.on_sent = on_sent
+        self.run = run or _run_ssh
+        self._lock = threading.Lock()
+        self._pending: dict[str, dict[str, set[str] | None]] = {}
+        self._busy: set[str] = set()
+        self._peers = {peer.name: peer for peer in config.peers}
+
+    def submit(self, work: Work) -> None:
+        with self._lock:
+            for peer, folders in work.items():
+                pending = self._pending.setdefault(peer, {})
+                for folder, paths in folders.items():
+                    if paths is None or pending.get(folder, set()) is None:
+                        pending[folder] = None
+                    else:
+                        pending.setdefault(folder, set()).update(paths)  # type: ignore[union-attr]
+                if peer not in self._busy:
+                    self._busy.add(peer)
+                    threading.Thread(target=self._work, args=(peer,), daemon=True).start()
+
+    def idle(self) -> bool:
+        with self._lock:
+            return not self._busy
+
+    def _take(self, peer: str) -> dict[str, list[str] | None] | None:
+        with self._lock:
+            pending = self._pending.pop(peer, {})
+            if not pending:
+                self._busy.discard(peer)
+                return None
+        return {f: None if p is None else sorted(p) for f, p in pending.items()}
+
+    def _work(self, peer: str) -> None:
+        while (folders := self._take(peer)) is not None:
+            argv, data = notify_argv(self.config, self._peers[peer]), render_notice(folders)
+            timeout = self.config.connect_timeout + 10.0
+            for attempt in range(self.retries + 1):
+                code, error = self.run(argv, data, timeout)
+                self.on_sent(peer, code == 0, error)
+                if code == 0 or attempt == self.retries:
+                    break
+                threading.Event().wait(min(0.5 * 2**attempt, 8.0))
+
+
+def _run_ssh(argv: list[str], data: bytes, timeout: float) -> tuple[int, str]:
+    try:
+        proc = subprocess.run(
+            argv, input=data, capture_output=True, timeout=timeout, check=False,
+            env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return 255, str(exc)
+    return proc.returncode, proc.stderr.decode("utf-8", "replace").strip()[-300:]
