@@ -4,10 +4,12 @@ Pure and standard library only: ``status.yml`` runs it on the control node (thro
 ``mesh_node_status`` module) and ``meshctl status`` reads its report.
 
 Each node reports (``mesh_node_status``): its peers (from mesh.json), its edges' status records, the Unison
-version, each folder's marker, and whether its cron job is installed. An edge's record is on the node that
-last ran it (usually the initiator), so an edge is judged by the freshest record from either end. The
-edges expected are those that any reachable node lists as an active peer; an edge that has no record at
-all has never run, and is unhealthy like one that has never succeeded.
+version, each folder's marker, and whether its cron job is installed. Every node only pulls, so each end
+of an edge holds the record of its own pulls from the other: an edge is healthy when both directions are
+(a direction whose end is unreachable is judged by what is known). The row shows the worst direction, or
+the freshest when both are well. The edges expected are those that any reachable node lists as an active
+peer; an edge that has no record at all has never run, and is unhealthy like one that has never
+succeeded.
 """
 
 from __future__ import annotations
@@ -100,30 +102,52 @@ def edge_health(
             problems=[f"no record ({', '.join(silent)} unreachable)" if silent else "never synced"],
         )
         return row
-    node, record = found
-    success = timestamp(record.get("last_success"))
-    lag = round(max(now - success, 0.0), 1) if success is not None else None
+    holders = {node for node, _ in records}
+    problems: list[str] = []
+    judged = []
+    for node, record in sorted(records, key=lambda item: item[0]):
+        other = pair[1] if node == pair[0] else pair[0]
+        mine = _record_problems(record, now, max_lag)
+        problems += [f"{node} <- {other}: {problem}" for problem in mine]
+        judged.append((bool(mine), node, record))
+    for node in pair:
+        if node not in holders and node not in unreached:
+            problems.append(f"{node} <- {pair[1] if node == pair[0] else pair[0]}: never pulled")
+    bad = [(node, record) for failing, node, record in judged if failing]
+    node, record = bad[0] if bad else found
+    lags = [lag for _, rec in records if (lag := _lag(rec, now)) is not None]
     conflicts = record.get("conflicts")
     row.update(
         reported_by=node,
         result=record.get("result", "failed"),
         last_success=record.get("last_success"),
         last_finish=record.get("last_finish"),
-        lag_s=lag,
+        lag_s=max(lags) if lags else None,
         files_changed=int(record.get("files_changed") or 0),
         conflicts=list(conflicts) if isinstance(conflicts, list) else [],
         error=record.get("error"),
+        problems=problems,
+        healthy=not problems,
     )
+    return row
+
+
+def _lag(record: Mapping[str, Any], now: float) -> float | None:
+    success = timestamp(record.get("last_success"))
+    return round(max(now - success, 0.0), 1) if success is not None else None
+
+
+def _record_problems(record: Mapping[str, Any], now: float, max_lag: float) -> list[str]:
+    """What is wrong with one direction of an edge, from the record of the end that pulls."""
+    result, error, lag = record.get("result", "failed"), record.get("error"), _lag(record, now)
     problems = []
-    if row["result"] not in HEALTHY_RESULTS:
-        problems.append(f"last run {row['result']}" + (f": {row['error']}" if row["error"] else ""))
+    if result not in HEALTHY_RESULTS:
+        problems.append(f"last run {result}" + (f": {error}" if error else ""))
     if lag is None:
         problems.append("never succeeded")
     elif lag > max_lag:
         problems.append(f"last success {lag:.0f} s ago (more than {max_lag:g} s)")
-    row["problems"] = problems
-    row["healthy"] = not problems
-    return row
+    return problems
 
 
 def mesh_health(

@@ -314,7 +314,7 @@ def test_node_with_new_host_key_is_refused_until_add_node(mesh: Mesh, timed: Non
 
     proc = mesh.playbook("sync.yml", timeout=300)
     assert proc.returncode != 0, "a round with a refused node must not report success"
-    refused = [line for line in proc.stdout.splitlines() if "-> node3: hostkey" in line]
+    refused = [line for line in proc.stdout.splitlines() if "<- node3: hostkey" in line]
     assert refused, proc.stdout[-3000:]
     edges = _edge_results(mesh)
     suspect = {name: e for name, e in edges.items() if "node3" in e["pair"] and e["result"] == "hostkey"}

@@ -1,4 +1,4 @@
-"""Mesh health from node reports (per node, per edge by the freshest record from either end, the verdict),
+"""Mesh health from node reports (per node, per edge from both ends' pull records, the verdict),
 the Prometheus textfile parsed back with prometheus_client's parser, and the runner writing it."""
 
 from __future__ import annotations
@@ -62,11 +62,11 @@ def fact(node: str, peers: list[str], edges: list[dict], **extra: Any) -> dict[s
 
 
 def triangle(**overrides: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """A healthy 3-node full mesh: the initiator (lower name) holds each edge's record."""
+    """A healthy 3-node full mesh: every node pulls from both others and holds those records."""
     facts = {
         "node1": fact("node1", ["node2", "node3"], [record("node2"), record("node3")]),
-        "node2": fact("node2", ["node1", "node3"], [record("node3")]),
-        "node3": fact("node3", ["node1", "node2"], []),
+        "node2": fact("node2", ["node1", "node3"], [record("node1", ago=90), record("node3")]),
+        "node3": fact("node3", ["node1", "node2"], [record("node1", ago=90), record("node2", ago=90)]),
     }
     for node, values in overrides.items():
         facts[node] = {**facts[node], **values}
@@ -95,23 +95,47 @@ def test_an_unreachable_node_makes_the_mesh_unhealthy_but_its_edges_are_judged(u
     node3 = report["nodes"][2]
     assert (node3["reachable"], node3["healthy"]) == (False, False)
     assert not report["healthy"] and report["problems"][0].startswith("node3: unreachable")
-    # node1 and node2 still list node3 as a peer and hold those edges' records.
+    # node1 and node2 still list node3 as a peer and hold their pulls' records; node3's are not known.
     assert all(row["healthy"] for row in report["edges"]) and len(report["edges"]) == 3
 
 
-def test_the_freshest_record_from_either_end_wins() -> None:
+def test_both_directions_must_be_well_and_the_row_shows_the_worse() -> None:
     old = record("node2", "unreachable", ago=500, success_ago=900, error="ssh: connect ... refused")
     facts = triangle(
         node1={"edges": [old, record("node3")]},
         node2={"edges": [record("node1", ago=10, success_ago=10, files_changed=4), record("node3")]},
     )
     row = edges_by_name(mesh_health(facts, NOW, 3600))["node1<->node2"]
-    assert (row["reported_by"], row["result"], row["files_changed"], row["healthy"]) == (
-        "node2",
-        "ok",
-        4,
-        True,
+    assert (row["reported_by"], row["result"], row["lag_s"], row["healthy"]) == (
+        "node1",
+        "unreachable",
+        900.0,
+        False,
     )
+    assert row["problems"] == ["node1 <- node2: last run unreachable: ssh: connect ... refused"]
+    # Both well: the freshest shows.
+    facts["node1"]["edges"][0] = record("node2", ago=30, success_ago=30)
+    row = edges_by_name(mesh_health(facts, NOW, 3600))["node1<->node2"]
+    assert (row["reported_by"], row["files_changed"], row["healthy"]) == ("node2", 4, True)
+
+
+def test_a_brake_on_one_end_is_shown_even_when_the_other_pulled_later() -> None:
+    brake = record("node2", "brake", ago=100, success_ago=900, error="brake: this pull would delete 36 files")
+    facts = triangle(node1={"edges": [brake, record("node3")]})
+    facts["node2"]["edges"][0] = record("node1", ago=1, success_ago=1)
+    report = mesh_health(facts, NOW, 3600)
+    row = edges_by_name(report)["node1<->node2"]
+    assert (row["result"], row["healthy"]) == ("brake", False)
+    assert (
+        "node1<->node2: node1 <- node2: last run brake: brake: this pull would delete 36 files"
+        in (report["problems"])
+    )
+
+
+def test_a_reachable_end_that_never_pulled_is_a_problem() -> None:
+    facts = triangle(node3={"edges": [record("node1", ago=90)]})
+    row = edges_by_name(mesh_health(facts, NOW, 3600))["node2<->node3"]
+    assert row["problems"] == ["node3 <- node2: never pulled"] and not row["healthy"]
 
 
 @pytest.mark.parametrize(
@@ -126,8 +150,8 @@ def test_the_freshest_record_from_either_end_wins() -> None:
 def test_an_edge_needs_attention(rec: dict[str, Any], problem: str) -> None:
     report = mesh_health(triangle(node1={"edges": [rec, record("node3")]}), NOW, 3600)
     row = edges_by_name(report)["node1<->node2"]
-    assert not row["healthy"] and problem in row["problems"] and not report["healthy"]
-    assert f"node1<->node2: {problem}" in report["problems"]
+    assert not row["healthy"] and f"node1 <- node2: {problem}" in row["problems"] and not report["healthy"]
+    assert f"node1<->node2: node1 <- node2: {problem}" in report["problems"]
 
 
 def test_a_conflict_is_healthy_and_its_paths_are_listed() -> None:
@@ -139,7 +163,8 @@ def test_a_conflict_is_healthy_and_its_paths_are_listed() -> None:
 
 
 def test_an_edge_that_never_ran_is_unhealthy_and_a_removed_edge_is_ignored() -> None:
-    facts = triangle(node2={"edges": [record("node4")]})  # node4 was removed; node2<->node3 never ran
+    # node4 was removed; node2<->node3 never ran
+    facts = triangle(node2={"edges": [record("node1"), record("node4")]}, node3={"edges": [record("node1")]})
     report = mesh_health(facts, NOW, 3600)
     assert list(edges_by_name(report)) == ["node1<->node2", "node1<->node3", "node2<->node3"]
     row = edges_by_name(report)["node2<->node3"]
@@ -147,7 +172,7 @@ def test_an_edge_that_never_ran_is_unhealthy_and_a_removed_edge_is_ignored() -> 
 
 
 def test_an_edge_whose_only_record_is_on_an_unreachable_node_is_unknown() -> None:
-    facts = triangle()
+    facts = triangle(node3={"edges": [record("node1", ago=90)]})  # node3 never pulled from node2
     facts["node2"] = {"unreachable": True, "msg": "Timeout waiting for privilege escalation prompt:"}
     report = mesh_health(facts, NOW, 3600)
     row = edges_by_name(report)["node2<->node3"]
