@@ -64,11 +64,12 @@ options:
     type: raw
   sync:
     description:
-      - Mapping C({mode, schedule, concurrency, timeout, connect_timeout, backups}).
+      - Mapping C({mode, schedule, concurrency, timeout, connect_timeout, backups, max_deletions}).
       - C(mode) is C(cron) (default) or C(watch); C(schedule) is a 5-field cron expression
         (default C(*/15 * * * *)); C(concurrency) 1..64 (4); C(timeout) 10..86400 seconds (3600);
         C(connect_timeout) 1..120 seconds (10); C(backups) 0..1000 old versions kept of each overwritten
-        or deleted file (5; 0 turns versioning off).
+        or deleted file (5; 0 turns versioning off); C(max_deletions) the brake, files one pull may delete,
+        a count or a percentage of the folder such as C(50%) (the default; a percentage lets 10 through).
     type: raw
   vars:
     description:
@@ -163,6 +164,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
             "mesh_sync_timeout": mesh.sync.timeout,
             "mesh_sync_connect_timeout": mesh.sync.connect_timeout,
             "mesh_sync_backups": mesh.sync.backups,
+            "mesh_sync_max_deletions": mesh.sync.max_deletions,
             "mesh_keystore": keystore,
         }
         return host_vars | mesh.vars | node.vars

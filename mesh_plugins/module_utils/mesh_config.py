@@ -38,13 +38,14 @@ FOLDER_KEYS = ("name", "path", "ignore")
 NODE_KEYS = ("address", "port", "groups", "vars")
 TOPOLOGY_KEYS = ("kind",)
 OVERLAY_KEYS = ("kind", "degree")
-SYNC_KEYS = ("mode", "schedule", "concurrency", "timeout", "connect_timeout", "backups")
+SYNC_KEYS = ("mode", "schedule", "concurrency", "timeout", "connect_timeout", "backups", "max_deletions")
 
 # 21 characters at most: each peer logs in as USER-PEER (32 at most; a hash stands in for a long PEER).
 USER_RE = re.compile(r"[a-z_][a-z0-9_-]{0,20}")
 # Node and folder names end up in file names (keys, Unison profiles, status files), hence the narrow alphabet.
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 IDENTIFIER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+MAX_DELETIONS_RE = re.compile(r"[0-9]{1,9}|(?:100|[0-9]{1,2})%")
 HOST_LABEL_RE = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 
 # Names Ansible (or this plugin) already uses for groups: a node or group of that name would collide.
@@ -109,6 +110,8 @@ class SyncSettings:
     timeout: int = 3600
     connect_timeout: int = 10
     backups: int = 5  # versions kept of each overwritten or deleted file
+    # The mass-deletion brake: files one pull may delete, a count ("100") or a share of the folder ("50%").
+    max_deletions: str = "50%"
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,6 +269,19 @@ def _parse_sync(value: object) -> SyncSettings:
         timeout=timeout,
         connect_timeout=connect_timeout,
         backups=_integer("sync.backups", _optional(raw, "backups", defaults.backups), 0, 1000),
+        max_deletions=_check_max_deletions(_optional(raw, "max_deletions", defaults.max_deletions)),
+    )
+
+
+def _check_max_deletions(value: object) -> str:
+    """A count (an integer, or its digits as a string) or a percentage 0-100 written "N%"."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 999_999_999:
+        return str(value)
+    if isinstance(value, str) and MAX_DELETIONS_RE.fullmatch(value):
+        return value
+    raise MeshConfigError(
+        "sync.max_deletions",
+        f"must be a count of files (e.g. 100) or a percentage of the folder (e.g. '50%'), got {value!r}",
     )
 
 

@@ -265,6 +265,10 @@ def test_top_level_must_be_a_mapping(data: object) -> None:
         ("sync", {"timeout": 86401}, "sync.timeout", "between 10 and 86400"),
         ("sync", {"connect_timeout": 0}, "sync.connect_timeout", "between 1 and 120"),
         ("sync", {"backups": -1}, "sync.backups", "between 0 and 1000"),
+        ("sync", {"max_deletions": "101%"}, "sync.max_deletions", "a percentage of the folder"),
+        ("sync", {"max_deletions": -1}, "sync.max_deletions", "a count of files"),
+        ("sync", {"max_deletions": "half"}, "sync.max_deletions", "a count of files"),
+        ("sync", {"max_deletions": True}, "sync.max_deletions", "a count of files"),
         ("sync", {"connect_timeout": 121}, "sync.connect_timeout", "between 1 and 120"),
         ("sync", {"timeout": 10, "connect_timeout": 10}, "sync.connect_timeout", "shorter than sync.timeout"),
         ("vars", "ansible_user=root", "vars", "must be a mapping"),
@@ -277,6 +281,11 @@ def test_bad_value_names_its_key(path: str, value: object, key: str, fragment: s
     assert err.key == key
     assert fragment in str(err)
     assert str(err).startswith(f"{key}: ")
+
+
+@pytest.mark.parametrize(("value", "expected"), [(None, "50%"), (0, "0"), (250, "250"), ("10%", "10%")])
+def test_the_deletion_brake_takes_a_count_or_a_share(value: object, expected: str) -> None:
+    assert parse_mesh(with_value("sync", {"max_deletions": value})).sync.max_deletions == expected
 
 
 @pytest.mark.parametrize(
