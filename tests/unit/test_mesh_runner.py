@@ -1,9 +1,10 @@
 """The node's sync runner end to end, without ssh.
 
 `unison` in the config points at a fake written by these tests (a test double for the binary only): it
-prints a real captured Unison output, exits with that capture's code, and follows a per-profile spec
-(`{unison_dir}/{profile}.fake.json`: fixture, sleep, spawn a child, ignore SIGTERM). Every call is
-recorded in `{unison_dir}/calls.jsonl` with its argv, environment and times. One test runs the real Unison.
+prints a real captured Unison output (or a text a test gives), exits with that capture's code, and follows
+a per-profile spec (`{fakes}/{profile}.fake.json`: fixture, sleep, spawn a child, ignore SIGTERM; with
+`runs`, one such spec per call of the profile, in order, the last one repeated). Every call is recorded in
+`{fakes}/calls.jsonl` with its argv, environment and times. Some tests run the real Unison.
 """
 
 from __future__ import annotations
@@ -36,6 +37,11 @@ fakes = pathlib.Path({fakes!r})
 profile = sys.argv[1]
 spec_file = fakes / (profile + ".fake.json")
 spec = json.loads(spec_file.read_text()) if spec_file.exists() else {{}}
+if "runs" in spec:
+    calls_file = fakes / "calls.jsonl"
+    done = calls_file.read_text().splitlines() if calls_file.exists() else []
+    before = sum(1 for line in done if json.loads(line)["argv"][0] == profile)
+    spec = spec["runs"][min(before, len(spec["runs"]) - 1)]
 if spec.get("ignore_term"):
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 keys = ("PATH", "LANG", "HOME", "UNISON", "UNISONLOCALHOSTNAME")
@@ -46,11 +52,15 @@ if spec.get("child"):
     call["child"] = child.pid
 with open(fakes / "calls.jsonl", "a") as log:
     log.write(json.dumps(call) + "\\n")
-fixture = next(pathlib.Path({fixtures!r}).glob(spec.get("fixture", "nothing") + ".exit*.txt"))
-sys.stdout.write(fixture.read_text())
+if "text" in spec:
+    text, code = spec["text"], spec["code"]
+else:
+    fixture = next(pathlib.Path({fixtures!r}).glob(spec.get("fixture", "nothing") + ".exit*.txt"))
+    text, code = fixture.read_text(), int(fixture.name.split(".exit")[1].split(".")[0])
+sys.stdout.write(text)
 sys.stdout.flush()
 time.sleep(spec.get("sleep", 0))
-sys.exit(int(fixture.name.split(".exit")[1].split(".")[0]))
+sys.exit(code)
 """
 
 
@@ -126,7 +136,11 @@ def test_runs_exactly_the_profile_with_a_pinned_minimal_environment(tmp_path: Pa
     code, report = mesh.run(capsys)
     assert code == 0
     calls = mesh.calls()
-    assert [call["argv"] for call in calls] == [["node2--shared"], ["node2--media"]]
+    # A pull: the profile, and no local deletion on the first run (the brake); nothing held, no second run.
+    assert [call["argv"] for call in calls] == [
+        ["node2--shared", "-nodeletion", str(mesh.folders["shared"])],
+        ["node2--media", "-nodeletion", str(mesh.folders["media"])],
+    ]
     assert calls[0]["env"] == {
         "PATH": "/usr/bin:/bin",
         "LANG": "C.UTF-8",
@@ -192,7 +206,9 @@ def test_locked_edge_is_busy_and_not_run(tmp_path: Path, capsys: Capsys) -> None
     edges = edges_by_peer(report)
     assert edges["node2"]["result"] == "busy" and edges["node2"]["folders"] == []
     assert edges["node3"]["result"] == "ok"
-    assert [call["argv"] for call in mesh.calls()] == [["node3--shared"]]
+    assert [call["argv"] for call in mesh.calls()] == [
+        ["node3--shared", "-nodeletion", str(mesh.folders["shared"])]
+    ]
     assert not (mesh.state_dir / "status" / "node2.json").exists()  # the holder records its own result
     assert report["summary"]["busy"] == 1
     # Released: the next run takes the edge.
@@ -208,7 +224,10 @@ def test_missing_marker_refuses_to_run_unison(tmp_path: Path, capsys: Capsys) ->
     assert edge["result"] == "marker"
     path = mesh.folders["shared"]
     assert edge["error"] == f"folder {path} has no {MARKER}: not mounted or emptied? refusing to sync"
-    assert [call["argv"] for call in mesh.calls()] == [["node2--media"]]  # only the folder that has one
+    # Only the folder that has one.
+    assert [call["argv"] for call in mesh.calls()] == [
+        ["node2--media", "-nodeletion", str(mesh.folders["media"])]
+    ]
     assert mesh.status("node2")["result"] == "marker"
 
 
@@ -243,7 +262,7 @@ def test_timeout_kills_the_whole_process_group(
     assert edges["node2"]["result"] == "timeout"
     assert edges["node2"]["error"] == "timed out after 1 s: unison and its ssh were killed"
     assert edges["node3"]["result"] == "ok"  # a frozen peer blocks nobody else
-    call = next(c for c in mesh.calls() if c["argv"] == ["node2--shared"])
+    call = next(c for c in mesh.calls() if c["argv"][0] == "node2--shared")
     deadline = time.monotonic() + 5
     while not (process_gone(call["pid"]) and process_gone(call["child"])) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -288,8 +307,8 @@ def test_log_has_a_line_per_run_and_the_tail_of_failures(tmp_path: Path, capsys:
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        ((), ["node2", "node4"]),  # the edges this node initiates
-        (("--peer", "node3"), ["node3"]),  # either end may sync an edge
+        ((), ["node2", "node3", "node4"]),  # a node pulls from every peer, whoever initiates
+        (("--peer", "node3"), ["node3"]),
         (("--peer", "node4", "--peer", "node2"), ["node2", "node4"]),
         (("--all-peers",), ["node2", "node3", "node4"]),
     ],
@@ -309,12 +328,18 @@ def test_dry_run_runs_and_touches_nothing(tmp_path: Path, capsys: Capsys) -> Non
     assert report["edges"][0]["folders"][0] == {
         "folder": "shared",
         "path": str(mesh.folders["shared"]),
-        "profile": f"{mesh.unison_dir}/node2/node2--shared.prf",
+        # The name Unison is given in the edge's directory: the root-owned link to the node's profile.
+        "profile": f"{mesh.unison_dir}/node2/node2--shared",
         "command": [mesh.config["unison"], "node2--shared"],
     }
     assert mesh.calls() == [] and not mesh.state_dir.exists() and not mesh.log_file.parent.exists()
     assert main(["--config", str(mesh.config_path), "--dry-run"]) == 0
-    assert "would sync node1 <-> node2 folder shared:" in capsys.readouterr().out
+    out = capsys.readouterr().out.splitlines()
+    assert out == [
+        f"would pull {p} -> node1 folder shared: {mesh.config['unison']} {p}--shared "
+        f"(profile {mesh.unison_dir}/{p}/{p}--shared)"
+        for p in ("node2", "node3")
+    ] + ["node1: 2 edges, dry run: nothing was run"]
 
 
 def test_human_output(tmp_path: Path, capsys: Capsys) -> None:
