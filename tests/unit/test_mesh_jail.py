@@ -463,6 +463,20 @@ def test_remove_jail_removes_the_mesh_users_files_in_the_archives(tmp_path: Path
     assert not jail.exists()
 
 
+def test_remove_jail_removes_the_change_notices_the_peers_login_left(tmp_path: Path) -> None:
+    as_root()
+    jail, archives, _ = make_jail(tmp_path)
+    notice = jail / "notify/4242"
+    notice.parent.mkdir()
+    notice.write_text("shared\tdocs/report.txt\n")
+    os.chown(notice, MESH_UID, MESH_UID)
+    message = f"{notice} is not part of a jail (owned by uid {MESH_UID}): not removing {jail}"
+    with pytest.raises(JailError, match=re.escape(message)):  # only where the login writes
+        remove_jail(str(jail), archives, lambda: set(), never)
+    remove_jail(str(jail), (archives, f"{jail}/notify/"), lambda: set(), never)
+    assert not jail.exists()
+
+
 def never(point: str) -> None:
     raise AssertionError(f"umount {point} was not expected")
 

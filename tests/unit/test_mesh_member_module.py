@@ -471,6 +471,20 @@ def test_a_removed_peers_jail_is_unmounted_then_removed_its_backups_retired_its_
     assert not run(node)["changed"]
 
 
+def test_a_removed_peers_jail_goes_with_the_change_notices_its_login_left(
+    node: dict[str, Any], system: FakeSystem
+) -> None:
+    run(node)
+    notices = jail(node, "node3") / "notify"
+    notice = notices / "4242"  # what replimesh-serve writes for "replimesh-notify", as the peer's login
+    notice.write_text("shared\tdocs/report.txt\n")
+    os.chown(notice, 1, GID)
+    node["peers"] = [peer("node2")]
+    result = run(node)
+    assert result["logins_removed"] == [login("node3")] and not jail(node, "node3").exists()
+    assert system.users == {login("node2")} and not run(node)["changed"]
+
+
 def test_a_kept_peers_old_versions_are_retired_out_of_its_jail(
     node: dict[str, Any], system: FakeSystem
 ) -> None:
