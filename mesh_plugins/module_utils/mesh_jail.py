@@ -79,6 +79,8 @@ def mount_points(mountinfo: str) -> set[str]:
 
 # What every mount in a jail must carry: a peer reads the folders, never writes or runs anything there.
 JAIL_MOUNT_FLAGS = ("ro", "nosuid", "nodev")
+# A jail's notice directory: the peer's login leaves its change notices there (watch mode).
+NOTIFY_DIR = "/notify"
 
 
 def writable_points(mountinfo: str, prefix: str) -> set[str]:
@@ -176,7 +178,7 @@ def mirror_template(template: str, jail: str, files: Sequence[str], dry_run: boo
 
 def remove_jail(
     jail: str,
-    archives: str,
+    archives: str | tuple[str, ...],
     mounts: Callable[[], set[str]],
     umount: Callable[[str], None],
     keep: tuple[str, str] | None = None,
@@ -185,7 +187,8 @@ def remove_jail(
 
     Never deletes through a mount: whatever is still mounted in the jail after unmounting stops the
     removal (JailError), and so does a file that no jail is made of (one not owned by root outside
-    ``archives``, the jail's Unison directories).
+    ``archives``, the prefixes of what the peer's login writes: the jail's Unison directories and its
+    notice directory).
     """
     prefix = jail.rstrip("/") + "/"
     for point in sorted((m for m in mounts() if m.startswith(prefix)), key=len, reverse=True):
@@ -420,7 +423,7 @@ class Jails:
         for name in names:
             jail = self.layout.root(name)
             keep = (self.layout.backup_root(name), retired_path(self.layout.backup_dir, name))
-            archives = jail + self.layout.unison_dir + "/"
+            archives = (jail + self.layout.unison_dir + "/", jail + NOTIFY_DIR + "/")
             remove_jail(jail, archives, self.mounts, lambda point: self._run(["umount", point]), keep)
 
     def remove_users(self, names: Sequence[str]) -> None:

@@ -32,7 +32,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .mesh_jail import JailLayout, edge_user, parents
+from .mesh_jail import NOTIFY_DIR, JailLayout, edge_user, parents
 
 HEADER = "# Managed by replimesh (mesh_member): do not edit, the control node rewrites it."
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
@@ -65,8 +65,8 @@ PROTECTED_DIRS = frozenset([
 FILE_MODE = 0o644
 DIR_MODE = 0o755
 PEER_DIR_MODE = 0o1770
-# Where a peer's ssh leaves a change notice (watch mode): the login writes, this node's watcher reads.
-NOTIFY_DIR = "/notify"
+# Where a peer's ssh leaves a change notice (watch mode): the login writes, this node's watcher reads
+# (NOTIFY_DIR, mesh_jail's: a jail's removal takes the notices the login left there).
 NOTIFY_DIR_MODE = 0o1770
 # Names Unison reads in its UNISON directory as a profile when they exist: the profile's name with and
 # without .prf, and default(.prf) when no profile is named. All held by root-owned links (see the module doc).

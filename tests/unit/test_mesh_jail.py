@@ -14,6 +14,7 @@ from mesh_plugins.module_utils.mesh_jail import (
     USER_RE,
     JailError,
     JailLayout,
+    Jails,
     edge_user,
     fstab_binds,
     mirror_template,
@@ -23,12 +24,15 @@ from mesh_plugins.module_utils.mesh_jail import (
     remove_jail,
     retired_path,
     template_files,
+    writable_points,
 )
 from mesh_plugins.module_utils.mesh_jail import render_fstab as render
 
 J = "/var/lib/replimesh/jails"
 LAYOUT = JailLayout(J, "/var/lib/replimesh/jail", "/var/lib/replimesh/unison", "/var/lib/replimesh/backups")
 MESH_UID = 1  # daemon: a user that is not root, standing in for the mesh user
+# The options of every jail line in /etc/fstab: recursive, read-only, nosuid, nodev, a slave of the host.
+RO_BIND = "rbind,ro,nosuid,nodev,rslave"
 
 
 def as_root() -> None:
@@ -90,6 +94,31 @@ def test_mount_points_are_read_with_their_octal_escapes_undone() -> None:
     assert mount_points("") == set()
 
 
+WRITABLE_INFO = f"""\
+22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
+40 22 8:1 /srv/a {J}/replimesh-node2/srv/a ro,nosuid,nodev,relatime master:1 - ext4 /dev/sda1 rw
+41 40 8:2 / {J}/replimesh-node2/srv/a/disk rw,nosuid,nodev,relatime master:2 - ext4 /dev/sdb1 rw
+42 22 8:1 /srv/b {J}/replimesh-node2/srv/b ro,nodev,relatime master:1 - ext4 /dev/sda1 rw
+43 22 8:1 /srv/my\\040c {J}/replimesh-node3/srv/my\\040c rw,relatime shared:1 - ext4 /dev/sda1 rw
+44 22 8:1 /srv/d {J}/replimesh-node3/srv/d nodev,ro,nosuid master:1 - ext4 /dev/sda1 rw
+45 22 8:1 /srv/e {J}-other/x/srv/e rw shared:1 - ext4 /dev/sda1 rw
+46 22 8:1 /srv/f /srv/f rw shared:1 - ext4 /dev/sda1 rw
+short line
+"""
+
+
+def test_writable_points_are_mounts_under_the_prefix_lacking_ro_nosuid_or_nodev() -> None:
+    assert writable_points(WRITABLE_INFO, J + "/") == {
+        f"{J}/replimesh-node2/srv/a/disk",  # rw: a disk mounted inside a folder
+        f"{J}/replimesh-node2/srv/b",  # ro, nodev, but suid allowed
+        f"{J}/replimesh-node3/srv/my c",  # rw, read with its escape undone
+    }
+    # The flags are read from the per-mount options (field 6), not the super block's (the last field).
+    assert f"{J}/replimesh-node2/srv/a" not in writable_points(WRITABLE_INFO, J + "/")
+    assert writable_points(WRITABLE_INFO, "/nowhere/") == set()
+    assert writable_points("", J + "/") == set()
+
+
 FSTAB = f"""\
 # /etc/fstab: static file system information.
 UUID=abcd / ext4 errors=remount-ro 0 1
@@ -110,8 +139,8 @@ def test_render_fstab_keeps_other_lines_and_puts_exactly_the_jails_binds_last() 
         "/dev/sdb1 /srv ext4 defaults 0 2",
         f"# {J}/replimesh-node2/srv/x is a comment: kept",
         "/srv/shared /var/lib/replimesh/jails-other/x none bind 0 0",  # not in JAILS_DIR: not ours
-        f"/srv/shared {J}/replimesh-node2/srv/shared none bind,slave 0 0",
-        f"/srv/a {J}/replimesh-node3/srv/a none bind,slave 0 0",
+        f"/srv/shared {J}/replimesh-node2/srv/shared none {RO_BIND} 0 0",
+        f"/srv/a {J}/replimesh-node3/srv/a none {RO_BIND} 0 0",
     ]
     assert render(text, binds, J) == text  # idempotent
     assert render(text, binds[1:], J) == render(FSTAB, binds[1:], J)  # replaced, never appended twice
@@ -123,8 +152,8 @@ def test_render_fstab_escapes_spaces_tabs_and_backslashes_and_reads_its_own_line
     binds = [("/srv/my photos", f"{J}/replimesh-node2/srv/my photos"), ("/srv/a\tb\\c", f"{J}/x/srv/a\tb\\c")]
     text = render("", binds, J)
     assert text == (
-        f"/srv/my\\040photos {J}/replimesh-node2/srv/my\\040photos none bind,slave 0 0\n"
-        f"/srv/a\\011b\\134c {J}/x/srv/a\\011b\\134c none bind,slave 0 0\n"
+        f"/srv/my\\040photos {J}/replimesh-node2/srv/my\\040photos none {RO_BIND} 0 0\n"
+        f"/srv/a\\011b\\134c {J}/x/srv/a\\011b\\134c none {RO_BIND} 0 0\n"
     )
     assert render(text, binds, J) == text
     assert render(text, [], J) == "\n"
@@ -173,7 +202,7 @@ def test_plan_jails_removes_gone_logins_and_jails_named_like_logins_only() -> No
     )
     assert todo.users_add == () and todo.users_remove == ("replimesh-node4",)
     assert todo.jails_remove == ("replimesh-node4", "replimesh-node5")
-    assert todo.mount == () and todo.fstab == f"/srv/a {J}/replimesh-node2/srv/a none bind,slave 0 0\n"
+    assert todo.mount == () and todo.fstab == f"/srv/a {J}/replimesh-node2/srv/a none {RO_BIND} 0 0\n"
     assert todo.unmount == ()  # node4's jail goes whole (remove_jail unmounts it)
     assert todo.changed
 
@@ -186,7 +215,38 @@ def test_plan_jails_unbinds_a_dropped_folder_from_kept_jails_only_where_replimes
     )
     # /srv/b is no longer synced: its bind goes; a mount that only propagated under /srv/a is left alone.
     assert todo.unmount == (f"{J}/replimesh-node2/srv/b",) and todo.mount == ()
-    assert todo.fstab == f"/srv/a {J}/replimesh-node2/srv/a none bind,slave 0 0\n" and todo.changed
+    assert todo.fstab == f"/srv/a {J}/replimesh-node2/srv/a none {RO_BIND} 0 0\n" and todo.changed
+
+
+def test_plan_jails_remounts_writable_binds_and_mounts_below_them_in_wanted_binds_only() -> None:
+    logins, folders = ["replimesh-node2"], ["/srv/a", "/srv/b"]
+    settled = plan_jails(logins, folders, LAYOUT, [], [], set(), "")
+    assert settled.fstab is not None
+    mounted = {dst for _, dst in settled.binds} | {f"{J}/replimesh-node2/srv/a/disk"}
+    writable = {
+        f"{J}/replimesh-node2/srv/a/disk",  # below a wanted bind
+        f"{J}/replimesh-node2/srv/b",  # a wanted bind, mounted writable by the earlier layout
+        f"{J}/replimesh-node2/srv/bb",  # a prefix of a bind's name only: not ours
+        f"{J}/replimesh-node3/srv/a",  # a jail that is not wanted: remove_jail unmounts it
+        f"{J}/replimesh-node2/srv",  # above the binds
+    }
+    todo = plan_jails(logins, folders, LAYOUT, logins, logins, mounted, settled.fstab, writable)
+    assert todo.remount == (f"{J}/replimesh-node2/srv/a/disk", f"{J}/replimesh-node2/srv/b")
+    assert todo.mount == () and todo.fstab is None and todo.retire == () and todo.changed
+    clean = plan_jails(logins, folders, LAYOUT, logins, logins, mounted, settled.fstab, set())
+    assert clean.remount == () and not clean.changed
+
+
+def test_plan_jails_retires_the_versions_of_kept_logins_only() -> None:
+    logins = ["replimesh-node2", "replimesh-node3"]
+    settled = plan_jails(logins, ["/srv/a"], LAYOUT, [], [], set(), "")
+    assert settled.fstab is not None
+    mounted = {dst for _, dst in settled.binds}
+    with_backups = ["replimesh-node3", "replimesh-node4", "replimesh-node2"]
+    todo = plan_jails(logins, ["/srv/a"], LAYOUT, logins, logins, mounted, settled.fstab, set(), with_backups)
+    # node4 is no peer: its whole jail goes (remove_jail keeps its versions), it is not retired here.
+    assert todo.retire == ("replimesh-node2", "replimesh-node3") and todo.changed
+    assert todo.remount == () and todo.mount == () and todo.fstab is None
 
 
 def test_plan_jails_without_peers_drops_every_bind() -> None:
@@ -403,6 +463,20 @@ def test_remove_jail_removes_the_mesh_users_files_in_the_archives(tmp_path: Path
     assert not jail.exists()
 
 
+def test_remove_jail_removes_the_change_notices_the_peers_login_left(tmp_path: Path) -> None:
+    as_root()
+    jail, archives, _ = make_jail(tmp_path)
+    notice = jail / "notify/4242"
+    notice.parent.mkdir()
+    notice.write_text("shared\tdocs/report.txt\n")
+    os.chown(notice, MESH_UID, MESH_UID)
+    message = f"{notice} is not part of a jail (owned by uid {MESH_UID}): not removing {jail}"
+    with pytest.raises(JailError, match=re.escape(message)):  # only where the login writes
+        remove_jail(str(jail), archives, lambda: set(), never)
+    remove_jail(str(jail), (archives, f"{jail}/notify/"), lambda: set(), never)
+    assert not jail.exists()
+
+
 def never(point: str) -> None:
     raise AssertionError(f"umount {point} was not expected")
 
@@ -411,3 +485,54 @@ def test_an_unmounted_jail_is_never_unmounted(tmp_path: Path) -> None:
     jail, archives, _ = make_jail(tmp_path)
     remove_jail(str(jail), archives, lambda: {"/", str(jail) + "-other/x"}, never)
     assert not jail.exists()
+
+
+# --- commands: mounts and retired versions --------------------------------------------------------------
+
+
+class Recorder:
+    """Stands in for the module's run_command: records each argv, always succeeds."""
+
+    def __init__(self) -> None:
+        self.argvs: list[list[str]] = []
+
+    def __call__(self, argv: list[str]) -> tuple[int, str, str]:
+        self.argvs.append(argv)
+        return 0, "", ""
+
+
+def test_jails_mount_rbinds_as_a_slave_then_remounts_every_mount_of_the_tree_read_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    layout = JailLayout(str(tmp_path / "jails"), str(tmp_path / "t"), "/u", "/b")
+    dst = f"{layout.root('replimesh-node2')}/srv/a"
+    os.makedirs(os.path.dirname(dst))
+    run = Recorder()
+    jails = Jails(run, "replimesh", "replimesh-peers", {"replimesh-node2": "node2"}, ["/srv/a"], layout)
+    # What the kernel shows after the rbind: the bind, a disk mounted inside the folder, a neighbour.
+    monkeypatch.setattr(Jails, "mounts", lambda self: {dst, f"{dst}/disk", f"{dst}x", "/"})
+    jails.mount([("/srv/a", dst)])
+    assert os.path.isdir(dst)
+    assert run.argvs == [
+        ["mount", "--rbind", "--make-rslave", "/srv/a", dst],
+        ["mount", "-o", "remount,bind,ro,nosuid,nodev", dst],
+        ["mount", "-o", "remount,bind,ro,nosuid,nodev", f"{dst}/disk"],
+    ]
+    run.argvs.clear()
+    jails.remount([f"{dst}/disk"])
+    assert run.argvs == [["mount", "-o", "remount,bind,ro,nosuid,nodev", f"{dst}/disk"]]
+
+
+def test_jails_retire_moves_a_jails_versions_to_the_retired_backups(tmp_path: Path) -> None:
+    backup_dir = str(tmp_path / "backups")
+    layout = JailLayout(str(tmp_path / "jails"), str(tmp_path / "t"), "/u", backup_dir)
+    versions = Path(layout.backup_root("replimesh-node2"))
+    (versions / "shared").mkdir(parents=True)
+    (versions / "shared/.bak.0.doc").write_text("old version")
+    run = Recorder()
+    jails = Jails(run, "replimesh", "replimesh-peers", {"replimesh-node2": "node2"}, [], layout)
+    jails.retire(["replimesh-node2"])
+    assert not versions.exists() and run.argvs == []
+    [kept] = (tmp_path / "backups" / RETIRED).iterdir()
+    assert re.fullmatch(r"replimesh-node2-[0-9]{8}T[0-9]{6}Z", kept.name)
+    assert (kept / "shared/.bak.0.doc").read_text() == "old version"

@@ -40,6 +40,7 @@ S = "/var/lib/replimesh/state"
 K = "/etc/ssh/authorized_keys"
 J = "/var/lib/replimesh/jails"
 B = "/var/lib/replimesh/backups"
+P = "/etc/replimesh/profiles"
 
 
 def key(kind: str = "ssh-ed25519", seed: int = 1) -> str:
@@ -75,10 +76,17 @@ def settled(spec: MemberSpec) -> Existing:
         stats=stats,
         unison_dirs=names,
         key_files=tuple(sorted(spec.login(n) for n in names)),
-        peer_files={p.name: tuple(f"{p.name}--{f.name}.prf" for f in spec.folders) for p in spec.peers},
+        peer_files={p.name: guards(p.name, [f.name for f in spec.folders]) for p in spec.peers},
         status=tuple(f"{n}.json" for n in names),
         locks=tuple(f"{n}.lock" for n in names),
+        profile_files=tuple(sorted(f"{p.name}--{f.name}.prf" for p in spec.peers for f in spec.folders)),
     )
+
+
+def guards(peer_name: str, folders: list[str]) -> tuple[str, ...]:
+    """The root-owned links in an edge's Unison directory: every name Unison reads as a profile there."""
+    names = [f"{peer_name}--{f}{ext}" for f in folders for ext in ("", ".prf")]
+    return tuple(sorted(["default", "default.prf", *names]))
 
 
 # --- rendering ------------------------------------------------------------------------------------------
@@ -99,7 +107,14 @@ def test_config_is_sorted_indented_json_the_runner_accepts() -> None:
         "port": 2222,
         "initiator": False,
         "active": False,
+        # Where node2's change notices land here: the notice directory of node2's jail.
+        "notify_dir": f"{J}/replimesh-node2/notify",
     }
+    assert data["peers"][1]["notify_dir"] == f"{J}/replimesh-node3/notify"
+    assert data["max_deletions"] == "50%"
+    assert (
+        json.loads(render_config(make_spec(settings=Settings(max_deletions="200"))))["max_deletions"] == "200"
+    )
     assert data["folders"] == [
         {"name": "shared", "path": "/srv/replimesh/shared", "ignore": ["*.tmp", "cache/build"]}
     ]
@@ -117,6 +132,7 @@ def test_config_is_sorted_indented_json_the_runner_accepts() -> None:
     )
     config = mesh_runner.parse_config(data)
     assert [p.name for p in config.peers] == ["node2", "node3"] and config.login == "replimesh-node1"
+    assert config.max_deletions == "50%" and config.peers[0].notify_dir == f"{J}/replimesh-node2/notify"
     assert mesh_runner.remote_root(config, config.peers[0], config.folders[0]).startswith(
         f"ssh://replimesh-node1@{peer('node2').address}:2222//"
     )
@@ -144,7 +160,8 @@ def test_authorized_keys_one_file_per_peer_with_its_own_restricted_line_and_unis
     assert render_authorized_keys(spec, node2) == (
         f"{HEADER}\n"
         'restrict,from="10.0.0.12",command="UNISONLOCALHOSTNAME=node1 UNISON=/var/lib/replimesh/unison/node2 '
-        f'exec /usr/bin/unison -server" {node2.public_key} replimesh@node2\n'
+        "UNISON_BINARY=/usr/bin/unison exec /bin/replimesh-serve"
+        f'" {node2.public_key} replimesh@node2\n'
     )
     lines = render_authorized_keys(spec, node3).splitlines()
     assert lines[0] == HEADER and len(lines) == 2
@@ -157,7 +174,9 @@ def test_authorized_keys_one_file_per_peer_with_its_own_restricted_line_and_unis
 def test_authorized_keys_drops_the_key_comment_and_uses_the_mesh_user() -> None:
     spec = make_spec(peers=(peer("node2", public_key=key() + " replimesh@node2 extra\n"),), user="mesh")
     assert (
-        render_authorized_keys(spec, spec.peers[0]).splitlines()[1].endswith(f'-server" {key()} mesh@node2')
+        render_authorized_keys(spec, spec.peers[0])
+        .splitlines()[1]
+        .endswith(f'/bin/replimesh-serve" {key()} mesh@node2')
     )
 
 
@@ -218,9 +237,13 @@ def test_profile_exact_text() -> None:
     spec = make_spec(settings=Settings(unison_extra_prefs=("maxthreads = 4", "rsync = false")))
     node2, folder = peer("node2", "10.0.0.12", port=2222), spec.folders[0]
     assert render_profile(spec, node2, folder) == (
-        "# Managed by replimesh (mesh_member): edge node1 <-> node2, folder shared.\n"
+        "# Managed by replimesh (mesh_member): node1 pulls folder shared from node2.\n"
         "root = /srv/replimesh/shared\n"
         "root = ssh://replimesh-node1@10.0.0.12:2222//srv/replimesh/shared\n"
+        # Pull only: the peer's root is never written.
+        "noupdate = ssh://replimesh-node1@10.0.0.12:2222//srv/replimesh/shared\n"
+        "nodeletion = ssh://replimesh-node1@10.0.0.12:2222//srv/replimesh/shared\n"
+        "nocreation = ssh://replimesh-node1@10.0.0.12:2222//srv/replimesh/shared\n"
         "batch = true\nauto = true\nprefer = newer\ncopyonconflict = true\ntimes = true\nfastcheck = true\n"
         "log = false\nconfirmbigdel = true\nretry = 2\nperms = 0o1775\n"
         "mountpoint = .replimesh-folder\n"
@@ -276,21 +299,25 @@ def test_ipv6_addresses_go_in_brackets_in_the_ssh_root(address: str, host: str) 
 def test_desired_entries_modes_and_owners() -> None:
     spec = make_spec(folders=(FolderSpec("a", "/srv/a"), FolderSpec("b", "/data/b")), user="mesh")
     entries = {e.path: e for e in desired_entries(spec)}
-    # The jail's own directories: its root and every directory above the Unison dir, the backups and the
-    # folders (not the folders' mount points: those are bind mounts, never chowned).
+    # The jail's own directories: its root and every directory above the Unison dir and the folders (not
+    # the folders' mount points: those are bind mounts, never chowned). No versions in any jail.
     jail_dirs = ["", "/var", "/var/lib", "/var/lib/replimesh", U, "/srv", "/data"]
+    peers = ("node2", "node3")
     assert set(entries) == {
         "/etc/replimesh/mesh.json",
         "/etc/replimesh/known_hosts",
-        *(f"{K}/mesh-{p}" for p in ("node2", "node3")),
-        *(f"{J}/mesh-{p}{d}" for p in ("node2", "node3") for d in jail_dirs),
-        *(f"{J}/mesh-{p}{U}/{p}" for p in ("node2", "node3")),
-        *(f"{J}/mesh-{p}{B}" for p in ("node2", "node3")),
-        *(f"{J}/mesh-{p}{B}/{f}" for p in ("node2", "node3") for f in ("a", "b")),
+        P,
+        *(f"{K}/mesh-{p}" for p in peers),
+        *(f"{J}/mesh-{p}{d}" for p in peers for d in jail_dirs),
+        *(f"{J}/mesh-{p}{U}/{p}" for p in peers),
+        *(f"{J}/mesh-{p}/notify" for p in peers),
+        *(f"{J}/mesh-{p}{U}/{p}/{name}" for p in peers for name in guards(p, ["a", "b"])),
         f"{U}/node2",
         f"{U}/node3",
-        *(f"{U}/{p}/{p}--{f}.prf" for p in ("node2", "node3") for f in ("a", "b")),
+        *(f"{P}/{p}--{f}.prf" for p in peers for f in ("a", "b")),
     }
+    assert not [path for path in entries if B in path]
+    assert entries[P] == Entry(P, "dir", None, 0o755, "root", "root")
     node2 = f"{J}/mesh-node2"
     for d in jail_dirs:  # sshd refuses a chroot with a directory anyone but root may write
         assert entries[node2 + d] == Entry(node2 + d, "dir", None, 0o755, "root", "root"), d
@@ -298,18 +325,35 @@ def test_desired_entries_modes_and_owners() -> None:
     assert entries[archive] == Entry(archive, "dir", None, 0o1770, "root", "mesh")
     # The host's edge directory is a link to the one in the peer's jail: both ends share the archives.
     assert entries[f"{U}/node2"] == Entry(f"{U}/node2", "link", archive, 0o777, "root", "root")
-    assert entries[f"{node2}{B}"] == Entry(f"{node2}{B}", "dir", None, 0o750, "root", "mesh")
-    assert entries[f"{node2}{B}/a"] == Entry(f"{node2}{B}/a", "dir", None, 0o700, "mesh", "mesh")
+    notify = f"{node2}/notify"
+    assert entries[notify] == Entry(notify, "dir", None, 0o1770, "root", "mesh")
+    # Every name Unison reads as a setting in the edge directory is a root-owned link: the profile's two
+    # names to the root-owned profile, default and default.prf to /dev/null.
+    for name in ("default", "default.prf"):
+        assert entries[f"{archive}/{name}"] == Entry(
+            f"{archive}/{name}", "link", "/dev/null", 0o777, "root", "root"
+        )
+    for folder in ("a", "b"):
+        for name in (f"node2--{folder}", f"node2--{folder}.prf"):
+            assert entries[f"{archive}/{name}"] == Entry(
+                f"{archive}/{name}", "link", f"{P}/node2--{folder}.prf", 0o777, "root", "root"
+            )
+        profile = entries[f"{P}/node2--{folder}.prf"]
+        assert profile.content == render_profile(spec, spec.peers[1], spec.folders[folder == "b"])
     assert f"{J}/mesh-node3{U}/node2" not in entries  # no jail holds another edge's archives
     for path, entry in entries.items():
         if entry.kind == "file":
             assert (entry.mode, entry.owner, entry.group) == (0o644, "root", "root"), path
             assert entry.content and entry.content.endswith("\n")
+        if entry.kind == "link":
+            assert (entry.mode, entry.owner, entry.group) == (0o777, "root", "root"), path
     assert entries[f"{K}/mesh-node3"].content == render_authorized_keys(spec, spec.peers[0])
     order = [e.path for e in desired_entries(spec)]
+    assert order.index(P) < order.index(f"{P}/node2--a.prf")
     assert order.index(node2) < order.index(f"{node2}/var") < order.index(archive)
-    assert order.index(archive) < order.index(f"{U}/node2") < order.index(f"{U}/node2/node2--a.prf")
-    assert order.index(f"{node2}{B}") < order.index(f"{node2}{B}/a")
+    assert order.index(archive) < order.index(f"{U}/node2") < order.index(f"{archive}/default")
+    # A guard is written after the profile it points at.
+    assert order.index(f"{P}/node2--a.prf") < order.index(f"{archive}/node2--a")
 
 
 # --- keys -----------------------------------------------------------------------------------------------
@@ -344,6 +388,8 @@ def test_bad_keys_are_refused(value: str) -> None:
 def test_a_good_spec_validates() -> None:
     validate(make_spec())
     validate(make_spec(peers=()))
+    for brake in ("0", "100", "123456789", "0%", "5%", "50%", "100%"):
+        validate(make_spec(settings=Settings(max_deletions=brake)))
 
 
 @pytest.mark.parametrize(
@@ -390,6 +436,22 @@ def test_a_good_spec_validates() -> None:
         ({"settings": Settings(marker="a/b")}, "marker"),
         ({"settings": Settings(backups=-1)}, "backups must be a whole number 0-1000"),
         ({"settings": Settings(backups=True)}, "backups"),
+        ({"settings": Settings(max_deletions="101%")}, r"max_deletions must be a count .* \(got '101%'\)"),
+        ({"settings": Settings(max_deletions="-1")}, "max_deletions"),
+        ({"settings": Settings(max_deletions="50 %")}, "max_deletions"),
+        ({"settings": Settings(max_deletions="1234567890")}, "max_deletions"),
+        ({"settings": Settings(max_deletions="")}, "max_deletions"),
+        ({"settings": Settings(max_deletions=50)}, r"max_deletions .* \(got 50\)"),
+        ({"layout": Layout(profiles_dir="/etc")}, "profiles_dir /etc is a system directory"),
+        ({"layout": Layout(profiles_dir="etc/profiles")}, "profiles_dir must be"),
+        (
+            {"layout": Layout(profiles_dir="/var/lib/replimesh/unison/profiles")},
+            "profiles_dir .* must not be or lie inside unison_dir",
+        ),
+        (
+            {"layout": Layout(profiles_dir="/var/lib/replimesh/jails/p")},
+            "must not be or lie inside jails_dir",
+        ),
         ({"layout": Layout(backup_dir="/srv/replimesh")}, "must not be /, nor hold or lie inside"),
         ({"layout": Layout(backup_dir="/var/lib")}, "backup_dir /var/lib is a system directory"),
         ({"settings": Settings(marker="")}, "marker"),
@@ -426,6 +488,9 @@ def test_spec_from_params_applies_defaults_and_validates() -> None:
     }
     spec = spec_from_params(params)
     assert spec.user == "replimesh" and spec.settings == Settings()
+    assert spec.settings.max_deletions == "50%" and spec.layout.profiles_dir == "/etc/replimesh/profiles"
+    given_brake = spec_from_params({**params, "max_deletions": "25", "profiles_dir": "/etc/rm/p"})
+    assert given_brake.settings.max_deletions == "25" and given_brake.layout.profiles_dir == "/etc/rm/p"
     assert spec.peers == (PeerSpec("node2", "10.0.0.2", key(), key(), 22, False, True),)
     assert spec.folders == (FolderSpec("shared", "/srv/shared", ()),)
     assert spec.layout == Layout(unison_dir="/data/unison")
@@ -452,29 +517,28 @@ def test_a_fresh_node_gets_everything() -> None:
         "/srv",
         "/srv/replimesh",
         f"{U}/node2",
-        B,
-        f"{B}/shared",
+        "/notify",
     ]
-    assert [e.path for e in result.mkdirs][: len(dirs)] == [jails[0] + d for d in dirs]
-    assert [e.path for e in result.mkdirs][len(dirs) :] == [
-        jails[1] + d.replace("node2", "node3") for d in dirs
-    ]
-    assert [(e.path, e.kind) for e in result.writes] == [
-        ("/etc/replimesh/mesh.json", "file"),
-        ("/etc/replimesh/known_hosts", "file"),
+    mkdirs = [e.path for e in result.mkdirs]
+    assert mkdirs[0] == P
+    assert mkdirs[1 : 1 + len(dirs)] == [jails[0] + d for d in dirs]
+    assert mkdirs[1 + len(dirs) :] == [jails[1] + d.replace("node2", "node3") for d in dirs]
+    assert [(e.path, e.kind, e.content if e.kind == "link" else None) for e in result.writes] == [
+        ("/etc/replimesh/mesh.json", "file", None),
+        ("/etc/replimesh/known_hosts", "file", None),
         *(
             entry
-            for p in ("node2", "node3")
+            for jail, p in zip(jails, ("node2", "node3"), strict=True)
             for entry in (
-                (f"{K}/replimesh-{p}", "file"),
-                (f"{U}/{p}", "link"),
-                (f"{U}/{p}/{p}--shared.prf", "file"),
+                (f"{K}/replimesh-{p}", "file", None),
+                (f"{U}/{p}", "link", f"{jail}{U}/{p}"),
+                (f"{jail}{U}/{p}/default", "link", "/dev/null"),
+                (f"{jail}{U}/{p}/default.prf", "link", "/dev/null"),
+                (f"{P}/{p}--shared.prf", "file", None),
+                (f"{jail}{U}/{p}/{p}--shared", "link", f"{P}/{p}--shared.prf"),
+                (f"{jail}{U}/{p}/{p}--shared.prf", "link", f"{P}/{p}--shared.prf"),
             )
         ),
-    ]
-    assert [e.content for e in result.writes if e.kind == "link"] == [
-        f"{jails[0]}{U}/node2",
-        f"{jails[1]}{U}/node3",
     ]
     assert not result.fixes and not result.removes
     assert result.peers_added == ("node2", "node3") and result.peers_removed == result.peers_kept == ()
@@ -511,13 +575,14 @@ def test_changed_content_is_rewritten_with_a_diff() -> None:
     [
         (f"{K}/replimesh-node2", {"mode": 0o664}),
         ("/etc/replimesh/known_hosts", {"owner": "replimesh"}),
-        (f"{U}/node2/node2--shared.prf", {"group": "replimesh"}),
+        (f"{P}/node2--shared.prf", {"group": "replimesh"}),
+        (P, {"mode": 0o775}),
         (f"{J}/replimesh-node2{U}/node2", {"mode": 0o770}),
         (f"{J}/replimesh-node3{U}/node3", {"group": "root"}),
         (f"{J}/replimesh-node3", {"owner": "replimesh"}),
         (f"{J}/replimesh-node2/srv", {"mode": 0o775}),
-        (f"{J}/replimesh-node2{B}", {"mode": 0o755}),
-        (f"{J}/replimesh-node2{B}/shared", {"owner": "root"}),
+        (f"{J}/replimesh-node2/notify", {"mode": 0o777}),
+        (f"{J}/replimesh-node3/notify", {"group": "root"}),
     ],
 )
 def test_wrong_mode_or_owner_is_fixed_without_rewriting(path: str, change: dict[str, object]) -> None:
@@ -531,10 +596,35 @@ def test_wrong_mode_or_owner_is_fixed_without_rewriting(path: str, change: dict[
 def test_a_symlink_where_a_file_belongs_is_replaced() -> None:
     spec = make_spec()
     existing = settled(spec)
-    path = f"{U}/node2/node2--shared.prf"
+    path = f"{P}/node2--shared.prf"
     stats = {**existing.stats, path: Stat("link", 0o777, "replimesh", "replimesh")}
     result = plan(spec, dataclasses.replace(existing, stats=stats))
     assert [e.path for e in result.writes] == [path] and result.diffs()[0]["before"] == ""
+
+
+def test_a_guard_planted_or_pointed_elsewhere_is_replaced_by_roots_link() -> None:
+    spec = make_spec()
+    existing = settled(spec)
+    archive = f"{J}/replimesh-node2{U}/node2"
+    stats = {
+        **existing.stats,
+        # The earlier layout's profile, a regular file in the edge directory.
+        f"{archive}/node2--shared.prf": Stat("file", 0o644, "root", "root", "root = /\n"),
+        # A link that points at a profile of the peer's choosing.
+        f"{archive}/node2--shared": Stat("link", 0o777, "root", "root", f"{archive}/evil.prf"),
+    }
+    stats.pop(f"{archive}/default")  # a guard that is missing
+    result = plan(spec, dataclasses.replace(existing, stats=stats))
+    assert [(r.path, r.kind) for r in result.removes] == [
+        (f"{archive}/node2--shared", "file"),
+        (f"{archive}/node2--shared.prf", "file"),
+    ]
+    assert [(e.path, e.kind, e.content) for e in result.writes] == [
+        (f"{archive}/default", "link", "/dev/null"),
+        (f"{archive}/node2--shared", "link", f"{P}/node2--shared.prf"),
+        (f"{archive}/node2--shared.prf", "link", f"{P}/node2--shared.prf"),
+    ]
+    assert not result.fixes and not result.mkdirs
 
 
 def test_a_non_directory_where_an_edge_directory_belongs_is_removed_first() -> None:
@@ -590,6 +680,9 @@ def test_a_removed_peer_loses_its_directory_status_and_lock() -> None:
     assert [(r.path, r.kind) for r in result.removes] == [
         (f"{U}/node3", "dir"),
         (f"{U}/node4", "dir"),
+        # Their profiles (the guards go with their jails' edge directories).
+        (f"{P}/node3--shared.prf", "file"),
+        (f"{P}/node4--shared.prf", "file"),
         (f"{K}/replimesh-node3", "file"),
         (f"{K}/replimesh-node4", "file"),
         (f"{S}/status/node3.json", "file"),
@@ -640,18 +733,33 @@ def test_flat_layout_files_are_migrated_away() -> None:
     assert all(r.kind == "file" for r in result.removes)
 
 
-def test_profiles_of_dropped_folders_are_removed_archives_stay() -> None:
+def test_profiles_and_guards_of_dropped_folders_and_peers_are_removed_archives_stay() -> None:
     spec = make_spec(peers=(peer("node2"),))
-    files = (
+    profiles = (
         "node2--shared.prf",
+        "node2--old.prf",
+        "node3--old.prf",  # node3 is no peer any more
+        "node2--old",  # not a name mesh_member writes in profiles_dir
+        "Node2--old.prf",
+        "x.prf",
+        "README",
+    )
+    files = (
+        *guards("node2", ["shared"]),
+        "node2--old",
         "node2--old.prf",
         "ar" + "1" * 32,
         "fp" + "1" * 32,
-        "node3--old.prf",
+        "node3--old.prf",  # another edge's name: not this directory's to remove
         "x.prf",
     )
-    result = plan(spec, dataclasses.replace(settled(spec), peer_files={"node2": files}))
-    assert [r.path for r in result.removes] == [f"{U}/node2/node2--old.prf"]
+    existing = dataclasses.replace(settled(spec), peer_files={"node2": files}, profile_files=profiles)
+    assert [(r.path, r.kind) for r in plan(spec, existing).removes] == [
+        (f"{P}/node2--old.prf", "file"),
+        (f"{P}/node3--old.prf", "file"),
+        (f"{U}/node2/node2--old", "file"),
+        (f"{U}/node2/node2--old.prf", "file"),
+    ]
 
 
 def test_files_are_never_reported_as_peers() -> None:
@@ -687,8 +795,15 @@ def test_any_change_of_peers_and_folders_converges(
     removed = {r.path for r in result.removes}
     assert {f"{U}/{n}" for n in before - after} <= removed
     assert {f"{K}/replimesh-{n}" for n in before - after} <= removed
-    assert {f"{U}/{n}/{n}--{f}.prf" for n in before & after for f in old_folders - new_folders} <= removed
+    dropped = {(n, f) for n in before & after for f in old_folders - new_folders}
+    assert {f"{U}/{n}/{n}--{f}{ext}" for n, f in dropped for ext in ("", ".prf")} <= removed
+    assert {f"{P}/{n}--{f}.prf" for n, f in dropped} <= removed
+    assert {f"{P}/{n}--{f}.prf" for n in before - after for f in old_folders} <= removed
     for path in removed:  # nothing else under unison_dir: the kept edges' archives stay
+        if path.startswith(f"{P}/"):
+            name, _, folder = path.removeprefix(f"{P}/").removesuffix(".prf").partition("--")
+            assert name in before - after or (name, folder) in dropped
+            continue
         if path.startswith(f"{K}/"):
             assert path.removeprefix(f"{K}/replimesh-") in before - after
             continue
@@ -697,7 +812,7 @@ def test_any_change_of_peers_and_folders_converges(
             continue
         name, _, rest = path.removeprefix(f"{U}/").partition("/")
         if rest:
-            assert name in after and rest.removeprefix(f"{name}--")[:-4] in old_folders - new_folders
+            assert name in after and (name, rest.removeprefix(f"{name}--").removesuffix(".prf")) in dropped
         else:
             assert name in before - after
     assert not plan(new, settled(new)).changed

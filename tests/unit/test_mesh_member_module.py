@@ -5,15 +5,19 @@ core is registered under that name before the module is imported. The files are 
 mesh user, so these tests run as root (as ``make test`` does); ``daemon`` stands in for the mesh user.
 
 The host itself is never touched: every path is under tmp_path, and ``FakeSystem`` stands in for the
-commands (useradd, usermod, userdel, mount, umount), the mount table and the peers' group, keeping their
-state between runs so that a second run sees what the first one made.
+commands (useradd, usermod, userdel, mount, umount), the mount table (``/proc/self/mountinfo`` as
+mesh_jail reads it, with each mount's flags) and the peers' group, keeping their state between runs so that
+a second run sees what the first one made.
 """
 
 from __future__ import annotations
 
 import base64
+import builtins
+import io
 import json
 import os
+import re
 import stat
 import sys
 from dataclasses import dataclass, field
@@ -34,6 +38,9 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="chowns files to root 
 USER = "daemon"
 GID = 1
 FSTAB = "# /etc/fstab\nUUID=1234 / ext4 errors=remount-ro 0 1\n/dev/sdb1 /srv ext4 defaults 0 2\n"
+# The options of every jail line in /etc/fstab: recursive, read-only, nosuid, nodev, a slave of the host.
+RO_BIND = "rbind,ro,nosuid,nodev,rslave"
+RO_REMOUNT = ["mount", "-o", "remount,bind,ro,nosuid,nodev"]
 
 
 @dataclass
@@ -42,6 +49,8 @@ class FakeSystem:
 
     users: set[str] = field(default_factory=set)
     mounts: set[str] = field(default_factory=set)
+    # Mounts remounted read-only, nosuid, nodev (a new bind is read-write until then).
+    readonly: set[str] = field(default_factory=set)
     commands: list[list[str]] = field(default_factory=list)
     # For each umount: whether the mount point was still there (a jail is unmounted before it goes).
     umounted_present: list[bool] = field(default_factory=list)
@@ -54,11 +63,14 @@ class FakeSystem:
             self.users.add(name)
         elif argv[0] == "userdel":
             self.users.discard(name)
-        elif argv[:3] == ["mount", "--bind", "--make-slave"]:
+        elif argv[:3] == ["mount", "--rbind", "--make-rslave"] and len(argv) == 5:
             self.mounts.add(name)
+        elif argv[:-1] == RO_REMOUNT and name in self.mounts:
+            self.readonly.add(name)
         elif argv[0] == "umount":
             self.umounted_present.append(os.path.isdir(name))
             self.mounts.discard(name)
+            self.readonly.discard(name)
         else:
             return 1, "", f"{argv[0]}: not expected in a test"
         return 0, "", ""
@@ -75,6 +87,15 @@ class FakeSystem:
     def ran(self, command: str) -> list[list[str]]:
         return [argv for argv in self.commands if argv[0] == command]
 
+    def mountinfo(self) -> str:
+        """/proc/self/mountinfo of the fake: field 5 the (escaped) mount point, field 6 its flags."""
+        lines = ["22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw"]
+        for i, point in enumerate(sorted(self.mounts)):
+            flags = "ro,nosuid,nodev,relatime" if point in self.readonly else "rw,relatime"
+            escaped = point.replace("\\", "\\134").replace(" ", "\\040")
+            lines.append(f"{100 + i} 22 8:1 /x {escaped} {flags} master:1 - ext4 /dev/sda1 rw")
+        return "\n".join(lines) + "\n"
+
 
 @pytest.fixture(autouse=True)
 def system(tmp_path: Path) -> Any:
@@ -82,15 +103,21 @@ def system(tmp_path: Path) -> Any:
     fake = FakeSystem()
     write_file = mesh_jail._write_file
 
+    def fake_open(path: Any, *args: Any, **kw: Any) -> Any:
+        if path == "/proc/self/mountinfo":
+            return io.StringIO(fake.mountinfo())
+        return builtins.open(path, *args, **kw)
+
     def guarded_write_fstab(path: str, content: str) -> None:
         assert path.startswith(f"{tmp_path}/"), f"a test would write {path}"
         write_file(path, content)
 
     with (
         mock.patch.object(basic.AnsibleModule, "run_command", FakeSystem.command_of(fake)),
-        mock.patch.object(mesh_member.Jails, "mounts", lambda self: set(fake.mounts)),
         mock.patch.object(mesh_member.Jails, "existing_users", lambda self: sorted(fake.users)),
         mock.patch.object(mesh_jail, "_write_file", guarded_write_fstab),
+        # mesh_jail reads the mount table (points and flags) from /proc/self/mountinfo: the fake's.
+        mock.patch.object(mesh_jail, "open", fake_open, create=True),
         # The folders (/srv/...) are the host's paths in every spec here: taken as made by mesh_sync.
         mock.patch.object(mesh_member, "_missing_folders", lambda spec: []),
     ):
@@ -141,6 +168,7 @@ def node(tmp_path: Path) -> dict[str, Any]:
         "config_file": str(tmp_path / "etc/replimesh/mesh.json"),
         "authorized_keys_dir": str(tmp_path / "etc/ssh/authorized_keys"),
         "known_hosts": str(tmp_path / "etc/replimesh/known_hosts"),
+        "profiles_dir": str(tmp_path / "etc/replimesh/profiles"),
         "unison_dir": str(tmp_path / "lib/unison"),
         "state_dir": str(tmp_path / "lib/state"),
         "backup_dir": str(tmp_path / "lib/backups"),
@@ -209,43 +237,71 @@ def owner_mode(path: Path | str) -> tuple[int, int, int]:
     return stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
 
 
+def guard_names(name: str, folders: tuple[str, ...] = ("shared",)) -> list[str]:
+    """What an edge's Unison directory holds once set up: root's links on every name Unison reads."""
+    return sorted(["default", "default.prf", *(f"{name}--{f}{ext}" for f in folders for ext in ("", ".prf"))])
+
+
 def test_a_fresh_node_gets_its_files_then_a_second_run_changes_nothing(
     node: dict[str, Any], tmp_path: Path, system: FakeSystem
 ) -> None:
     result = run(node)
     unison, folder = Path(node["unison_dir"]), "/srv/replimesh/shared"
+    profiles = Path(node["profiles_dir"])
     assert result["changed"] and result["peers_added"] == ["node2", "node3"]
     assert result["logins_added"] == [login("node2"), login("node3")] and result["logins_removed"] == []
     assert result["mounted"] == [str(jail(node, p)) + folder for p in ("node2", "node3")]
+    assert result["remounted"] == result["retired"] == []  # new binds are made read-only as they mount
+    assert str(profiles) in result["created"]
     assert {str(jail(node, p)) for p in ("node2", "node3")} <= set(result["created"])
     assert {str(jail(node, p)) + f"{unison}/{p}" for p in ("node2", "node3")} <= set(result["created"])
+    assert {f"{jail(node, p)}/notify" for p in ("node2", "node3")} <= set(result["created"])
+    archives = {p: f"{jail(node, p)}{unison}/{p}" for p in ("node2", "node3")}
     assert sorted(result["written"]) == sorted(
         [node["config_file"], node["known_hosts"]]
         + [str(keys_file(node, p)) for p in ("node2", "node3")]
         + [str(unison / p) for p in ("node2", "node3")]
-        + [str(unison / f"{p}/{p}--shared.prf") for p in ("node2", "node3")]
+        + [str(profiles / f"{p}--shared.prf") for p in ("node2", "node3")]
+        + [f"{archives[p]}/{name}" for p in ("node2", "node3") for name in guard_names(p)]
     )
     spec = spec_of(node)
     assert Path(node["config_file"]).read_text() == core.render_config(spec)
-    assert json.loads(Path(node["config_file"]).read_text())["login"] == login("node1")
+    config = json.loads(Path(node["config_file"]).read_text())
+    assert config["login"] == login("node1") and config["max_deletions"] == "50%"
+    assert [p["notify_dir"] for p in config["peers"]] == [
+        f"{jail(node, p)}/notify" for p in ("node2", "node3")
+    ]
     for p in spec.peers:
         assert keys_file(node, p.name).read_text() == core.render_authorized_keys(spec, p)
+    assert "exec /bin/replimesh-serve" in keys_file(node, "node2").read_text()
     assert not (Path(node["authorized_keys_dir"]) / USER).exists()
     assert Path(node["known_hosts"]).read_text() == core.render_known_hosts(spec)
-    profile = unison / "node2/node2--shared.prf"
+    profile = profiles / "node2--shared.prf"
     assert profile.read_text() == core.render_profile(spec, spec.peers[0], spec.folders[0])
-    assert f"root = ssh://{login('node1')}@10.0.0.12:22//srv/replimesh/shared\n" in profile.read_text()
+    remote = f"ssh://{login('node1')}@10.0.0.12:22//srv/replimesh/shared"
+    for pref in ("root", "noupdate", "nodeletion", "nocreation"):
+        assert f"{pref} = {remote}\n" in profile.read_text()
+    assert sorted(p.name for p in profiles.iterdir()) == ["node2--shared.prf", "node3--shared.prf"]
+    assert owner_mode(profiles) == (0o755, 0, 0)
     for path in (node["config_file"], keys_file(node, "node2"), node["known_hosts"], profile):
-        assert os.path.isfile(path) and owner_mode(path) == (0o644, 0, 0), path
+        assert os.path.isfile(path) and not os.path.islink(path) and owner_mode(path) == (0o644, 0, 0), path
 
-    # Each peer's jail: root-owned directories, its own Unison directory (the host's links to it) and
-    # backup directories, the template's binaries as hard links, its folders' mount points.
+    # Each peer's jail: root-owned directories, its own Unison directory (the host's links to it) holding
+    # only root's guard links, a notice directory, the template's binaries as hard links, its folders'
+    # mount points; no versions.
     for name in ("node2", "node3"):
         root = jail(node, name)
-        archive = Path(f"{root}{unison}/{name}")
+        archive = Path(archives[name])
         assert os.readlink(unison / name) == str(archive)
         assert archive.is_dir() and owner_mode(archive) == (0o1770, 0, GID)
-        assert (archive / f"{name}--shared.prf").is_file()
+        assert sorted(p.name for p in archive.iterdir()) == guard_names(name)
+        for guard in (f"{name}--shared", f"{name}--shared.prf"):
+            assert os.readlink(archive / guard) == str(profiles / f"{name}--shared.prf")
+        for guard in ("default", "default.prf"):
+            assert os.readlink(archive / guard) == "/dev/null"
+        for guard in guard_names(name):
+            assert (archive / guard).is_symlink() and os.lstat(archive / guard).st_uid == 0, guard
+        assert owner_mode(root / "notify") == (0o1770, 0, GID)
         for directory in (
             root,
             root / "srv",
@@ -253,8 +309,7 @@ def test_a_fresh_node_gets_its_files_then_a_second_run_changes_nothing(
             Path(f"{root}{node['unison_dir']}").parent,
         ):
             assert owner_mode(directory) == (0o755, 0, 0), directory
-        assert owner_mode(f"{root}{node['backup_dir']}") == (0o750, 0, GID)
-        assert owner_mode(f"{root}{node['backup_dir']}/shared") == (0o700, 1, GID)
+        assert not os.path.lexists(f"{root}{node['backup_dir']}")
         for rel in ("bin/sh", "usr/bin/unison"):
             assert (root / rel).stat().st_ino == (tmp_path / "lib/jail" / rel).stat().st_ino
         assert Path(f"{root}{folder}").is_dir() and not any(Path(f"{root}{folder}").iterdir())
@@ -265,11 +320,18 @@ def test_a_fresh_node_gets_its_files_then_a_second_run_changes_nothing(
          "/bin/sh", "-p", "*", "-c", f"replimesh peer {name}", login(name)]
         for name in ("node2", "node3")
     ]  # fmt: skip
+    # Each bind: recursive and a slave, then made read-only, nosuid, nodev.
     assert system.ran("mount") == [
-        ["mount", "--bind", "--make-slave", folder, f"{jail(node, p)}{folder}"] for p in ("node2", "node3")
+        argv
+        for p in ("node2", "node3")
+        for argv in (
+            ["mount", "--rbind", "--make-rslave", folder, f"{jail(node, p)}{folder}"],
+            [*RO_REMOUNT, f"{jail(node, p)}{folder}"],
+        )
     ]
+    assert system.readonly == system.mounts == {f"{jail(node, p)}{folder}" for p in ("node2", "node3")}
     assert Path(node["fstab"]).read_text() == FSTAB + "".join(
-        f"{folder} {jail(node, p)}{folder} none bind,slave 0 0\n" for p in ("node2", "node3")
+        f"{folder} {jail(node, p)}{folder} none {RO_BIND} 0 0\n" for p in ("node2", "node3")
     )
     assert not [p for p in tmp_path.rglob("*.tmp")]  # no temp file left behind
 
@@ -278,6 +340,7 @@ def test_a_fresh_node_gets_its_files_then_a_second_run_changes_nothing(
     assert not again["changed"] and again["written"] == again["created"] == again["removed"] == []
     assert again["peers_kept"] == ["node2", "node3"] and again["peers_added"] == []
     assert again["logins_added"] == again["logins_removed"] == again["mounted"] == []
+    assert again["remounted"] == again["retired"] == []
     assert snapshot(tmp_path) == before and len(system.commands) == commands
 
 
@@ -320,6 +383,15 @@ def test_a_new_template_binary_is_linked_into_every_jail(node: dict[str, Any], t
     assert not run(node)["changed"]
 
 
+def test_max_deletions_goes_to_the_runners_config(node: dict[str, Any]) -> None:
+    run({**node, "max_deletions": "200"})
+    config = json.loads(Path(node["config_file"]).read_text())
+    assert config["max_deletions"] == "200"
+    result = run({**node, "max_deletions": "10%"})
+    assert result["written"] == [node["config_file"]]
+    assert json.loads(Path(node["config_file"]).read_text())["max_deletions"] == "10%"
+
+
 def test_diff_mode_shows_the_previous_content(node: dict[str, Any]) -> None:
     run(node)
     node["peers"] = [peer("node2", address="10.0.9.2")]
@@ -327,7 +399,7 @@ def test_diff_mode_shows_the_previous_content(node: dict[str, Any]) -> None:
     diffs = {d["before_header"]: d for d in result["diff"]}
     node2_keys = str(keys_file(node, "node2"))
     assert set(diffs) == {node["config_file"], node2_keys, node["known_hosts"],
-                          f"{node['unison_dir']}/node2/node2--shared.prf"}  # fmt: skip
+                          f"{node['profiles_dir']}/node2--shared.prf"}  # fmt: skip
     assert 'from="10.0.0.12"' in diffs[node2_keys]["before"]
     assert 'from="10.0.9.2"' in diffs[node2_keys]["after"]
     assert "diff" not in run(node)
@@ -353,16 +425,25 @@ def test_a_removed_peer_loses_its_archives_status_and_lock(node: dict[str, Any])
     assert not run(node)["changed"]
 
 
+def old_versions(args: dict[str, Any], name: str) -> Path:
+    """Versions the server end kept in a peer's jail under the earlier layout, as the mesh user."""
+    backups = Path(f"{jail(args, name)}{args['backup_dir']}")
+    for directory in (backups, backups / "shared"):
+        directory.mkdir(exist_ok=True)
+        os.chown(directory, 1, GID)
+    version = backups / "shared/.bak.0.report.txt"
+    version.write_text(f"an old version {name} kept")
+    os.chown(version, 1, GID)
+    return backups
+
+
 def test_a_removed_peers_jail_is_unmounted_then_removed_its_backups_retired_its_login_deleted(
     node: dict[str, Any], system: FakeSystem
 ) -> None:
     node["folders"].append({"name": "photos", "path": "/srv/photos"})
     run(node)
     old = jail(node, "node3")
-    backups = Path(f"{old}{node['backup_dir']}")
-    version = backups / "shared/.bak.0.report.txt"
-    version.write_text("an old version")
-    os.chown(version, 1, GID)  # kept by the edge's server end, as the mesh user
+    old_versions(node, "node3")
     archive = Path(f"{old}{node['unison_dir']}/node3") / ("ar" + "3" * 32)
     archive.write_text("archive")
     os.chown(archive, 1, GID)
@@ -370,6 +451,8 @@ def test_a_removed_peers_jail_is_unmounted_then_removed_its_backups_retired_its_
     node["peers"] = [peer("node2")]
     result = run(node)
     assert result["logins_removed"] == [login("node3")] and result["mounted"] == []
+    assert result["retired"] == []  # the jail goes whole: remove_jail keeps its versions
+    assert f"{node['profiles_dir']}/node3--shared.prf" in result["removed"]
     mounts = [f"{old}/srv/photos", f"{old}/srv/replimesh/shared"]
     assert sorted(argv[1] for argv in system.ran("umount")) == mounts
     assert system.umounted_present == [True, True]  # unmounted while the jail was still there
@@ -378,11 +461,75 @@ def test_a_removed_peers_jail_is_unmounted_then_removed_its_backups_retired_its_
     assert system.users == {login("node2")}
     assert system.mounts == {f"{jail(node, 'node2')}{p}" for p in ("/srv/replimesh/shared", "/srv/photos")}
     assert not old.exists() and jail(node, "node2").is_dir()
+    assert sorted(p.name for p in Path(node["profiles_dir"]).iterdir()) == [
+        "node2--photos.prf",
+        "node2--shared.prf",
+    ]
     [retired] = (Path(node["backup_dir"]) / ".retired").iterdir()
     assert retired.name.startswith(f"{login('node3')}-")
-    assert (retired / "shared/.bak.0.report.txt").read_text() == "an old version"
-    assert (retired / "photos").is_dir()
+    assert (retired / "shared/.bak.0.report.txt").read_text() == "an old version node3 kept"
     assert not run(node)["changed"]
+
+
+def test_a_removed_peers_jail_goes_with_the_change_notices_its_login_left(
+    node: dict[str, Any], system: FakeSystem
+) -> None:
+    run(node)
+    notices = jail(node, "node3") / "notify"
+    notice = notices / "4242"  # what replimesh-serve writes for "replimesh-notify", as the peer's login
+    notice.write_text("shared\tdocs/report.txt\n")
+    os.chown(notice, 1, GID)
+    node["peers"] = [peer("node2")]
+    result = run(node)
+    assert result["logins_removed"] == [login("node3")] and not jail(node, "node3").exists()
+    assert system.users == {login("node2")} and not run(node)["changed"]
+
+
+def test_a_kept_peers_old_versions_are_retired_out_of_its_jail(
+    node: dict[str, Any], system: FakeSystem
+) -> None:
+    run(node)
+    versions = old_versions(node, "node2")
+    system.commands.clear()
+    assert run(node, check=True)["retired"] == [login("node2")]
+    assert versions.is_dir() and system.commands == []
+    result = run(node)
+    assert result["changed"] and result["retired"] == [login("node2")] and result["logins_removed"] == []
+    assert not os.path.lexists(versions) and system.commands == []
+    [retired] = (Path(node["backup_dir"]) / ".retired").iterdir()
+    assert re.fullmatch(rf"{login('node2')}-[0-9]{{8}}T[0-9]{{6}}Z", retired.name)
+    assert (retired / "shared/.bak.0.report.txt").read_text() == "an old version node2 kept"
+    assert (retired / "shared").stat().st_uid == 1
+    again = run(node)
+    assert not again["changed"] and again["retired"] == []
+
+
+def test_binds_an_earlier_layout_left_writable_are_remounted_read_only(
+    node: dict[str, Any], tmp_path: Path, system: FakeSystem
+) -> None:
+    folder = "/srv/replimesh/shared"
+    binds = {p: f"{jail(node, p)}{folder}" for p in ("node2", "node3")}
+    run(node)
+    # As the earlier layout left a node: the folders bound read-write, fstab lines "bind,slave".
+    system.readonly.clear()
+    disk = f"{binds['node2']}/disk"  # a disk mounted inside the folder, propagated into the jail
+    system.mounts.add(disk)
+    Path(node["fstab"]).write_text(
+        FSTAB + "".join(f"{folder} {dst} none bind,slave 0 0\n" for dst in binds.values())
+    )
+    system.commands.clear()
+    check = run(node, check=True)
+    assert check["remounted"] == sorted([*binds.values(), disk]) and system.commands == []
+    result = run(node)
+    assert result["changed"] and result["remounted"] == sorted([*binds.values(), disk])
+    assert result["mounted"] == [] and result["written"] == []
+    assert system.commands == [[*RO_REMOUNT, point] for point in sorted([*binds.values(), disk])]
+    assert system.readonly == {*binds.values(), disk}
+    assert Path(node["fstab"]).read_text() == FSTAB + "".join(
+        f"{folder} {dst} none {RO_BIND} 0 0\n" for dst in binds.values()
+    )
+    again = run(node)
+    assert not again["changed"] and again["remounted"] == []
 
 
 def test_fstab_holds_one_bind_per_peer_and_folder_after_the_other_lines(
@@ -393,13 +540,16 @@ def test_fstab_holds_one_bind_per_peer_and_folder_after_the_other_lines(
     node["folders"].append({"name": "photos", "path": "/srv/photos"})
     run(node)
     binds = [
-        f"{src} {jail(node, name)}{src} none bind,slave 0 0"
+        f"{src} {jail(node, name)}{src} none {RO_BIND} 0 0"
         for name in ("node2", "node3")
         for src in ("/srv/replimesh/shared", "/srv/photos")
     ]
     assert Path(node["fstab"]).read_text().splitlines() == FSTAB.splitlines() + binds
     assert owner_mode(node["fstab"]) == (0o644, 0, 0)
-    assert len(system.ran("mount")) == 4
+    assert [argv[:3] for argv in system.ran("mount")] == [
+        ["mount", "--rbind", "--make-rslave"],
+        RO_REMOUNT,
+    ] * 4
     node["peers"] = [peer("node3")]
     run(node)
     assert Path(node["fstab"]).read_text().splitlines() == FSTAB.splitlines() + binds[2:]
@@ -484,7 +634,8 @@ def test_the_shared_jails_edge_directory_is_replaced_by_a_link(node: dict[str, A
     result = run(node)
     assert str(unison / "node2") in result["removed"] and result["peers_kept"] == ["node2"]
     assert (unison / "node2").is_symlink()
-    assert sorted(p.name for p in (unison / "node2").iterdir()) == ["node2--shared.prf"]
+    # The archives of the shared jail are gone; the new directory holds root's guard links only.
+    assert sorted(p.name for p in (unison / "node2").iterdir()) == guard_names("node2")
 
 
 def test_a_dropped_folder_loses_its_profiles_only(node: dict[str, Any], system: FakeSystem) -> None:
@@ -495,10 +646,15 @@ def test_a_dropped_folder_loses_its_profiles_only(node: dict[str, Any], system: 
     archive.write_text("archive")
     node["folders"].pop()
     result = run(node)
-    assert sorted(result["removed"]) == [
-        f"{node['unison_dir']}/{p}/{p}--photos.prf" for p in ("node2", "node3")
+    assert sorted(result["removed"]) == sorted(
+        [f"{node['profiles_dir']}/{p}--photos.prf" for p in ("node2", "node3")]
+        + [f"{node['unison_dir']}/{p}/{p}--photos{ext}" for p in ("node2", "node3") for ext in ("", ".prf")]
+    )
+    assert sorted(p.name for p in Path(node["profiles_dir"]).iterdir()) == [
+        "node2--shared.prf",
+        "node3--shared.prf",
     ]
-    assert archive.exists() and (archive.parent / "node2--shared.prf").exists()
+    assert sorted(p.name for p in archive.parent.iterdir()) == sorted([archive.name, *guard_names("node2")])
     assert "/srv/photos" not in Path(node["fstab"]).read_text()
     # ... and leaves the kept peers' jails: no peer reaches a folder that is no longer synced.
     assert system.ran("umount") == [
@@ -509,7 +665,7 @@ def test_a_dropped_folder_loses_its_profiles_only(node: dict[str, Any], system: 
 
 def test_wrong_mode_and_owner_are_fixed_in_place(node: dict[str, Any]) -> None:
     run(node)
-    profile = Path(node["unison_dir"]) / "node3/node3--shared.prf"
+    profile = Path(node["profiles_dir"]) / "node3--shared.prf"
     os.chmod(profile, 0o666)
     os.chown(profile, 1, 1)
     archive = f"{jail(node, 'node2')}{node['unison_dir']}/node2"
@@ -536,11 +692,37 @@ def test_symlinks_planted_by_the_mesh_user_are_replaced_not_followed(
     run(node)
     assert os.readlink(unison / "node2") == f"{jail(node, 'node2')}{unison}/node2"
     assert sorted(p.name for p in outside.iterdir()) == ["victim"] and victim.read_text() == "untouched"
-    profile = unison / "node3/node3--shared.prf"
+    profile = Path(node["profiles_dir"]) / "node3--shared.prf"
     profile.unlink()
     profile.symlink_to(victim)
     assert run(node)["written"] == [str(profile)]
     assert not profile.is_symlink() and victim.read_text() == "untouched"
+
+
+def test_a_guard_the_peers_login_planted_becomes_roots_link_again(
+    node: dict[str, Any], tmp_path: Path
+) -> None:
+    run(node)
+    archive = Path(f"{jail(node, 'node2')}{node['unison_dir']}/node2")
+    evil = archive / "evil.prf"
+    evil.write_text("root = /\n")
+    os.chown(evil, 1, GID)
+    # Where root's guard was missing, the peer's login (the mesh user) put a profile of its own ...
+    (archive / "node2--shared.prf").unlink()
+    (archive / "node2--shared.prf").symlink_to(evil)
+    os.lchown(archive / "node2--shared.prf", 1, GID)
+    (archive / "default").unlink()
+    (archive / "default").write_text("root = /etc\n")
+    os.chown(archive / "default", 1, GID)
+    result = run(node)
+    assert sorted(result["written"]) == [str(archive / "default"), str(archive / "node2--shared.prf")]
+    assert sorted(result["removed"]) == [str(archive / "default"), str(archive / "node2--shared.prf")]
+    assert os.readlink(archive / "node2--shared.prf") == f"{node['profiles_dir']}/node2--shared.prf"
+    assert os.readlink(archive / "default") == "/dev/null"
+    for name in ("default", "node2--shared.prf"):
+        assert os.lstat(archive / name).st_uid == 0
+    assert evil.read_text() == "root = /\n"  # the peer's own file in its archive directory stays
+    assert not run(node)["changed"]
 
 
 @pytest.mark.parametrize(
@@ -554,6 +736,8 @@ def test_symlinks_planted_by_the_mesh_user_are_replaced_not_followed(
         ({"user": "Bad User"}, "not a valid user name"),
         ({"unison_dir": "/var"}, "system directory"),
         ({"jails_dir": "/var/lib"}, "jails_dir /var/lib is a system directory"),
+        ({"max_deletions": "lots"}, "max_deletions must be a count (e.g. 100) or a percentage 0-100"),
+        ({"profiles_dir": "/etc"}, "profiles_dir /etc is a system directory"),
     ],
 )
 def test_bad_input_fails_before_any_change(

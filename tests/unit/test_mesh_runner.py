@@ -1,9 +1,10 @@
 """The node's sync runner end to end, without ssh.
 
 `unison` in the config points at a fake written by these tests (a test double for the binary only): it
-prints a real captured Unison output, exits with that capture's code, and follows a per-profile spec
-(`{unison_dir}/{profile}.fake.json`: fixture, sleep, spawn a child, ignore SIGTERM). Every call is
-recorded in `{unison_dir}/calls.jsonl` with its argv, environment and times. One test runs the real Unison.
+prints a real captured Unison output (or a text a test gives), exits with that capture's code, and follows
+a per-profile spec (`{fakes}/{profile}.fake.json`: fixture, sleep, spawn a child, ignore SIGTERM; with
+`runs`, one such spec per call of the profile, in order, the last one repeated). Every call is recorded in
+`{fakes}/calls.jsonl` with its argv, environment and times. Some tests run the real Unison.
 """
 
 from __future__ import annotations
@@ -36,6 +37,11 @@ fakes = pathlib.Path({fakes!r})
 profile = sys.argv[1]
 spec_file = fakes / (profile + ".fake.json")
 spec = json.loads(spec_file.read_text()) if spec_file.exists() else {{}}
+if "runs" in spec:
+    calls_file = fakes / "calls.jsonl"
+    done = calls_file.read_text().splitlines() if calls_file.exists() else []
+    before = sum(1 for line in done if json.loads(line)["argv"][0] == profile)
+    spec = spec["runs"][min(before, len(spec["runs"]) - 1)]
 if spec.get("ignore_term"):
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 keys = ("PATH", "LANG", "HOME", "UNISON", "UNISONLOCALHOSTNAME")
@@ -46,11 +52,15 @@ if spec.get("child"):
     call["child"] = child.pid
 with open(fakes / "calls.jsonl", "a") as log:
     log.write(json.dumps(call) + "\\n")
-fixture = next(pathlib.Path({fixtures!r}).glob(spec.get("fixture", "nothing") + ".exit*.txt"))
-sys.stdout.write(fixture.read_text())
+if "text" in spec:
+    text, code = spec["text"], spec["code"]
+else:
+    fixture = next(pathlib.Path({fixtures!r}).glob(spec.get("fixture", "nothing") + ".exit*.txt"))
+    text, code = fixture.read_text(), int(fixture.name.split(".exit")[1].split(".")[0])
+sys.stdout.write(text)
 sys.stdout.flush()
 time.sleep(spec.get("sleep", 0))
-sys.exit(int(fixture.name.split(".exit")[1].split(".")[0]))
+sys.exit(code)
 """
 
 
@@ -126,7 +136,11 @@ def test_runs_exactly_the_profile_with_a_pinned_minimal_environment(tmp_path: Pa
     code, report = mesh.run(capsys)
     assert code == 0
     calls = mesh.calls()
-    assert [call["argv"] for call in calls] == [["node2--shared"], ["node2--media"]]
+    # A pull: the profile, and no local deletion on the first run (the brake); nothing held, no second run.
+    assert [call["argv"] for call in calls] == [
+        ["node2--shared", "-nodeletion", str(mesh.folders["shared"])],
+        ["node2--media", "-nodeletion", str(mesh.folders["media"])],
+    ]
     assert calls[0]["env"] == {
         "PATH": "/usr/bin:/bin",
         "LANG": "C.UTF-8",
@@ -192,7 +206,9 @@ def test_locked_edge_is_busy_and_not_run(tmp_path: Path, capsys: Capsys) -> None
     edges = edges_by_peer(report)
     assert edges["node2"]["result"] == "busy" and edges["node2"]["folders"] == []
     assert edges["node3"]["result"] == "ok"
-    assert [call["argv"] for call in mesh.calls()] == [["node3--shared"]]
+    assert [call["argv"] for call in mesh.calls()] == [
+        ["node3--shared", "-nodeletion", str(mesh.folders["shared"])]
+    ]
     assert not (mesh.state_dir / "status" / "node2.json").exists()  # the holder records its own result
     assert report["summary"]["busy"] == 1
     # Released: the next run takes the edge.
@@ -208,7 +224,10 @@ def test_missing_marker_refuses_to_run_unison(tmp_path: Path, capsys: Capsys) ->
     assert edge["result"] == "marker"
     path = mesh.folders["shared"]
     assert edge["error"] == f"folder {path} has no {MARKER}: not mounted or emptied? refusing to sync"
-    assert [call["argv"] for call in mesh.calls()] == [["node2--media"]]  # only the folder that has one
+    # Only the folder that has one.
+    assert [call["argv"] for call in mesh.calls()] == [
+        ["node2--media", "-nodeletion", str(mesh.folders["media"])]
+    ]
     assert mesh.status("node2")["result"] == "marker"
 
 
@@ -243,7 +262,7 @@ def test_timeout_kills_the_whole_process_group(
     assert edges["node2"]["result"] == "timeout"
     assert edges["node2"]["error"] == "timed out after 1 s: unison and its ssh were killed"
     assert edges["node3"]["result"] == "ok"  # a frozen peer blocks nobody else
-    call = next(c for c in mesh.calls() if c["argv"] == ["node2--shared"])
+    call = next(c for c in mesh.calls() if c["argv"][0] == "node2--shared")
     deadline = time.monotonic() + 5
     while not (process_gone(call["pid"]) and process_gone(call["child"])) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -288,8 +307,8 @@ def test_log_has_a_line_per_run_and_the_tail_of_failures(tmp_path: Path, capsys:
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        ((), ["node2", "node4"]),  # the edges this node initiates
-        (("--peer", "node3"), ["node3"]),  # either end may sync an edge
+        ((), ["node2", "node3", "node4"]),  # a node pulls from every peer, whoever initiates
+        (("--peer", "node3"), ["node3"]),
         (("--peer", "node4", "--peer", "node2"), ["node2", "node4"]),
         (("--all-peers",), ["node2", "node3", "node4"]),
     ],
@@ -309,12 +328,18 @@ def test_dry_run_runs_and_touches_nothing(tmp_path: Path, capsys: Capsys) -> Non
     assert report["edges"][0]["folders"][0] == {
         "folder": "shared",
         "path": str(mesh.folders["shared"]),
-        "profile": f"{mesh.unison_dir}/node2/node2--shared.prf",
+        # The name Unison is given in the edge's directory: the root-owned link to the node's profile.
+        "profile": f"{mesh.unison_dir}/node2/node2--shared",
         "command": [mesh.config["unison"], "node2--shared"],
     }
     assert mesh.calls() == [] and not mesh.state_dir.exists() and not mesh.log_file.parent.exists()
     assert main(["--config", str(mesh.config_path), "--dry-run"]) == 0
-    assert "would sync node1 <-> node2 folder shared:" in capsys.readouterr().out
+    out = capsys.readouterr().out.splitlines()
+    assert out == [
+        f"would pull {p} -> node1 folder shared: {mesh.config['unison']} {p}--shared "
+        f"(profile {mesh.unison_dir}/{p}/{p}--shared)"
+        for p in ("node2", "node3")
+    ] + ["node1: 2 edges, dry run: nothing was run"]
 
 
 def test_human_output(tmp_path: Path, capsys: Capsys) -> None:
@@ -474,3 +499,317 @@ def test_inactive_peers_sync_only_when_named(tmp_path: Path, capsys: Capsys) -> 
     assert [e["peer"] for e in report["edges"]] == ["node3"]
     _, report = mesh.run(capsys, "--peer", "node2")
     assert [e["peer"] for e in report["edges"]] == ["node2"]
+
+
+# --- the mass-deletion brake ----------------------------------------------------------------------------
+
+
+def held(paths: list[str]) -> str:
+    """A real first pull's output (fixture pull_deletion_held: f2 held, f4 waiting) holding ``paths``."""
+    text = (FIXTURES / "pull_deletion_held.exit1.txt").read_text()
+    lines = text.replace("2 skipped", f"{len(paths) + 1} skipped").splitlines()
+    skipped = "  skipped: {} (would delete a file with nodeletion or nodeletionpartial set)"
+    out = [line for line in lines if line != skipped.format("f2")]
+    return "\n".join(out + [skipped.format(path) for path in paths]) + "\n"
+
+
+def files(folder: Path, *rels: str) -> None:
+    for rel in rels:
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_text(rel)
+
+
+def test_held_deletions_within_the_limit_are_applied_by_a_second_run_of_those_paths(
+    tmp_path: Path, capsys: Capsys
+) -> None:
+    mesh = Mesh(tmp_path, {"node2": True})
+    path = mesh.folders["shared"]
+    files(path, "f1", "f2", "f3", "f4")
+    mesh.fake("node2", runs=[{"fixture": "pull_deletion_held"}, {"fixture": "deletion"}])
+    code, report = mesh.run(capsys)
+    assert code == 0
+    assert [call["argv"] for call in mesh.calls()] == [
+        ["node2--shared", "-nodeletion", str(path)],
+        ["node2--shared", "-path", "f2", "-confirmbigdel=false"],
+    ]
+    (edge,) = report["edges"]
+    (folder,) = edge["folders"]
+    # The second run's result, with both runs' transfers (2 + 2).
+    assert (edge["result"], edge["files_changed"], edge["error"]) == ("ok", 4, None)
+    assert (folder["kind"], folder["transferred"], folder["held"]) == ("ok", 4, 0)
+
+
+def test_held_deletions_above_the_limit_stop_the_edge_as_brake_and_delete_nothing(
+    tmp_path: Path, capsys: Capsys
+) -> None:
+    mesh = Mesh(tmp_path, {"node2": True, "node3": True})
+    path = mesh.folders["shared"]
+    files(path, "keep", *(f"docs/f{i}" for i in range(12)))  # 13 files (the marker aside): limit 10
+    mesh.fake("node2", text=held(["docs"]), code=1)
+    code, report = mesh.run(capsys)
+    assert code == 1 and report["summary"]["brake"] == 1
+    # One run only: the deletions held by -nodeletion are never applied.
+    assert [c["argv"] for c in mesh.calls() if c["argv"][0] == "node2--shared"] == [
+        ["node2--shared", "-nodeletion", str(path)]
+    ]
+    edges = edges_by_peer(report)
+    assert edges["node2"]["result"] == "brake" and edges["node3"]["result"] == "ok"
+    assert edges["node2"]["error"] == (
+        "brake: this pull would delete 12 files of shared (max_deletions 50%: 10); nothing deleted. "
+        "Allow it once with `meshctl sync --allow-deletions node1`"
+    )
+    assert edges["node2"]["folders"][0]["held"] == 1
+    assert mesh.status("node2")["result"] == "brake"
+    assert "peer=node2 folder=shared kind=brake transferred=2" in mesh.log_file.read_text()
+
+
+def test_allow_deletions_runs_the_pull_once_without_the_brake(tmp_path: Path, capsys: Capsys) -> None:
+    mesh = Mesh(tmp_path, {"node2": True})
+    files(mesh.folders["shared"], *(f"docs/f{i}" for i in range(12)))
+    mesh.fake("node2", fixture="deletion")
+    code, report = mesh.run(capsys, "--allow-deletions")
+    assert code == 0 and report["edges"][0]["result"] == "ok"
+    assert [call["argv"] for call in mesh.calls()] == [["node2--shared"]]
+
+
+def test_a_seed_is_not_braked_and_never_runs_a_second_time(tmp_path: Path, capsys: Capsys) -> None:
+    mesh = Mesh(tmp_path, {"node2": True})
+    path = mesh.folders["shared"]
+    files(path, "f2")
+    mesh.fake("node2", fixture="pull_deletion_held")
+    code, _ = mesh.run(capsys, "--seed", "--peer", "node2")
+    assert code == 0
+    assert [call["argv"] for call in mesh.calls()] == [
+        ["node2--shared", "-force", f"ssh://replimesh@172.31.77.10:22/{path}", "-nodeletion", str(path)]
+    ]
+
+
+@pytest.mark.parametrize(
+    ("max_deletions", "present", "deleting", "braked"),
+    [
+        ("50%", 4, 3, False),  # 75% of the folder, but a share never stops 10 deletions or fewer
+        ("50%", 12, 10, False),
+        ("50%", 12, 11, True),  # 11 > max(10, 6)
+        ("50%", 40, 20, False),  # 50% of 40
+        ("50%", 40, 21, True),
+        ("0%", 40, 10, False),
+        ("0%", 40, 11, True),
+        ("3", 40, 3, False),  # a count has no floor
+        ("3", 40, 4, True),
+        ("0", 40, 1, True),
+    ],
+)
+def test_the_limit_is_a_count_or_a_share_of_the_folder_with_a_floor_of_10(
+    tmp_path: Path, capsys: Capsys, max_deletions: str, present: int, deleting: int, braked: bool
+) -> None:
+    mesh = Mesh(tmp_path, {"node2": True})
+    mesh.save(max_deletions=max_deletions)
+    path = mesh.folders["shared"]
+    names = [f"f{i}" for i in range(present)]
+    files(path, *names)
+    mesh.fake("node2", runs=[{"text": held(names[:deleting]), "code": 1}, {"fixture": "deletion"}])
+    code, report = mesh.run(capsys)
+    argvs = [call["argv"] for call in mesh.calls()]
+    assert argvs[0] == ["node2--shared", "-nodeletion", str(path)]
+    if braked:
+        assert (code, report["edges"][0]["result"], len(argvs)) == (1, "brake", 1)
+        assert (
+            f"would delete {deleting} files of shared (max_deletions {max_deletions}: "
+            in report["edges"][0]["error"]
+        )
+    else:
+        paths = [arg for name in names[:deleting] for arg in ("-path", name)]
+        assert argvs[1:] == [["node2--shared", *paths, "-confirmbigdel=false"]]
+        assert (code, report["edges"][0]["result"]) == (0, "ok")
+
+
+def test_a_bad_max_deletions_is_bad_config(tmp_path: Path, capsys: Capsys) -> None:
+    mesh = Mesh(tmp_path, {"node2": True})
+    for bad in ("101%", "-1", "lots", 50):
+        mesh.save(max_deletions=bad)
+        assert main(["--config", str(mesh.config_path)]) == 2
+        assert "max_deletions: must be a count such as '100' or a percentage such as '50%'" in (
+            capsys.readouterr().err
+        )
+    assert mesh.calls() == []
+
+
+def test_deletion_limit() -> None:
+    limit = mesh_runner.deletion_limit
+    assert [limit("50%", n) for n in (0, 10, 21, 22, 100, 1001)] == [10, 10, 10, 11, 50, 500]
+    assert [limit("100%", 7), limit("100%", 30), limit("0%", 10**6), limit("5%", 399)] == [10, 30, 10, 19]
+    assert [limit("0", 100), limit("25", 5), limit("123456789", 0)] == [0, 25, 123456789]
+
+
+def test_count_files_counts_regular_files_below_each_path_links_not_followed(tmp_path: Path) -> None:
+    root = tmp_path / "folder"
+    files(root, MARKER, "a", "docs/b", "docs/c", "docs/deep/d")
+    elsewhere = tmp_path / "elsewhere"
+    files(elsewhere, "x", "y", "z")
+    (root / "linked").symlink_to(elsewhere)
+    count = mesh_runner.count_files
+    assert count(str(root)) == 5  # the marker counts unless named
+    assert count(str(root), marker=MARKER) == 4
+    assert count(str(root), ["docs"]) == 3
+    assert count(str(root), ["docs/deep/d", "a"]) == 2
+    assert count(str(root), ["linked"]) == 1  # a link is one entry, never what it points at
+    assert count(str(root), ["gone", "docs/gone"]) == 0  # already deleted here
+    assert count(str(root), ["docs"], marker=MARKER) == 3  # the marker is only taken off the whole folder
+
+
+# --- the edge directory's scrub -------------------------------------------------------------------------
+
+NOBODY = 65534
+
+
+def plant(edge: Path, outside: Path) -> None:
+    """What Unison and the role put in an edge directory, and what a peer's login could plant there."""
+    edge.mkdir(parents=True)
+    (edge / ("ar" + "0" * 32)).write_text("archive")  # the peer's server end's archive: kept
+    os.chown(edge / ("ar" + "0" * 32), NOBODY, NOBODY)
+    (edge / "node2--shared.prf").symlink_to("/etc/replimesh/profiles/node2--shared.prf")  # root's guard
+    (edge / "default").symlink_to("/dev/null")
+    (edge / "root-file").write_text("root's")
+    (edge / "root-dir").mkdir()
+    (edge / "evil.prf").symlink_to(outside / "evil.prf")
+    os.lchown(edge / "evil.prf", NOBODY, NOBODY)
+    os.mkfifo(edge / "fifo")
+    os.chown(edge / "fifo", NOBODY, NOBODY)
+    (edge / "dir/sub").mkdir(parents=True)
+    (edge / "dir/sub/x").symlink_to("/etc/passwd")
+    for path in (edge / "dir", edge / "dir/sub"):
+        os.chown(path, NOBODY, NOBODY)
+    target = outside / "target"
+    target.write_text("a file of this node's")
+    os.link(target, edge / "hardlink")
+    os.chown(edge / "hardlink", NOBODY, NOBODY)
+
+
+def test_scrub_edge_dir_removes_what_unison_never_makes_there_and_keeps_the_rest(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("entries owned by another user need root to make")
+    edge, outside = tmp_path / "edge", tmp_path / "outside"
+    outside.mkdir()
+    plant(edge, outside)
+    assert sorted(mesh_runner.scrub_edge_dir(str(edge))) == ["dir", "evil.prf", "fifo", "hardlink"]
+    assert sorted(p.name for p in edge.iterdir()) == [
+        "ar" + "0" * 32,
+        "default",
+        "node2--shared.prf",
+        "root-dir",
+        "root-file",
+    ]
+    assert os.readlink(edge / "default") == "/dev/null"
+    # Nothing outside the directory was touched: not the hard link's other name, not a link's target.
+    assert (outside / "target").read_text() == "a file of this node's" and Path("/etc/passwd").exists()
+    assert os.stat(outside / "target").st_nlink == 1
+    assert mesh_runner.scrub_edge_dir(str(edge)) == []
+    assert mesh_runner.scrub_edge_dir(str(tmp_path / "missing")) == []
+
+
+def test_every_run_scrubs_the_edge_directory_first_and_logs_it(tmp_path: Path, capsys: Capsys) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("entries owned by another user need root to make")
+    mesh = Mesh(tmp_path, {"node2": True})
+    edge = mesh.unison_dir / "node2"
+    edge.mkdir()
+    (edge / "default.prf").symlink_to("/etc/passwd")
+    os.lchown(edge / "default.prf", NOBODY, NOBODY)
+    assert mesh.run(capsys)[0] == 0
+    assert not os.path.lexists(edge / "default.prf") and len(mesh.calls()) == 1
+    assert f"{edge}: removed what Unison never makes there: default.prf" in mesh.log_file.read_text()
+
+
+# --- archives locked by the other end's run -------------------------------------------------------------
+
+LOCKED = (
+    "Unison 2.52.1 (ocaml 4.13.1): Contacting server...\n"
+    "Connected [//node1//srv/shared -> //node2//srv/shared]\n"
+    "Fatal error: Warning: the archives are locked.  \n"
+    "If no other instance of unison is running, the locks should be removed.\n"
+    f"The file /var/lib/replimesh/unison/node1/lk{'0' * 32} on host node2 should be deleted\n"
+    "Please delete lock files as appropriate and try again.\n"
+)
+
+
+def test_a_pull_that_finds_the_archives_locked_tries_again(
+    tmp_path: Path, capsys: Capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(mesh_runner, "LOCK_BACKOFF_S", (0.0, 0.0))
+    mesh = Mesh(tmp_path, {"node2": True})
+    mesh.fake("node2", runs=[{"text": LOCKED, "code": 3}, {"fixture": "copies"}])
+    code, report = mesh.run(capsys)
+    assert code == 0 and report["edges"][0]["result"] == "ok" and report["edges"][0]["files_changed"] == 3
+    argv = ["node2--shared", "-nodeletion", str(mesh.folders["shared"])]
+    assert [call["argv"] for call in mesh.calls()] == [argv, argv]
+
+
+def test_archives_locked_on_every_try_fail_the_edge_after_a_bounded_number_of_runs(
+    tmp_path: Path, capsys: Capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(mesh_runner, "LOCK_BACKOFF_S", (0.0, 0.0))
+    monkeypatch.setattr(mesh_runner, "LOCK_RETRIES", 3)
+    mesh = Mesh(tmp_path, {"node2": True})
+    mesh.fake("node2", text=LOCKED, code=3)
+    code, report = mesh.run(capsys)
+    assert code == 1 and len(mesh.calls()) == 3
+    assert report["edges"][0]["result"] == "failed"
+    assert report["edges"][0]["error"] == (
+        "archives locked on node2: a run there is alive, or it was killed and that node's next run "
+        "removes its stale lock"
+    )
+
+
+def test_the_default_number_of_lock_retries_is_bounded() -> None:
+    assert mesh_runner.LOCK_RETRIES == 8
+    assert mesh_runner.LOCK_RETRIES * mesh_runner.LOCK_BACKOFF_S[1] <= 40
+
+
+# --- the real Unison: a pull, and its brake -------------------------------------------------------------
+
+
+def pull_profile(mesh: Mesh, remote: Path, peer: str = "node2") -> None:
+    """The role's pull profile for folder "shared" (the peer's root noupdate, nodeletion, nocreation),
+    with a local second root instead of ssh://, for the real Unison."""
+    (mesh.unison_dir / peer).mkdir()
+    (mesh.unison_dir / peer / f"{peer}--shared.prf").write_text(
+        f"root = {mesh.folders['shared']}\nroot = {remote}\n"
+        f"noupdate = {remote}\nnodeletion = {remote}\nnocreation = {remote}\n"
+        "batch = true\nauto = true\nprefer = newer\ncopyonconflict = true\ntimes = true\nlog = false\n"
+        f"confirmbigdel = true\nmountpoint = {MARKER}\nignore = Name {MARKER}\n"
+    )
+
+
+@pytest.mark.skipif(not Path("/usr/bin/unison").exists(), reason="unison is not installed")
+def test_real_unison_pulls_and_its_brake_holds_a_mass_deletion_until_allowed(
+    tmp_path: Path, capsys: Capsys
+) -> None:
+    mesh = Mesh(tmp_path, {"node2": True})
+    local, remote = mesh.folders["shared"], tmp_path / "peer" / "shared"
+    files(remote, MARKER, "keep", "gone", *(f"docs/f{i}" for i in range(12)))
+    files(local, "mine")  # a change here waits for the peer's own pull
+    pull_profile(mesh, remote)
+    mesh.save(unison="/usr/bin/unison")
+    code, report = mesh.run(capsys)
+    assert (code, report["edges"][0]["result"]) == (0, "ok"), report
+    assert (local / "docs/f11").read_text() == "docs/f11" and (local / "gone").exists()
+    assert not (remote / "mine").exists()  # never written: a pull
+
+    # One deletion: held by the first run, applied by the second.
+    (remote / "gone").unlink()
+    code, report = mesh.run(capsys)
+    assert (code, report["edges"][0]["result"]) == (0, "ok"), report
+    assert not (local / "gone").exists() and (local / "keep").exists()
+
+    # 12 of 14 files: over the limit (max(10, 14 * 50%)), nothing deleted, the edge waits for an operator.
+    shutil.rmtree(remote / "docs")
+    code, report = mesh.run(capsys)
+    (edge,) = report["edges"]
+    assert (code, edge["result"]) == (1, "brake"), report
+    assert edge["error"].startswith(
+        "brake: this pull would delete 12 files of shared (max_deletions 50%: 10)"
+    )
+    assert len(list((local / "docs").iterdir())) == 12
+    code, report = mesh.run(capsys, "--allow-deletions")
+    assert (code, report["edges"][0]["result"]) == (0, "ok"), report
+    assert not (local / "docs").exists() and (local / "keep").exists() and (local / "mine").exists()
