@@ -59,6 +59,11 @@ COMPUTED_VARS = frozenset(
     ]
     + [f"mesh_sync_{name}" for name in SYNC_KEYS]
 )
+# Every variable of replimesh's own roles (mesh_member, mesh_ssh, mesh_sync, unison) and plays starts with
+# one of these. The mesh file sets none of them: its own keys (user, sync, ...) say what a node needs, and
+# a role variable there (a jails directory, a peers group, a package source) could undo a node's safety.
+# Leading underscores are skipped: the plays' internal names (__mesh_joining) are replimesh's too.
+ROLE_VAR_PREFIXES = ("mesh_", "unison_")
 
 _MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
 _WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
@@ -277,6 +282,12 @@ def _parse_vars(key: str, value: object) -> dict[str, Any]:
             raise MeshConfigError(f"{key}.{name}", f"{name!r} is a Python keyword, not a variable name")
         if name in COMPUTED_VARS:
             raise MeshConfigError(f"{key}.{name}", f"{name} is computed by the plugin; remove it")
+        if name.lstrip("_").startswith(ROLE_VAR_PREFIXES):
+            raise MeshConfigError(
+                f"{key}.{name}",
+                f"{name} is a variable of replimesh's own roles; the mesh file cannot set it (set the mesh "
+                "file's own keys such as user/sync, or pass -e on the control node)",
+            )
     # Values stay as loaded: Ansible's loader marks them as trusted templates, as inventory vars need.
     return dict(raw)
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import copy
 import dataclasses
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -24,6 +26,7 @@ from mesh_plugins.module_utils.mesh_config import (
 )
 
 DELETE = object()
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def base() -> dict[str, Any]:
@@ -270,6 +273,13 @@ def test_top_level_must_be_a_mapping(data: object) -> None:
         ("vars", "ansible_user=root", "vars", "must be a mapping"),
         ("vars", {"mesh_sync_mode": "watch"}, "vars.mesh_sync_mode", "computed by the plugin"),
         ("vars", {"": 1}, "vars.", "invalid name"),
+        ("vars", {"mesh_member_user": "root"}, "vars.mesh_member_user", "replimesh's own roles"),
+        ("vars", {"mesh_ssh_peers_group": "sudo"}, "vars.mesh_ssh_peers_group", "cannot set it"),
+        ("vars", {"unison_packages": ["x"]}, "vars.unison_packages", "replimesh's own roles"),
+        ("vars", {"mesh_anything_new": 1}, "vars.mesh_anything_new", "replimesh's own roles"),
+        ("vars", {"__mesh_joining": True}, "vars.__mesh_joining", "replimesh's own roles"),
+        ("nodes.node1.vars", {"mesh_sync_watch_delay": 1}, "nodes.node1.vars.mesh_sync_watch_delay", "-e"),
+        ("nodes.node1.vars", {"unison_peer_hosts": []}, "nodes.node1.vars.unison_peer_hosts", "own roles"),
     ],
 )
 def test_bad_value_names_its_key(path: str, value: object, key: str, fragment: str) -> None:
@@ -430,6 +440,32 @@ def test_schedule_of_wrong_type_is_rejected() -> None:
 
 def test_computed_vars_cover_every_sync_setting() -> None:
     assert {f"mesh_sync_{f.name}" for f in dataclasses.fields(SyncSettings)} <= COMPUTED_VARS
+
+
+def role_variables() -> list[str]:
+    specs = sorted((ROOT / "roles").glob("*/meta/argument_specs.yml"))
+    assert len(specs) >= 4
+    return sorted(
+        name
+        for spec in specs
+        for entry in yaml.safe_load(spec.read_text())["argument_specs"].values()
+        for name in entry.get("options", {})
+    )
+
+
+@pytest.mark.parametrize("where", ["vars", "nodes.node2.vars"])
+def test_no_role_variable_can_be_set_through_the_mesh_file(where: str) -> None:
+    for name in role_variables():
+        err = error_of(with_value(where, {name: "x"}))
+        assert err.key == f"{where}.{name}"
+        assert "computed by the plugin" in str(err) or "replimesh's own roles" in str(err)
+
+
+@pytest.mark.parametrize(
+    "name", ["ansible_user", "ansible_host", "ansible_become", "ansible_become_user", "my_mesh"]
+)
+def test_other_variables_stay_allowed(name: str) -> None:
+    assert parse_mesh(with_value("vars", {name: "x"})).vars == {name: "x"}
 
 
 # Fuzzing: whatever YAML can hold, parse_mesh returns a Mesh or raises MeshConfigError, nothing else.
