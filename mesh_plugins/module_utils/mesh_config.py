@@ -48,7 +48,12 @@ IDENTIFIER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 HOST_LABEL_RE = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 
 # Names Ansible (or this plugin) already uses for groups: a node or group of that name would collide.
-RESERVED_NAMES = frozenset({"all", "ungrouped", "mesh"})
+# localhost too: the plays that run on the control node (checks, confirmations, the key store) say
+# `hosts: localhost`, and a node or group of that name would take them over to a node.
+RESERVED_NAMES = frozenset({"all", "ungrouped", "mesh", "localhost"})
+# The playbooks put nodes in groups of their own at run time (mesh_leaving, mesh_rotating, ...) and then
+# act on those groups: a node or group of the mesh file by such a name would join them.
+RESERVED_PREFIX = "mesh_"
 # Host vars the inventory plugin computes from the mesh file; `vars` must not override them, or a node's view
 # of the mesh would disagree with its peers'. ansible_host/ansible_port may be overridden (e.g. to reach a
 # node through NAT while peers use its mesh address).
@@ -207,7 +212,14 @@ def _parse_nodes(value: object) -> tuple[Node, ...]:
     names = [_named(f"nodes.{name}", name, NAME_RE, _NAME_HINT) for name in raw_nodes]
     for name in names:
         if name in RESERVED_NAMES:
-            raise MeshConfigError(f"nodes.{name}", f"{name!r} is reserved for a group name; rename the node")
+            raise MeshConfigError(
+                f"nodes.{name}", f"{name!r} is reserved (a group, or the control node); rename the node"
+            )
+        if name.startswith(RESERVED_PREFIX):
+            raise MeshConfigError(
+                f"nodes.{name}",
+                f"names starting with {RESERVED_PREFIX} are replimesh's groups; rename the node",
+            )
     nodes: list[Node] = []
     seen_addresses: dict[str, str] = {}
     for name in sorted(names):
@@ -319,7 +331,13 @@ def _check_group(key: str, value: object, node_names: Collection[str]) -> str:
         key, value, IDENTIFIER_RE, "a group name made of letters, digits and _ (not starting with a digit)"
     )
     if group in RESERVED_NAMES:
-        raise MeshConfigError(key, f"{group!r} is reserved (every node is in 'all' and 'mesh')")
+        raise MeshConfigError(
+            key, f"{group!r} is reserved (every node is in 'all' and 'mesh'; localhost is the control node)"
+        )
+    if group.startswith(RESERVED_PREFIX):
+        raise MeshConfigError(
+            key, f"{group!r}: names starting with {RESERVED_PREFIX} are replimesh's own groups; rename it"
+        )
     if group in node_names:
         raise MeshConfigError(key, f"group {group!r} has the same name as a node; rename one of them")
     return group

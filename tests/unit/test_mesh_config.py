@@ -208,6 +208,8 @@ def test_top_level_must_be_a_mapping(data: object) -> None:
         ("nodes.n@3", {"address": "10.0.0.3"}, "nodes.n@3", "invalid name"),
         ("nodes.mesh", {"address": "10.0.0.3"}, "nodes.mesh", "reserved"),
         ("nodes.all", {"address": "10.0.0.3"}, "nodes.all", "reserved"),
+        ("nodes.localhost", {"address": "10.0.0.3"}, "nodes.localhost", "reserved"),
+        ("nodes.mesh_rotating", {"address": "10.0.0.3"}, "nodes.mesh_rotating", "replimesh's groups"),
         ("nodes.node1", "172.31.77.11", "nodes.node1", "must be a mapping {address: ...}, got a string"),
         ("nodes.node1", None, "nodes.node1", "got null"),
         ("nodes.node1", {}, "nodes.node1.address", "required"),
@@ -241,6 +243,9 @@ def test_top_level_must_be_a_mapping(data: object) -> None:
         ("nodes.node1.groups", ["ok", 3], "nodes.node1.groups[1]", "must be a string"),
         ("nodes.node1.groups", ["all"], "nodes.node1.groups[0]", "reserved"),
         ("nodes.node1.groups", ["mesh"], "nodes.node1.groups[0]", "reserved"),
+        ("nodes.node1.groups", ["localhost"], "nodes.node1.groups[0]", "the control node"),
+        ("nodes.node1.groups", ["mesh_leaving"], "nodes.node1.groups[0]", "replimesh's own groups"),
+        ("nodes.node1.groups", ["site", "mesh_targets"], "nodes.node1.groups[1]", "replimesh's own groups"),
         ("nodes.node1.groups", ["node2"], "nodes.node1.groups[0]", "same name as a node"),
         ("nodes.node1.vars", ["a"], "nodes.node1.vars", "must be a mapping"),
         ("nodes.node1.vars", {"1x": 1}, "nodes.node1.vars.1x", "invalid name"),
@@ -459,6 +464,22 @@ def test_no_role_variable_can_be_set_through_the_mesh_file(where: str) -> None:
         err = error_of(with_value(where, {name: "x"}))
         assert err.key == f"{where}.{name}"
         assert "computed by the plugin" in str(err) or "replimesh's own roles" in str(err)
+
+
+def test_every_group_the_playbooks_act_on_is_one_the_mesh_file_cannot_name() -> None:
+    plays = [
+        play
+        for playbook in sorted(ROOT.glob("*.yml")) + sorted((ROOT / "playbooks").glob("*.yml"))
+        for play in yaml.safe_load(playbook.read_text()) or []
+        if isinstance(play, dict) and "hosts" in play
+    ]
+    patterns = {pattern for play in plays for pattern in play["hosts"].split(":")}
+    assert {"localhost", "mesh", "mesh_leaving", "mesh_rotating"} <= patterns
+    for pattern in patterns:
+        as_node = error_of(with_value(f"nodes.{pattern}", {"address": "10.0.0.3"}))
+        as_group = error_of(with_value("nodes.node1.groups", [pattern]))
+        for err in (as_node, as_group):
+            assert "reserved" in str(err) or "replimesh's" in str(err), pattern
 
 
 @pytest.mark.parametrize(
