@@ -289,19 +289,25 @@ def _parse_sync(value: object) -> SyncSettings:
 def _parse_vars(key: str, value: object) -> dict[str, Any]:
     raw = _mapping(key, value, "a mapping of variable name -> value")
     for name in raw:
-        _named(f"{key}.{name}", name, IDENTIFIER_RE, "a valid Ansible variable name (letters, digits, _)")
-        if keyword.iskeyword(name):
-            raise MeshConfigError(f"{key}.{name}", f"{name!r} is a Python keyword, not a variable name")
-        if name in COMPUTED_VARS:
-            raise MeshConfigError(f"{key}.{name}", f"{name} is computed by the plugin; remove it")
-        if name.lstrip("_").startswith(ROLE_VAR_PREFIXES):
-            raise MeshConfigError(
-                f"{key}.{name}",
-                f"{name} is a variable of replimesh's own roles; the mesh file cannot set it (set the mesh "
-                "file's own keys such as user/sync, or pass -e on the control node)",
-            )
+        check_var_name(f"{key}.{name}", name)
     # Values stay as loaded: Ansible's loader marks them as trusted templates, as inventory vars need.
     return dict(raw)
+
+
+def check_var_name(key: str, name: object) -> str:
+    """A host variable the mesh file may set: under `vars`, or through the plugin's `compose`."""
+    name = _named(key, name, IDENTIFIER_RE, "a valid Ansible variable name (letters, digits, _)")
+    if keyword.iskeyword(name):
+        raise MeshConfigError(key, f"{name!r} is a Python keyword, not a variable name")
+    if name in COMPUTED_VARS:
+        raise MeshConfigError(key, f"{name} is computed by the plugin; remove it")
+    if name.lstrip("_").startswith(ROLE_VAR_PREFIXES):
+        raise MeshConfigError(
+            key,
+            f"{name} is a variable of replimesh's own roles; the mesh file cannot set it (set the mesh "
+            "file's own keys such as user/sync, or pass -e on the control node)",
+        )
+    return name
 
 
 def _check_address(key: str, value: object) -> tuple[str, str]:
@@ -330,6 +336,15 @@ def _check_group(key: str, value: object, node_names: Collection[str]) -> str:
     group = _named(
         key, value, IDENTIFIER_RE, "a group name made of letters, digits and _ (not starting with a digit)"
     )
+    check_group_name(key, group)
+    if group in node_names:
+        raise MeshConfigError(key, f"group {group!r} has the same name as a node; rename one of them")
+    return group
+
+
+def check_group_name(key: str, group: str) -> None:
+    """A group the mesh file may put nodes in: under a node's `groups`, or through the plugin's
+    constructed groups."""
     if group in RESERVED_NAMES:
         raise MeshConfigError(
             key, f"{group!r} is reserved (every node is in 'all' and 'mesh'; localhost is the control node)"
@@ -338,9 +353,6 @@ def _check_group(key: str, value: object, node_names: Collection[str]) -> str:
         raise MeshConfigError(
             key, f"{group!r}: names starting with {RESERVED_PREFIX} are replimesh's own groups; rename it"
         )
-    if group in node_names:
-        raise MeshConfigError(key, f"group {group!r} has the same name as a node; rename one of them")
-    return group
 
 
 def _check_path(key: str, path: str) -> str:
