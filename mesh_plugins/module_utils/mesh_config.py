@@ -69,6 +69,23 @@ COMPUTED_VARS = frozenset(
 # a role variable there (a jails directory, a peers group, a package source) could undo a node's safety.
 # Leading underscores are skipped: the plays' internal names (__mesh_joining) are replimesh's too.
 ROLE_VAR_PREFIXES = ("mesh_", "unison_")
+# What the playbooks ask of the operator with -e, run by run (remove this node, wipe its data, skip the
+# question): as host vars in the mesh file they would answer for every later run without being asked.
+PLAYBOOK_INPUTS = frozenset(
+    {
+        "node",
+        "wipe_data",
+        "skip_confirmation",
+        "allow_ungraceful_removal",
+        "rotate_nodes",
+        "rotate_allow_unreachable",
+        "rotate_lock_timeout",
+        "status_max_lag",
+        "status_output",
+        "verify_allow_unreachable",
+        "verify_output",
+    }
+)
 
 _MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
 _WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
@@ -301,6 +318,12 @@ def check_var_name(key: str, name: object) -> str:
         raise MeshConfigError(key, f"{name!r} is a Python keyword, not a variable name")
     if name in COMPUTED_VARS:
         raise MeshConfigError(key, f"{name} is computed by the plugin; remove it")
+    if name in PLAYBOOK_INPUTS:
+        raise MeshConfigError(
+            key,
+            f"{name} is asked of the operator run by run; the mesh file cannot set it (pass -e {name}=... "
+            "on the control node)",
+        )
     if name.lstrip("_").startswith(ROLE_VAR_PREFIXES):
         raise MeshConfigError(
             key,

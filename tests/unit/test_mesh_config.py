@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from mesh_plugins.module_utils.mesh_config import (
     COMPUTED_VARS,
     DEFAULT_SCHEDULE,
+    PLAYBOOK_INPUTS,
     TOP_KEYS,
     Folder,
     Mesh,
@@ -283,6 +284,8 @@ def test_top_level_must_be_a_mapping(data: object) -> None:
         ("vars", {"unison_packages": ["x"]}, "vars.unison_packages", "replimesh's own roles"),
         ("vars", {"mesh_anything_new": 1}, "vars.mesh_anything_new", "replimesh's own roles"),
         ("vars", {"__mesh_joining": True}, "vars.__mesh_joining", "replimesh's own roles"),
+        ("vars", {"wipe_data": True}, "vars.wipe_data", "pass -e wipe_data=... on the control node"),
+        ("nodes.node1.vars", {"skip_confirmation": True}, "nodes.node1.vars.skip_confirmation", "run by run"),
         ("nodes.node1.vars", {"mesh_sync_watch_delay": 1}, "nodes.node1.vars.mesh_sync_watch_delay", "-e"),
         ("nodes.node1.vars", {"unison_peer_hosts": []}, "nodes.node1.vars.unison_peer_hosts", "own roles"),
     ],
@@ -480,6 +483,15 @@ def test_every_group_the_playbooks_act_on_is_one_the_mesh_file_cannot_name() -> 
         as_group = error_of(with_value("nodes.node1.groups", [pattern]))
         for err in (as_node, as_group):
             assert "reserved" in str(err) or "replimesh's" in str(err), pattern
+
+
+def test_every_input_the_playbooks_ask_for_with_e_is_refused_as_a_var() -> None:
+    texts = [path.read_text() for path in [ROOT / "README.md", *sorted((ROOT / "playbooks").glob("*.yml"))]]
+    asked = {name for text in texts for name in re.findall(r"-e ([a-z_]+)=", text)}
+    assert {"wipe_data", "skip_confirmation", "rotate_nodes"} <= asked
+    for name in asked:
+        assert error_of(with_value("vars", {name: "x"})).key == f"vars.{name}"
+    assert asked - {name for name in asked if name.startswith("mesh_")} <= PLAYBOOK_INPUTS
 
 
 @pytest.mark.parametrize(
