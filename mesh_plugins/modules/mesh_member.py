@@ -89,7 +89,10 @@ options:
     type: str
     default: .replimesh-folder
   unison_extra_prefs:
-    description: Extra profile lines, each C(name = value).
+    description:
+      - Extra profile lines, each C(name = value).
+      - Preferences replimesh sets itself or that guard the node (roots, ssh, perms, backups, deletions,
+        ignores, links, includes, anything ending in C(UNSAFE), ...) are refused.
     type: list
     default: []
     elements: str
