@@ -14,14 +14,28 @@ from ansible.errors import AnsibleError, AnsibleParserError
 from ansible.plugins.inventory import BaseInventoryPlugin, Constructable
 
 try:
-    from mesh_plugins.module_utils.mesh_config import Mesh, MeshConfigError, Node, parse_mesh
+    from mesh_plugins.module_utils.mesh_config import (
+        Mesh,
+        MeshConfigError,
+        Node,
+        check_group_name,
+        check_var_name,
+        parse_mesh,
+    )
     from mesh_plugins.module_utils.mesh_topology import host_topology
 except ImportError:
     # Run from a checkout without `pip install`: the project root is three levels above this file.
     _PROJECT_ROOT = str(Path(__file__).resolve().parents[2])
     if _PROJECT_ROOT not in sys.path:
         sys.path.insert(0, _PROJECT_ROOT)
-    from mesh_plugins.module_utils.mesh_config import Mesh, MeshConfigError, Node, parse_mesh
+    from mesh_plugins.module_utils.mesh_config import (
+        Mesh,
+        MeshConfigError,
+        Node,
+        check_group_name,
+        check_var_name,
+        parse_mesh,
+    )
     from mesh_plugins.module_utils.mesh_topology import host_topology
 
 DOCUMENTATION = r"""
@@ -30,6 +44,8 @@ short_description: Hosts and sync peers of a replimesh mesh
 description:
   - Reads a mesh file whose name ends in C(.mesh.yml) or C(.mesh.yaml).
   - Puts every node in group C(mesh) and in the groups listed under its C(groups).
+  - Group and node names C(localhost) and C(mesh_*) are replimesh's own (the plays' run-time groups) and are
+    refused, also as constructed C(groups) and C(keyed_groups).
   - Gives each node its connection facts and its peer list (C(mesh_peers)), including which end of each
     pair starts the sync, so roles need no topology logic of their own.
   - The file is validated as a whole; an invalid file fails with the file name and the offending key.
@@ -74,7 +90,8 @@ options:
   vars:
     description:
       - Extra host variables for every node (for example C(ansible_user)); a node's own C(vars) override them.
-      - The computed C(mesh_*) variables cannot be overridden.
+      - replimesh's own variables (C(mesh_*), C(unison_*)) are refused, here and in C(compose); pass them
+        with C(-e) on the control node.
     type: raw
 """
 
@@ -106,9 +123,14 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
         config = self._read_mesh_file(path)
         try:
             mesh = parse_mesh(config, extra_keys=tuple(self._options))
+            # The constructed options set host vars and groups too: by the same rules as `vars` and `groups`.
+            for name in self.get_option("compose") or {}:
+                check_var_name(f"compose.{name}", name)
+            for group in self.get_option("groups") or {}:
+                check_group_name(f"groups.{group}", group)
+            self._populate(mesh, path)
         except MeshConfigError as err:
             raise AnsibleParserError(f"{path}: {err}") from err
-        self._populate(mesh, path)
 
     def _read_mesh_file(self, path: str) -> dict[str, Any]:
         try:
@@ -138,11 +160,16 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
                 self.inventory.add_child(group, node.name)
             for key, value in self._host_vars(mesh, node, peers[node.name], keystore).items():
                 self.inventory.set_variable(node.name, key, value)
+            host = self.inventory.get_host(node.name)
+            before = {group.name for group in host.get_groups()}
             try:
                 self._construct(node.name)
             except AnsibleError as err:
                 # Only with `strict: true`: a compose/groups/keyed_groups expression failed.
                 raise AnsibleParserError(f"{path}: {err.message}") from err
+            # Keyed groups are named by values (prefix_value): checked once made, before any play runs.
+            for group in sorted({group.name for group in host.get_groups()} - before):
+                check_group_name(f"keyed_groups ({node.name} joins {group})", group)
 
     @staticmethod
     def _host_vars(mesh: Mesh, node: Node, peers: list[dict[str, Any]], keystore: str) -> dict[str, Any]:

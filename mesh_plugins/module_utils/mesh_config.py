@@ -49,7 +49,12 @@ MAX_DELETIONS_RE = re.compile(r"[0-9]{1,9}|(?:100|[0-9]{1,2})%")
 HOST_LABEL_RE = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 
 # Names Ansible (or this plugin) already uses for groups: a node or group of that name would collide.
-RESERVED_NAMES = frozenset({"all", "ungrouped", "mesh"})
+# localhost too: the plays that run on the control node (checks, confirmations, the key store) say
+# `hosts: localhost`, and a node or group of that name would take them over to a node.
+RESERVED_NAMES = frozenset({"all", "ungrouped", "mesh", "localhost"})
+# The playbooks put nodes in groups of their own at run time (mesh_leaving, mesh_rotating, ...) and then
+# act on those groups: a node or group of the mesh file by such a name would join them.
+RESERVED_PREFIX = "mesh_"
 # Host vars the inventory plugin computes from the mesh file; `vars` must not override them, or a node's view
 # of the mesh would disagree with its peers'. ansible_host/ansible_port may be overridden (e.g. to reach a
 # node through NAT while peers use its mesh address).
@@ -59,6 +64,29 @@ COMPUTED_VARS = frozenset(
         for name in ("node_name", "address", "port", "user", "folders", "peers", "topology_kind", "keystore")
     ]
     + [f"mesh_sync_{name}" for name in SYNC_KEYS]
+)
+# Every variable of replimesh's own roles (mesh_member, mesh_ssh, mesh_sync, unison) and plays starts with
+# one of these. The mesh file sets none of them: its own keys (user, sync, ...) say what a node needs, and
+# a role variable there (a jails directory, a peers group, a package source) could undo a node's safety.
+# Leading underscores are skipped: the plays' internal names (__mesh_joining) are replimesh's too.
+ROLE_VAR_PREFIXES = ("mesh_", "unison_")
+# What the playbooks ask of the operator with -e, run by run (remove this node, wipe its data, skip the
+# question): as host vars in the mesh file they would answer for every later run without being asked.
+PLAYBOOK_INPUTS = frozenset(
+    {
+        "node",
+        "wipe_data",
+        "skip_confirmation",
+        "allow_ungraceful_removal",
+        "allow_deletions",
+        "rotate_nodes",
+        "rotate_allow_unreachable",
+        "rotate_lock_timeout",
+        "status_max_lag",
+        "status_output",
+        "verify_allow_unreachable",
+        "verify_output",
+    }
 )
 
 _MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
@@ -205,7 +233,14 @@ def _parse_nodes(value: object) -> tuple[Node, ...]:
     names = [_named(f"nodes.{name}", name, NAME_RE, _NAME_HINT) for name in raw_nodes]
     for name in names:
         if name in RESERVED_NAMES:
-            raise MeshConfigError(f"nodes.{name}", f"{name!r} is reserved for a group name; rename the node")
+            raise MeshConfigError(
+                f"nodes.{name}", f"{name!r} is reserved (a group, or the control node); rename the node"
+            )
+        if name.startswith(RESERVED_PREFIX):
+            raise MeshConfigError(
+                f"nodes.{name}",
+                f"names starting with {RESERVED_PREFIX} are replimesh's groups; rename the node",
+            )
     nodes: list[Node] = []
     seen_addresses: dict[str, str] = {}
     for name in sorted(names):
@@ -288,13 +323,31 @@ def _check_max_deletions(value: object) -> str:
 def _parse_vars(key: str, value: object) -> dict[str, Any]:
     raw = _mapping(key, value, "a mapping of variable name -> value")
     for name in raw:
-        _named(f"{key}.{name}", name, IDENTIFIER_RE, "a valid Ansible variable name (letters, digits, _)")
-        if keyword.iskeyword(name):
-            raise MeshConfigError(f"{key}.{name}", f"{name!r} is a Python keyword, not a variable name")
-        if name in COMPUTED_VARS:
-            raise MeshConfigError(f"{key}.{name}", f"{name} is computed by the plugin; remove it")
+        check_var_name(f"{key}.{name}", name)
     # Values stay as loaded: Ansible's loader marks them as trusted templates, as inventory vars need.
     return dict(raw)
+
+
+def check_var_name(key: str, name: object) -> str:
+    """A host variable the mesh file may set: under `vars`, or through the plugin's `compose`."""
+    name = _named(key, name, IDENTIFIER_RE, "a valid Ansible variable name (letters, digits, _)")
+    if keyword.iskeyword(name):
+        raise MeshConfigError(key, f"{name!r} is a Python keyword, not a variable name")
+    if name in COMPUTED_VARS:
+        raise MeshConfigError(key, f"{name} is computed by the plugin; remove it")
+    if name in PLAYBOOK_INPUTS:
+        raise MeshConfigError(
+            key,
+            f"{name} is asked of the operator run by run; the mesh file cannot set it (pass -e {name}=... "
+            "on the control node)",
+        )
+    if name.lstrip("_").startswith(ROLE_VAR_PREFIXES):
+        raise MeshConfigError(
+            key,
+            f"{name} is a variable of replimesh's own roles; the mesh file cannot set it (set the mesh "
+            "file's own keys such as user/sync, or pass -e on the control node)",
+        )
+    return name
 
 
 def _check_address(key: str, value: object) -> tuple[str, str]:
@@ -323,11 +376,23 @@ def _check_group(key: str, value: object, node_names: Collection[str]) -> str:
     group = _named(
         key, value, IDENTIFIER_RE, "a group name made of letters, digits and _ (not starting with a digit)"
     )
-    if group in RESERVED_NAMES:
-        raise MeshConfigError(key, f"{group!r} is reserved (every node is in 'all' and 'mesh')")
+    check_group_name(key, group)
     if group in node_names:
         raise MeshConfigError(key, f"group {group!r} has the same name as a node; rename one of them")
     return group
+
+
+def check_group_name(key: str, group: str) -> None:
+    """A group the mesh file may put nodes in: under a node's `groups`, or through the plugin's
+    constructed groups."""
+    if group in RESERVED_NAMES:
+        raise MeshConfigError(
+            key, f"{group!r} is reserved (every node is in 'all' and 'mesh'; localhost is the control node)"
+        )
+    if group.startswith(RESERVED_PREFIX):
+        raise MeshConfigError(
+            key, f"{group!r}: names starting with {RESERVED_PREFIX} are replimesh's own groups; rename it"
+        )
 
 
 def _check_path(key: str, path: str) -> str:

@@ -325,11 +325,23 @@ class Jails:
         with open("/proc/self/mountinfo", encoding="utf-8") as handle:
             return mount_points(handle.read())
 
+    def mesh_user(self) -> pwd.struct_passwd:
+        """The mesh user's passwd entry (KeyError if there is none); never root's ids."""
+        user = pwd.getpwnam(self.user)
+        if user.pw_uid == 0 or user.pw_gid == 0:
+            # Every peer's login would be root (or in root's group), and root's other names would count
+            # as the peers' logins: removed when no peer wants them.
+            raise JailError(
+                f"the mesh user {self.user} has uid {user.pw_uid} and gid {user.pw_gid}: it must be an "
+                "unprivileged user, as every peer logs in with its ids; nothing was changed"
+            )
+        return user
+
     def existing_users(self) -> list[str]:
         """Logins in the peers' group that are the mesh user under another name."""
         try:
+            uid = self.mesh_user().pw_uid
             members = grp.getgrnam(self.group).gr_mem
-            uid = pwd.getpwnam(self.user).pw_uid
         except KeyError:
             return []
         return [name for name in members if name != self.user and _uid(name) == uid]
@@ -373,7 +385,7 @@ class Jails:
         return changed
 
     def add_users(self, names: Sequence[str]) -> None:
-        user = pwd.getpwnam(self.user)
+        user = self.mesh_user()
         for name in names:
             try:
                 found: pwd.struct_passwd | None = pwd.getpwnam(name)

@@ -49,6 +49,24 @@ MAX_DELETIONS_RE = re.compile(r"[0-9]{1,9}|(?:100|[0-9]{1,2})%")
 # The jail's forced command (the mesh_ssh role puts it in the template jail): the Unison server, or a
 # change notice from the peer (watch mode), nothing else.
 SERVE = "/bin/replimesh-serve"
+# Unison preferences replimesh decides itself, or that no extra line may add (lower case; Unison's own
+# spelling may differ): where the roots are and how the peer is reached, what the peer's end may run,
+# what is kept of old versions, what may be deleted or overwritten, which files are synced, and files or
+# commands outside the folders. Any preference whose name ends in UNSAFE is refused too.
+# fmt: off
+RESERVED_PREFS = frozenset([
+    "root", "roots", "rootalias", "sshcmd", "sshargs", "rshcmd", "rshargs", "servercmd", "addversionno",
+    "clienthostname", "socket", "listen", "host", "killserver", "testserver",
+    "perms", "dontchmod", "owner", "group", "numericids", "links", "follow", "xattrs", "acl", "rsrc", "fat",
+    "backup", "backuploc", "backuplocation", "backupdir", "backupnot", "maxbackups", "backupprefix",
+    "backupsuffix", "backupcurrent", "backupcurrentnot",
+    "noupdate", "nodeletion", "nocreation", "noupdatepartial", "nodeletionpartial", "nocreationpartial",
+    "force", "forcepartial", "prefer", "preferpartial", "copyonconflict", "merge", "diff",
+    "mountpoint", "confirmbigdel", "ignorearchives", "ignorelocks", "ignorecase", "ignoreinodenumbers",
+    "include", "source", "ignore", "ignorenot", "path", "addprefsto", "batch", "auto", "repeat",
+    "logfile", "log", "copyprog", "copyprogrest", "copythreshold", "fastcheck",
+])
+# fmt: on
 # Files of the previous flat layout (everything directly in UNISON_DIR), removed on migration.
 LEGACY_FILE_RES = (
     re.compile(r"(ar|fp|lk)[0-9a-f]{32}"),
@@ -370,6 +388,12 @@ def validate(spec: MemberSpec) -> None:
     for pref in settings.unison_extra_prefs:
         valid = isinstance(pref, str) and bool(PREF_RE.fullmatch(pref))
         _check(valid, f"unison_extra_prefs: {pref!r} must be one line 'name = value'")
+        name = pref.split(" = ", 1)[0]
+        _check(
+            name.lower() not in RESERVED_PREFS and not name.lower().endswith("unsafe"),
+            f"unison_extra_prefs: '{name} = ...' sets {name}, which replimesh decides itself (it guards the "
+            "node's own safety); remove it",
+        )
 
 
 def url_host(address: str) -> str:

@@ -33,7 +33,9 @@ options:
     type: str
     required: true
   user:
-    description: The mesh user; its group owns the per-edge directories.
+    description:
+      - The mesh user; its group owns the per-edge directories.
+      - It must exist, and neither it nor its group may have id 0 (every peer logs in with its ids).
     type: str
     default: replimesh
   folders:
@@ -92,7 +94,10 @@ options:
     type: str
     default: .replimesh-folder
   unison_extra_prefs:
-    description: Extra profile lines, each C(name = value).
+    description:
+      - Extra profile lines, each C(name = value).
+      - Preferences replimesh sets itself or that guard the node (roots, ssh, perms, backups, deletions,
+        ignores, links, includes, anything ending in C(UNSAFE), ...) are refused.
     type: list
     default: []
     elements: str
@@ -423,9 +428,12 @@ def apply(result: Plan, ids: dict[str, tuple[int, int]]) -> None:
 
 
 def _ids(module: AnsibleModule, user: str) -> dict[str, tuple[int, int]]:
-    """uid/gid of root and of the mesh user; an empty mapping (after a warning) in check mode."""
+    """uid/gid of root and of the mesh user; an empty mapping (after a warning) in check mode.
+
+    A mesh user with root's uid or gid fails the run, in check mode too: every peer logs in with its ids.
+    """
     try:
-        return {"root": (0, 0), user: (pwd.getpwnam(user).pw_uid, grp.getgrnam(user).gr_gid)}
+        entry, gid = pwd.getpwnam(user), grp.getgrnam(user).gr_gid
     except KeyError:
         message = (
             f"the mesh user {user!r} (and its group) must exist on the node: run the mesh_ssh role first"
@@ -434,6 +442,13 @@ def _ids(module: AnsibleModule, user: str) -> dict[str, tuple[int, int]]:
             module.fail_json(msg=message)
         module.warn(message)
         return {}
+    if 0 in (entry.pw_uid, entry.pw_gid, gid):
+        module.fail_json(
+            msg=f"the mesh user {user!r} has uid {entry.pw_uid} and gid {entry.pw_gid} (its group {user!r}: "
+            f"gid {gid}): it must be an unprivileged user, as every peer logs in with its ids; name another "
+            "user in the mesh file (user:)"
+        )
+    return {"root": (0, 0), user: (entry.pw_uid, gid)}
 
 
 def _missing_dirs(spec: MemberSpec) -> list[str]:
@@ -477,7 +492,7 @@ def main() -> None:
         todo = plan(spec, read_existing(spec, desired_entries(spec)))
         jail_todo = jails.plan()
         mirrored = jails.mirror(dry_run=True) if not missing else []
-    except (MemberError, OSError) as exc:
+    except (MemberError, JailError, OSError) as exc:
         module.fail_json(msg=f"cannot plan the node's mesh files: {exc}")
     result = {
         "changed": todo.changed or jail_todo.changed or bool(mirrored),

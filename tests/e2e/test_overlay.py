@@ -48,10 +48,11 @@ def overlay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         spec = yaml.safe_load(lab.inventory_path.read_text())
         spec["topology"] = {"kind": "overlay", "degree": DEGREE}
         spec["sync"] = {**spec.get("sync", {}), "mode": "watch"}
-        spec["vars"]["mesh_sync_cron_enabled"] = False  # only the watchers may deliver
         inventory = lab.inventory_path.with_name("overlay.mesh.yml")
         inventory.write_text(yaml.safe_dump(spec, sort_keys=False))
-        proc = run_tool("ansible-playbook", "-i", str(inventory), "bootstrap.yml", timeout=1200)
+        # Only the watchers may deliver: no cron job (a role variable, so -e, not the mesh file's vars).
+        no_cron = ("-e", '{"mesh_sync_cron_enabled": false}')
+        proc = run_tool("ansible-playbook", "-i", str(inventory), "bootstrap.yml", *no_cron, timeout=1200)
         assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
         log(f"{NODES}-node overlay lab up and bootstrapped in {time.monotonic() - started:.1f} s")
         yield Mesh(SessionLab(lab), inventory, [h.name for h in hosts], proc.stdout)

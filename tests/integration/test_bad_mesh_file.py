@@ -32,6 +32,13 @@ CASES = {
     "mesh home": (GOOD.replace("/srv/replimesh/shared", "/var/lib/replimesh"), "folders[0].path"),
     "newline in path": (GOOD.replace("/srv/replimesh/shared", '"/srv/a\\nb"'), "folders[0].path"),
     "escaping ignore": (GOOD.replace("shared}", "shared, ignore: [../x]}"), "folders[0].ignore[0]"),
+    # The mesh file cannot weaken a node: no role variable, no run-by-run input, no group of the plays.
+    "role variable": (GOOD + "vars: {mesh_ssh_peers_group: sudo}\n", "vars.mesh_ssh_peers_group"),
+    "playbook input": (GOOD + "vars: {wipe_data: true}\n", "vars.wipe_data"),
+    "keyed localhost": (
+        GOOD + "keyed_groups: [{key: \"'localhost'\", separator: ''}]\n",
+        "node1 joins localhost",
+    ),
 }
 
 

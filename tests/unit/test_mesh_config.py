@@ -5,15 +5,18 @@ from __future__ import annotations
 import copy
 import dataclasses
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mesh_plugins.module_utils.mesh_config import (
     COMPUTED_VARS,
     DEFAULT_SCHEDULE,
+    PLAYBOOK_INPUTS,
     TOP_KEYS,
     Folder,
     Mesh,
@@ -24,6 +27,7 @@ from mesh_plugins.module_utils.mesh_config import (
 )
 
 DELETE = object()
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def base() -> dict[str, Any]:
@@ -205,6 +209,8 @@ def test_top_level_must_be_a_mapping(data: object) -> None:
         ("nodes.n@3", {"address": "10.0.0.3"}, "nodes.n@3", "invalid name"),
         ("nodes.mesh", {"address": "10.0.0.3"}, "nodes.mesh", "reserved"),
         ("nodes.all", {"address": "10.0.0.3"}, "nodes.all", "reserved"),
+        ("nodes.localhost", {"address": "10.0.0.3"}, "nodes.localhost", "reserved"),
+        ("nodes.mesh_rotating", {"address": "10.0.0.3"}, "nodes.mesh_rotating", "replimesh's groups"),
         ("nodes.node1", "172.31.77.11", "nodes.node1", "must be a mapping {address: ...}, got a string"),
         ("nodes.node1", None, "nodes.node1", "got null"),
         ("nodes.node1", {}, "nodes.node1.address", "required"),
@@ -238,6 +244,9 @@ def test_top_level_must_be_a_mapping(data: object) -> None:
         ("nodes.node1.groups", ["ok", 3], "nodes.node1.groups[1]", "must be a string"),
         ("nodes.node1.groups", ["all"], "nodes.node1.groups[0]", "reserved"),
         ("nodes.node1.groups", ["mesh"], "nodes.node1.groups[0]", "reserved"),
+        ("nodes.node1.groups", ["localhost"], "nodes.node1.groups[0]", "the control node"),
+        ("nodes.node1.groups", ["mesh_leaving"], "nodes.node1.groups[0]", "replimesh's own groups"),
+        ("nodes.node1.groups", ["site", "mesh_targets"], "nodes.node1.groups[1]", "replimesh's own groups"),
         ("nodes.node1.groups", ["node2"], "nodes.node1.groups[0]", "same name as a node"),
         ("nodes.node1.vars", ["a"], "nodes.node1.vars", "must be a mapping"),
         ("nodes.node1.vars", {"1x": 1}, "nodes.node1.vars.1x", "invalid name"),
@@ -274,6 +283,15 @@ def test_top_level_must_be_a_mapping(data: object) -> None:
         ("vars", "ansible_user=root", "vars", "must be a mapping"),
         ("vars", {"mesh_sync_mode": "watch"}, "vars.mesh_sync_mode", "computed by the plugin"),
         ("vars", {"": 1}, "vars.", "invalid name"),
+        ("vars", {"mesh_member_user": "root"}, "vars.mesh_member_user", "replimesh's own roles"),
+        ("vars", {"mesh_ssh_peers_group": "sudo"}, "vars.mesh_ssh_peers_group", "cannot set it"),
+        ("vars", {"unison_packages": ["x"]}, "vars.unison_packages", "replimesh's own roles"),
+        ("vars", {"mesh_anything_new": 1}, "vars.mesh_anything_new", "replimesh's own roles"),
+        ("vars", {"__mesh_joining": True}, "vars.__mesh_joining", "replimesh's own roles"),
+        ("vars", {"wipe_data": True}, "vars.wipe_data", "pass -e wipe_data=... on the control node"),
+        ("nodes.node1.vars", {"skip_confirmation": True}, "nodes.node1.vars.skip_confirmation", "run by run"),
+        ("nodes.node1.vars", {"mesh_sync_watch_delay": 1}, "nodes.node1.vars.mesh_sync_watch_delay", "-e"),
+        ("nodes.node1.vars", {"unison_peer_hosts": []}, "nodes.node1.vars.unison_peer_hosts", "own roles"),
     ],
 )
 def test_bad_value_names_its_key(path: str, value: object, key: str, fragment: str) -> None:
@@ -439,6 +457,57 @@ def test_schedule_of_wrong_type_is_rejected() -> None:
 
 def test_computed_vars_cover_every_sync_setting() -> None:
     assert {f"mesh_sync_{f.name}" for f in dataclasses.fields(SyncSettings)} <= COMPUTED_VARS
+
+
+def role_variables() -> list[str]:
+    specs = sorted((ROOT / "roles").glob("*/meta/argument_specs.yml"))
+    assert len(specs) >= 4
+    return sorted(
+        name
+        for spec in specs
+        for entry in yaml.safe_load(spec.read_text())["argument_specs"].values()
+        for name in entry.get("options", {})
+    )
+
+
+@pytest.mark.parametrize("where", ["vars", "nodes.node2.vars"])
+def test_no_role_variable_can_be_set_through_the_mesh_file(where: str) -> None:
+    for name in role_variables():
+        err = error_of(with_value(where, {name: "x"}))
+        assert err.key == f"{where}.{name}"
+        assert "computed by the plugin" in str(err) or "replimesh's own roles" in str(err)
+
+
+def test_every_group_the_playbooks_act_on_is_one_the_mesh_file_cannot_name() -> None:
+    plays = [
+        play
+        for playbook in sorted(ROOT.glob("*.yml")) + sorted((ROOT / "playbooks").glob("*.yml"))
+        for play in yaml.safe_load(playbook.read_text()) or []
+        if isinstance(play, dict) and "hosts" in play
+    ]
+    patterns = {pattern for play in plays for pattern in play["hosts"].split(":")}
+    assert {"localhost", "mesh", "mesh_leaving", "mesh_rotating"} <= patterns
+    for pattern in patterns:
+        as_node = error_of(with_value(f"nodes.{pattern}", {"address": "10.0.0.3"}))
+        as_group = error_of(with_value("nodes.node1.groups", [pattern]))
+        for err in (as_node, as_group):
+            assert "reserved" in str(err) or "replimesh's" in str(err), pattern
+
+
+def test_every_input_the_playbooks_ask_for_with_e_is_refused_as_a_var() -> None:
+    texts = [path.read_text() for path in [ROOT / "README.md", *sorted((ROOT / "playbooks").glob("*.yml"))]]
+    asked = {name for text in texts for name in re.findall(r"-e ([a-z_]+)=", text)}
+    assert {"wipe_data", "skip_confirmation", "rotate_nodes"} <= asked
+    for name in asked:
+        assert error_of(with_value("vars", {name: "x"})).key == f"vars.{name}"
+    assert asked - {name for name in asked if name.startswith("mesh_")} <= PLAYBOOK_INPUTS
+
+
+@pytest.mark.parametrize(
+    "name", ["ansible_user", "ansible_host", "ansible_become", "ansible_become_user", "my_mesh"]
+)
+def test_other_variables_stay_allowed(name: str) -> None:
+    assert parse_mesh(with_value("vars", {name: "x"})).vars == {name: "x"}
 
 
 # Fuzzing: whatever YAML can hold, parse_mesh returns a Mesh or raises MeshConfigError, nothing else.

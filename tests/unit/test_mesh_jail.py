@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import pwd
 import re
 from collections.abc import Iterable
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from mesh_plugins.module_utils import mesh_jail
 from mesh_plugins.module_utils.mesh_jail import (
     RETIRED,
     USER_RE,
@@ -536,3 +539,42 @@ def test_jails_retire_moves_a_jails_versions_to_the_retired_backups(tmp_path: Pa
     [kept] = (tmp_path / "backups" / RETIRED).iterdir()
     assert re.fullmatch(r"replimesh-node2-[0-9]{8}T[0-9]{6}Z", kept.name)
     assert (kept / "shared/.bak.0.doc").read_text() == "old version"
+
+
+# --- the mesh user --------------------------------------------------------------------------------------
+def jails_of(user: str, ran: list[list[str]]) -> Jails:
+    def run(argv: list[str]) -> tuple[int, str, str]:
+        ran.append(argv)
+        return 0, "", ""
+
+    return Jails(run, user, "root", {f"{user}-node2": "node2"}, ["/srv/replimesh/shared"], LAYOUT)
+
+
+def test_a_mesh_user_with_roots_uid_gets_no_login_and_counts_none() -> None:
+    ran: list[list[str]] = []
+    with pytest.raises(JailError, match="mesh user root has uid 0 and gid 0: it must be an unprivileged"):
+        jails_of("root", ran).add_users(["root-node2"])
+    # Nor may root's other names pass for the peers' logins: the logins no peer wants are userdel'd.
+    with pytest.raises(JailError, match="uid 0"):
+        jails_of("root", ran).existing_users()
+    assert ran == []
+
+
+def test_a_mesh_user_in_roots_group_gets_no_login(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = pwd.getpwnam
+    monkeypatch.setattr(
+        mesh_jail.pwd,
+        "getpwnam",
+        lambda name: SimpleNamespace(pw_uid=1000, pw_gid=0) if name == "m" else real(name),
+    )
+    ran: list[list[str]] = []
+    with pytest.raises(JailError, match="mesh user m has uid 1000 and gid 0"):
+        jails_of("m", ran).add_users(["m-node2"])
+    assert ran == []
+
+
+def test_logins_are_made_with_the_mesh_users_ids() -> None:
+    daemon = pwd.getpwnam("daemon")
+    ran: list[list[str]] = []
+    jails_of("daemon", ran).add_users(["no-such-login-x"])
+    assert ran[0][:7] == ["useradd", "-o", "-u", str(daemon.pw_uid), "-g", str(daemon.pw_gid), "-G"]

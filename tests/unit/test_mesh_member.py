@@ -14,6 +14,7 @@ from mesh_plugins.module_utils import mesh_runner
 from mesh_plugins.module_utils.mesh_jail import edge_user
 from mesh_plugins.module_utils.mesh_member import (
     HEADER,
+    RESERVED_PREFS,
     Entry,
     Existing,
     FolderSpec,
@@ -251,9 +252,9 @@ def test_profile_exact_text() -> None:
         "ignore = Name *.tmp\n"
         "ignore = Path cache/build\n"
         "sshargs = -F none -i /var/lib/replimesh/.ssh/id_ed25519 -o IdentitiesOnly=yes -o BatchMode=yes "
-        "-o HostKeyAlias=node2 -o UserKnownHostsFile=/etc/replimesh/known_hosts "
+        "-o UserKnownHostsFile=/etc/replimesh/known_hosts "
         "-o GlobalKnownHostsFile=/dev/null -o StrictHostKeyChecking=yes -o ConnectTimeout=10 "
-        "-o ServerAliveInterval=5 -o ServerAliveCountMax=3\n"
+        "-o ServerAliveInterval=5 -o ServerAliveCountMax=3 -o HostKeyAlias=node2\n"
         "maxthreads = 4\nrsync = false\n"
     )
 
@@ -473,6 +474,53 @@ def test_a_good_spec_validates() -> None:
 def test_invalid_specs_are_refused_with_a_message(change: dict[str, object], message: str) -> None:
     with pytest.raises(MemberError, match=message):
         validate(dataclasses.replace(make_spec(), **change))
+
+
+def with_prefs(*prefs: str) -> MemberSpec:
+    return dataclasses.replace(make_spec(), settings=Settings(unison_extra_prefs=prefs))
+
+
+@pytest.mark.parametrize(
+    "pref",
+    [
+        "sshcmd = /tmp/evil",
+        "servercmd = /bin/sh",
+        "root = /etc",
+        "perms = 0o7777",
+        "backupdir = /tmp",
+        "maxbackups = 0",
+        "prefer = /srv/replimesh/shared",
+        "nodeletion = /srv/replimesh/shared",
+        "ignore = Name *",
+        "include = /tmp/more.prf",
+        "links = true",
+        "fastcheck = false",
+        "merge = Name * -> sh -c CURRENT1",
+        "SshArgs = -o ProxyCommand=sh",
+        "BACKUP = Name *",
+        "fastercheckUNSAFE = true",
+        "somethingUnsafe = true",
+    ],
+)
+def test_extra_prefs_that_replimesh_decides_are_refused(pref: str) -> None:
+    name = pref.split(" = ")[0]
+    with pytest.raises(MemberError) as info:
+        validate(with_prefs("maxthreads = 4", pref))
+    assert str(info.value) == (
+        f"unison_extra_prefs: '{name} = ...' sets {name}, which replimesh decides itself (it guards the "
+        "node's own safety); remove it"
+    )
+
+
+def test_every_reserved_pref_is_refused_and_harmless_ones_are_kept() -> None:
+    for name in RESERVED_PREFS:
+        with pytest.raises(MemberError, match=f"sets {name},"):
+            validate(with_prefs(f"{name} = x"))
+    kept = ("retry = 3", "rsync = false", "maxthreads = 4", "times = true", "sortbysize = true")
+    validate(with_prefs(*kept))
+    assert render_profile(with_prefs(*kept), peer("node2"), make_spec().folders[0]).endswith(
+        "\n".join(kept) + "\n"
+    )
 
 
 def test_spec_from_params_applies_defaults_and_validates() -> None:

@@ -765,6 +765,33 @@ def test_a_missing_mesh_user_fails_but_check_mode_only_warns(
     assert system.commands == []
 
 
+@pytest.mark.parametrize("check", [False, True])
+def test_root_as_the_mesh_user_fails_before_any_change_in_check_mode_too(
+    node: dict[str, Any], tmp_path: Path, system: FakeSystem, check: bool
+) -> None:
+    before = snapshot(tmp_path)
+    node["user"] = "root"
+    msg = fail(node, check=check)
+    assert "the mesh user 'root' has uid 0 and gid 0" in msg and "unprivileged" in msg
+    assert snapshot(tmp_path) == before and system.commands == []
+
+
+@pytest.mark.parametrize(("uid", "gid"), [(0, GID), (1, 0)])
+def test_a_mesh_user_with_roots_uid_or_gid_under_another_name_fails(
+    node: dict[str, Any], tmp_path: Path, system: FakeSystem, uid: int, gid: int
+) -> None:
+    before = snapshot(tmp_path)
+    real = mesh_member.pwd.getpwnam
+    with mock.patch.object(
+        mesh_member.pwd,
+        "getpwnam",
+        lambda name: mock.Mock(pw_uid=uid, pw_gid=gid) if name == USER else real(name),
+    ):
+        msg = fail(node)
+    assert f"the mesh user '{USER}' has uid {uid} and gid {gid}" in msg
+    assert snapshot(tmp_path) == before and system.commands == []
+
+
 @pytest.mark.parametrize("param", ["known_hosts", "jails_dir", "jail_template", "authorized_keys_dir"])
 def test_missing_directories_fail_with_the_role_to_run(
     node: dict[str, Any], tmp_path: Path, system: FakeSystem, param: str
