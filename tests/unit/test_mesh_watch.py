@@ -17,6 +17,7 @@ import pytest
 
 from mesh_plugins.module_utils import mesh_supervise, mesh_watch
 from mesh_plugins.module_utils.mesh_inotify import IN_CLOSE_WRITE, IN_MOVED_FROM, IN_MOVED_TO, Inotify
+from mesh_plugins.module_utils.mesh_notify import parse_notice
 from mesh_plugins.module_utils.mesh_runner import ConfigError, Peer, Runner, load_config
 from mesh_plugins.module_utils.mesh_watch import (
     Arrivals,
@@ -145,12 +146,26 @@ def test_inotify_follows_new_and_moved_directories(tmp_path: Path) -> None:
     inotify.close()
 
 
-def test_the_watcher_syncs_only_the_changed_paths_over_every_edge(
+def test_the_watcher_tells_every_peer_what_changed_and_pulls_what_a_peer_tells_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     mesh = Mesh(tmp_path, {"node2": True, "node3": False})
+    notify = {name: tmp_path / "jails" / f"replimesh-{name}" / "notify" for name in ("node2", "node3")}
+    for directory in notify.values():
+        directory.mkdir(parents=True)
+    peers = mesh.config["peers"]
+    mesh.save(peers=[{**p, "notify_dir": str(notify[p["name"]])} for p in peers])
     config = load_config(str(mesh.config_path))
     watcher = Watcher(config, str(mesh.config_path), {"delay": 0.2, "retries": 0})
+    sent: list[tuple[str, dict]] = []
+
+    def ssh(argv: list[str], data: bytes, timeout: float) -> tuple[int, str]:
+        sent.append((argv[-2], parse_notice(data, ["shared"])))
+        return 0, ""
+
+    watcher.notifier.run = ssh
+    # A notice the peer left while the watcher was down is read when it starts.
+    (notify["node3"] / "41").write_text(json.dumps(["shared", "from-node3.txt"]) + "\n")
     monkeypatch.setattr(mesh_watch, "IDLE_WAKE_S", 0.5)
     thread = threading.Thread(target=watcher.run, daemon=True)
     with pytest.MonkeyPatch.context() as patch:
@@ -162,14 +177,29 @@ def test_the_watcher_syncs_only_the_changed_paths_over_every_edge(
         (folder / "sub" / "new.txt").write_text("hello")
         (folder / "top.txt").write_text("hi")
         (folder / "draft.tmp").write_text("ignored")
+        assert wait_until(lambda: len(sent) >= 2, 10), sent
+        # node2 tells us of two paths (one line bad: outside the folder); we pull exactly the good one.
+        notice = [json.dumps(["shared", "../../etc/passwd"]), json.dumps(["shared", "from-node2.txt"])]
+        (notify["node2"] / "42").write_text("\n".join(notice) + "\n")
         assert wait_until(lambda: len(mesh.calls()) >= 2, 10), mesh.calls()
         watcher._stop = True
         thread.join(15)
-    argvs = sorted(call["argv"] for call in mesh.calls())
-    expected = ["-path", "sub", "-path", "top.txt", "-confirmbigdel=false"]
-    assert argvs == [["node2--shared", *expected], ["node3--shared", *expected]]
+    # Every peer was told of the changed paths, through its jailed login (the ignored draft left out).
+    assert sorted(sent) == [
+        ("replimesh@172.31.77.10", {"shared": ["sub", "top.txt"]}),
+        ("replimesh@172.31.77.11", {"shared": ["sub", "top.txt"]}),
+    ]
+    # Each notice became one pull from the peer that sent it, of exactly its paths, braked (-nodeletion).
+    local = str(mesh.folders["shared"])
+    pulls = sorted(call["argv"] for call in mesh.calls())
+    assert pulls == [
+        ["node2--shared", "-path", "from-node2.txt", "-confirmbigdel=false", "-nodeletion", local],
+        ["node3--shared", "-path", "from-node3.txt", "-confirmbigdel=false", "-nodeletion", local],
+    ]
+    assert not list(notify["node2"].iterdir()) and not list(notify["node3"].iterdir())
     record = json.loads((mesh.state_dir / "watch" / "watcher.json").read_text())
-    assert record["syncs"] == 2 and record["last_event"] and record["pid"] == os.getpid()
+    assert record["syncs"] == 2 and record["notices_sent"] == 2 and record["last_event"]
+    assert record["pid"] == os.getpid()
     assert mesh.status("node3")["result"] == "ok"  # the runner's status record, as for a cron round
     state = watcher_state(str(mesh.state_dir))
     assert state is not None and state["alive"] is False  # this test process is not a replimesh-watch
