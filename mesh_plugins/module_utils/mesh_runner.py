@@ -87,6 +87,7 @@ LOG_TAIL_LINES = 20
 LOCK_RETRIES = 8
 LOCK_BACKOFF_S = (0.2, 4.0)
 DEFAULT_MAX_DELETIONS = "50%"
+NOTICE_MAX_AGE_S = 600.0
 BRAKE_FLOOR = 10  # a percentage brake never stops a pull of this many deletions or fewer
 MAX_DELETIONS_RE = re.compile(r"[0-9]{1,9}|(?:100|[0-9]{1,2})%")
 DIR_MODE = 0o750
@@ -454,12 +455,21 @@ class Runner:
         self.log(peer.name, run, output)
         return run
 
+    @property
+    def braked(self) -> bool:
+        return not (self.seed or self.allow_deletions)
+
+    def first_command(self, peer: Peer, folder: Folder) -> list[str]:
+        """A pull's first run: every change but deletions while the brake holds."""
+        argv = self.command(peer, folder)
+        return [*argv, "-nodeletion", folder.path] if self.braked else argv
+
     def pull(self, peer: Peer, folder: Folder) -> tuple[UnisonRun, str]:
         """One pull of a folder, deletions braked: first every change but deletions, then the deletions it
         held back (only those paths) when they are within the limit; returns (result, output)."""
         argv = self.command(peer, folder)
-        braked = not (self.seed or self.allow_deletions)
-        run, output = self._run(peer, [*argv, "-nodeletion", folder.path] if braked else argv)
+        braked = self.braked
+        run, output = self._run(peer, self.first_command(peer, folder))
         if not (braked and run.ok and run.held):
             return run, output
         deleting = count_files(folder.path, run.held)
@@ -541,10 +551,22 @@ class Runner:
                 if removed:
                     self.note(f"edge {peer.name}: removed stale Unison archive locks {', '.join(removed)}")
 
+    def prune_notices(self) -> None:
+        """Change notices nobody read (a peer's, to a node not in watch mode, or left while its watcher was
+        down) go after NOTICE_MAX_AGE_S: a peer cannot fill the disk with them."""
+        cutoff = time.time() - NOTICE_MAX_AGE_S
+        for peer in self.config.peers:
+            with contextlib.suppress(OSError), os.scandir(peer.notify_dir or "/nonexistent") as entries:
+                for entry in entries:
+                    with contextlib.suppress(OSError):
+                        if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                            (shutil.rmtree if entry.is_dir(follow_symlinks=False) else os.unlink)(entry.path)
+
     def run(self, peers: Sequence[Peer]) -> list[dict[str, Any]]:
         """Sync the edges, at most `concurrency` at once; results in the order of `peers`."""
         self.clean_folders()
         self.recover_locks()
+        self.prune_notices()
         with ThreadPoolExecutor(max_workers=self.config.concurrency) as pool:
             futures = [pool.submit(self._sync_edge_safely, peer) for peer in peers]
             return [future.result() for future in futures]
@@ -616,7 +638,7 @@ def plan(config: Config, peers: Sequence[Peer], seed: bool = False) -> list[dict
                 "folder": f.name,
                 "path": f.path,
                 "profile": f"{edge_dir(config, peer.name)}/{profile_name(peer.name, f.name)}",
-                "command": runner.command(peer, f),
+                "command": runner.first_command(peer, f),
             }
             for f in config.folders
         ]

@@ -330,14 +330,15 @@ def test_dry_run_runs_and_touches_nothing(tmp_path: Path, capsys: Capsys) -> Non
         "path": str(mesh.folders["shared"]),
         # The name Unison is given in the edge's directory: the root-owned link to the node's profile.
         "profile": f"{mesh.unison_dir}/node2/node2--shared",
-        "command": [mesh.config["unison"], "node2--shared"],
+        # What the pull runs first: every change but deletions (the brake holds them for a count).
+        "command": [mesh.config["unison"], "node2--shared", "-nodeletion", str(mesh.folders["shared"])],
     }
     assert mesh.calls() == [] and not mesh.state_dir.exists() and not mesh.log_file.parent.exists()
     assert main(["--config", str(mesh.config_path), "--dry-run"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out == [
         f"would pull {p} -> node1 folder shared: {mesh.config['unison']} {p}--shared "
-        f"(profile {mesh.unison_dir}/{p}/{p}--shared)"
+        f"-nodeletion {mesh.folders['shared']} (profile {mesh.unison_dir}/{p}/{p}--shared)"
         for p in ("node2", "node3")
     ] + ["node1: 2 edges, dry run: nothing was run"]
 
@@ -813,3 +814,17 @@ def test_real_unison_pulls_and_its_brake_holds_a_mass_deletion_until_allowed(
     code, report = mesh.run(capsys, "--allow-deletions")
     assert (code, report["edges"][0]["result"]) == (0, "ok"), report
     assert not (local / "docs").exists() and (local / "keep").exists() and (local / "mine").exists()
+
+
+def test_a_round_drops_notices_nobody_read_once_they_are_old(tmp_path: Path, capsys: Capsys) -> None:
+    mesh = Mesh(tmp_path, {"node2": True})
+    notify = tmp_path / "jails" / "replimesh-node2" / "notify"
+    (notify / "planted-dir").mkdir(parents=True)
+    for name in ("old", "new"):
+        (notify / name).write_text('["shared", "a"]\n')
+    stale = time.time() - mesh_runner.NOTICE_MAX_AGE_S - 5
+    for name in ("old", "planted-dir"):
+        os.utime(notify / name, (stale, stale))
+    mesh.save(peers=[{**mesh.config["peers"][0], "notify_dir": str(notify)}])
+    mesh.run(capsys)
+    assert sorted(p.name for p in notify.iterdir()) == ["new"]
