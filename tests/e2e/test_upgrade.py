@@ -1,0 +1,118 @@
+"""Upgrade in place: bootstrap.yml turns a mesh made by the two-way layout into the pull-only one.
+
+A 3-node lab of its own is bootstrapped and synced by the last commit of the two-way layout (its own
+playbooks and roles, from git), with versions kept in the jails by the peers' server ends. Then this
+tree's bootstrap.yml runs over it: every node changes, a second run changes nothing, no file is lost or
+duplicated (no conflict copy), the jails' versions move to the retired backups, the jail binds are
+read-only, and a new file reaches every node by pulls.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from replimesh.lab.lab import Lab
+from tests.conftest import ROOT, SessionLab, run_tool, slot_lab_config, tool
+from tests.e2e.conftest import BACKUPS, JAILS, Mesh, recap, sha
+
+pytestmark = pytest.mark.lab
+
+OLD = "e4f5c8e"  # the last commit of the two-way layout (a peer's server end wrote the folders)
+NODES = 3
+# The integration tests' "down" lab comes later in the run: this one is gone by then.
+UPGRADE_LAB = slot_lab_config("upg", 1)
+
+
+def log(message: str) -> None:
+    print(f"[upgrade] {message}", file=sys.stderr)
+
+
+@pytest.fixture(scope="module")
+def old_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The two-way layout's playbooks and roles, as that commit had them."""
+    target = tmp_path_factory.mktemp("old")
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", OLD], capture_output=True, check=False)
+    assert archive.returncode == 0, f"the upgrade test needs git history with {OLD}: {archive.stderr!r}"
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
+    return target
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    the_lab = Lab(tmp_path_factory.mktemp("upgrade"), UPGRADE_LAB, log=lambda m: print(f"[lab] {m}"))
+    try:
+        the_lab.up(NODES)
+        yield the_lab
+    finally:
+        the_lab.down()
+
+
+def old_playbook(tree: Path, inventory: Path, name: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [tool("ansible-playbook"), "-i", str(inventory), name],
+        cwd=tree, capture_output=True, text=True, timeout=900, check=False,
+    )  # fmt: skip
+
+
+def test_bootstrap_upgrades_a_two_way_mesh_in_place(lab: Lab, old_tree: Path) -> None:
+    inventory = lab.inventory_path
+    mesh = Mesh(SessionLab(lab), inventory, [f"node{i}" for i in range(1, NODES + 1)], "")
+    started = time.monotonic()
+    proc = old_playbook(old_tree, inventory, "bootstrap.yml")
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
+    log(f"{OLD} bootstrapped {NODES} nodes in {time.monotonic() - started:.1f} s")
+    ledger = {}
+    for node in mesh.nodes:
+        data = f"written on {node} under the two-way layout\n".encode() * 40
+        mesh.write(node, f"old/{node}.txt", data)
+        ledger[f"./old/{node}.txt"] = sha(data)
+    assert old_playbook(old_tree, inventory, "sync.yml").returncode == 0
+    # An edit that the old layout's server ends back up inside the jails (a version to keep).
+    edited = b"edited on node1, pushed by the edges node1 starts\n" * 3
+    mesh.write("node1", "old/node2.txt", edited)
+    ledger["./old/node2.txt"] = sha(edited)
+    proc = old_playbook(old_tree, inventory, "sync.yml")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    for node in mesh.nodes:
+        assert mesh.digest(node) == ledger, node
+    jailed = {
+        n: mesh.lab.sh(n, f"find {JAILS}/*{BACKUPS} -type f 2>/dev/null | wc -l").strip() for n in mesh.nodes
+    }
+    assert any(count != "0" for count in jailed.values()), jailed  # the old layout kept versions in jails
+
+    started = time.monotonic()
+    proc = run_tool("ansible-playbook", "-i", str(inventory), "bootstrap.yml", timeout=900)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
+    first = recap(proc.stdout)
+    log(f"the upgrade run took {time.monotonic() - started:.1f} s: {first}")
+    assert all(first[node]["changed"] > 0 for node in mesh.nodes), first
+    proc = run_tool("ansible-playbook", "-i", str(inventory), "bootstrap.yml", timeout=900)
+    again = recap(proc.stdout)
+    assert proc.returncode == 0 and all(again[n]["changed"] == 0 for n in mesh.nodes), again
+
+    for node in mesh.nodes:
+        assert mesh.digest(node) == ledger, node  # nothing lost, nothing duplicated, no conflict copy
+        assert mesh.lab.sh(node, f"find {JAILS} -path '*{BACKUPS}*' -type f | wc -l").strip() == "0"
+        binds = [line.split() for line in mesh.lab.sh(node, "cat /proc/mounts").splitlines() if JAILS in line]
+        assert binds and all("ro" in fields[3].split(",") for fields in binds), binds
+        assert mesh.lab.sh(node, "ls /etc/replimesh/profiles").split() == [
+            f"{peer}--shared.prf" for peer in mesh.nodes if peer != node
+        ]
+    retired = {
+        n: mesh.lab.sh(n, f"find {BACKUPS}/.retired -type f 2>/dev/null | wc -l").strip() for n in mesh.nodes
+    }
+    assert {n: c != "0" for n, c in retired.items()} == {n: c != "0" for n, c in jailed.items()}, retired
+
+    data = b"written after the upgrade, pulled by every node\n"
+    mesh.write("node2", "new.txt", data)
+    proc = run_tool("ansible-playbook", "-i", str(inventory), "sync.yml", timeout=600)
+    assert proc.returncode == 0 and "edges synced: 6 of 6" in proc.stdout, proc.stdout[-3000:]
+    for node in mesh.nodes:
+        assert mesh.digest(node) == {**ledger, "./new.txt": sha(data)}, node
+    mesh.verify()
