@@ -19,12 +19,12 @@ FOLDER = "/srv/replimesh/shared"
 MARKER = ".replimesh-folder"
 MESH_USER = "replimesh"
 BACKUPS = "/var/lib/replimesh/backups"  # mesh_sync_backup_dir: old versions, BACKUPS/FOLDER/PATH
-# One jail per peer (JAILS/replimesh-PEER): in each, that edge's Unison directory and the versions its
-# server end kept (the same paths as on the host, inside the jail).
+# One jail per peer (JAILS/replimesh-PEER): in each, that edge's Unison directory (the same path as on
+# the host, inside the jail), the folders read-only, and a notice directory.
 JAILS = "/var/lib/replimesh/jails"
 ARCHIVES = "/var/lib/replimesh/unison"
-# Shell globs: every backup directory of a node (its own runs', and each peer's jail's).
-ALL_BACKUPS = f"{BACKUPS} {JAILS}/*{BACKUPS}"
+# Every backup directory of a node: its own pulls' (no jail holds versions).
+ALL_BACKUPS = BACKUPS
 NODES = 5
 
 

@@ -11,10 +11,11 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from tests.e2e.conftest import BACKUPS, FOLDER, JAILS, MARKER, MESH_USER, Mesh
+from mesh_plugins.module_utils.mesh_status import worst_kind
+from tests.e2e.conftest import BACKUPS, FOLDER, MARKER, MESH_USER, Mesh
 
-# The folder's versions on a node: its own runs' and those each peer's jailed server end kept.
-FOLDER_BACKUPS = f"{BACKUPS}/shared {JAILS}/*{BACKUPS}/shared"
+# The folder's versions on a node: what its own pulls overwrote or deleted (in no jail).
+FOLDER_BACKUPS = f"{BACKUPS}/shared"
 RUNNER = "/usr/local/sbin/replimesh-sync"
 
 
@@ -61,17 +62,20 @@ def converge(mesh: Mesh, nodes: Sequence[str] | None = None, rounds: int = 4) ->
 
 
 def edge_results(reports: dict[str, dict[str, Any]]) -> dict[str, tuple[str, str | None]]:
-    """'a<->b' -> (result, error) over a round's reports."""
-    found = {}
+    """'a<->b' -> (result, error) over a round's reports: both ends pull, the worse of the two pulls."""
+    found: dict[str, tuple[str, str | None]] = {}
     for node, report in reports.items():
         for edge in report["edges"]:
             errors = [f["error"] for f in edge.get("folders", []) if f.get("error")]
-            found["<->".join(sorted((node, edge["peer"])))] = (edge["result"], errors[0] if errors else None)
+            name = "<->".join(sorted((node, edge["peer"])))
+            mine = (edge["result"], errors[0] if errors else None)
+            if name not in found or worst_kind([found[name][0], mine[0]]) == mine[0]:
+                found[name] = mine
     return found
 
 
 def backup_hashes(mesh: Mesh, node: str) -> set[str]:
-    """sha256 of every version the node keeps in its backups of the folder (on the host and in jails)."""
+    """sha256 of every version the node keeps in its backups of the folder."""
     out = mesh.lab.sh(node, f"find {FOLDER_BACKUPS} -type f -print0 | xargs -0 -r sha256sum")
     return {line[:64] for line in out.splitlines()}
 
