@@ -104,8 +104,10 @@ def test_watch_mode_delivers_without_rounds_and_a_killed_watcher_comes_back(watc
     log(f"after the restart a file written on node3 was on all nodes after {second:.2f} s")
     assert first < DELIVERY_TIMEOUT_S and second < DELIVERY_TIMEOUT_S
 
-    # What delivered the files: the watchers (their records), never a cron job (none is installed).
-    assert record(mesh, "node1")["syncs"] >= len(mesh.nodes) - 1
+    # What delivered the files: the watchers (their records: node1 told every peer, each pulled), never a
+    # cron job (none is installed).
+    assert record(mesh, "node1")["notices_sent"] >= len(mesh.nodes) - 1
+    assert all(record(mesh, node)["syncs"] >= 1 for node in mesh.nodes if node != "node1")
     metrics = mesh.lab.sh("node3", f"cat {STATE}/metrics/replimesh.prom")
     assert "\nreplimesh_watcher_up 1\n" in metrics
 
@@ -126,13 +128,13 @@ def test_deleting_the_last_files_of_a_folder_reaches_every_node_and_keeps_them(w
         n: mesh.digest(n) for n in mesh.nodes
     }
 
-    logged = int(mesh.lab.sh("node2", f"wc -l < {SYNC_LOG}"))
+    logged = {node: int(mesh.lab.sh(node, f"wc -l < {SYNC_LOG}")) for node in mesh.nodes}
     started = time.monotonic()
     mesh.lab.sh("node2", as_user(f"rm -r {FOLDER}/report.txt {FOLDER}/old"))
     left = f"find {FOLDER} -mindepth 1 ! -name {MARKER}"
 
     def since(node: str) -> str:
-        return mesh.lab.sh(node, f"tail -n +{logged + 1} {SYNC_LOG}")
+        return mesh.lab.sh(node, f"tail -n +{logged[node] + 1} {SYNC_LOG}")
 
     gone = wait_until(lambda: not any(mesh.lab.sh(n, left).strip() for n in mesh.nodes), DELIVERY_TIMEOUT_S)
     assert gone, ({n: mesh.lab.sh(n, left) for n in mesh.nodes}, since("node2"))
@@ -142,14 +144,19 @@ def test_deleting_the_last_files_of_a_folder_reaches_every_node_and_keeps_them(w
         if node != "node2":  # node2's copies were deleted by its user, not by a sync
             assert set(want.values()) <= backup_hashes(mesh, node), node
 
-    # The watcher's own runs did it, node2's edges say so, and none of its runs was refused (Unison's
-    # big-deletion check).
+    # The peers' watchers pulled it (their pulls from node2 say so), and none of those pulls was refused
+    # (Unison's big-deletion check, or the brake: two deletions are far below it).
     peers = [n for n in mesh.nodes if n != "node2"]
 
-    def edges_ok() -> bool:
-        statuses = [json.loads(mesh.lab.sh("node2", f"cat {STATE}/status/{p}.json")) for p in peers]
-        return all(status["result"] == "ok" for status in statuses)
+    def pulled() -> bool:
+        return all(
+            json.loads(mesh.lab.sh(p, f"cat {STATE}/status/node2.json"))["result"] == "ok" for p in peers
+        )
 
-    assert wait_until(edges_ok, RESTART_TIMEOUT_S), mesh.lab.sh("node2", f"cat {STATE}/status/*.json")
-    runs = since("node2")
-    assert "kind=ok" in runs and "kind=failed" not in runs and "emptied" not in runs, runs
+    assert wait_until(pulled, RESTART_TIMEOUT_S), {
+        p: mesh.lab.sh(p, f"cat {STATE}/status/node2.json") for p in peers
+    }
+    for peer in peers:
+        runs = since(peer)
+        assert "peer=node2" in runs and "kind=failed" not in runs and "emptied" not in runs, (peer, runs)
+        assert "kind=brake" not in runs, (peer, runs)
