@@ -35,7 +35,7 @@ def _plain(value: Any) -> Any:
 
 
 def mesh_graph(inventory: Path) -> dict[str, Any]:
-    """{nodes: {name: address}, edges: [{a, b, initiator}]} from the mesh file, via the inventory plugin."""
+    """{nodes: {name: address}, edges: [{a, b}]} from the mesh file, via the inventory plugin."""
     proc = subprocess.run(
         [str(Path(sys.executable).parent / "ansible-inventory"), "-i", str(inventory.resolve()), "--list"],
         cwd=PROJECT_ROOT,
@@ -57,7 +57,7 @@ def mesh_graph(inventory: Path) -> dict[str, Any]:
     for name, hv in hostvars.items():
         for peer in hv.get("mesh_peers", []):
             a, b = sorted((name, peer["name"]))
-            edges[(a, b)] = {"a": a, "b": b, "initiator": name if peer.get("initiator") else peer["name"]}
+            edges[(a, b)] = {"a": a, "b": b}
     return {"nodes": nodes, "edges": [edges[pair] for pair in sorted(edges)]}
 
 
@@ -93,12 +93,12 @@ def as_lines(graph: Mapping[str, Any]) -> list[str]:
     nodes, edges = graph["nodes"], graph["edges"]
     lines = [f"{len(nodes)} nodes, {len(edges)} edges"]
     lines += [f"node {name} {info['address']} {info['health']}" for name, info in nodes.items()]
-    lines += [f"edge {e['a']} <-> {e['b']} (started by {e['initiator']}) {e['health']}" for e in edges]
+    lines += [f"edge {e['a']} <-> {e['b']} {e['health']}" for e in edges]
     return lines
 
 
 def draw(graph: Mapping[str, Any], out: Path) -> Path:
-    """Render the picture with Graphviz; the arrow on each edge points away from the end that starts it."""
+    """Render the picture with Graphviz; each edge has an arrow at both ends: both ends pull."""
     import graphviz  # imported here: only this command needs it
 
     fmt = out.suffix.lstrip(".").lower()
@@ -111,14 +111,13 @@ def draw(graph: Mapping[str, Any], out: Path) -> Path:
     legend = "green: healthy · orange: conflicts · red: needs attention · grey dashed: an end is down"
     dot.attr(label=legend, fontname="Helvetica")
     dot.attr("node", shape="box", style="rounded,filled", fillcolor="white", fontname="Helvetica")
-    dot.attr("edge", arrowsize="0.5", penwidth="2")
+    dot.attr("edge", arrowsize="0.5", penwidth="2", dir="both")
     for name, info in graph["nodes"].items():
         colour = COLOURS[info["health"]]
         dot.node(name, f"{name}\n{info['address']}", color=colour, fontcolor=colour)
     for edge in graph["edges"]:
-        other = edge["b"] if edge["initiator"] == edge["a"] else edge["a"]
         style = "dashed" if edge["health"] == "unknown" else "solid"
-        dot.edge(edge["initiator"], other, color=COLOURS[edge["health"]], style=style, tooltip=edge["health"])
+        dot.edge(edge["a"], edge["b"], color=COLOURS[edge["health"]], style=style, tooltip=edge["health"])
     out.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "dot":
         out.write_text(dot.source)

@@ -81,7 +81,7 @@ def test_topology_picture_is_drawn_and_coloured_by_health(mesh: Mesh, tmp_path: 
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     edges = len(mesh.nodes) * (len(mesh.nodes) - 1) // 2
     assert f"{len(mesh.nodes)} nodes, {edges} edges" in proc.stdout
-    healthy = re.findall(r"^edge node\d <-> node\d \(started by node\d\) healthy$", proc.stdout, re.M)
+    healthy = re.findall(r"^edge node\d <-> node\d healthy$", proc.stdout, re.M)
     assert len(healthy) == edges
     svg = picture.read_text()
     assert svg.lstrip().startswith("<?xml") and "<svg" in svg

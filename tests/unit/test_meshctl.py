@@ -150,9 +150,9 @@ def test_failure_names_hosts_and_the_log() -> None:
 GRAPH = {
     "nodes": {"n1": "10.0.0.1", "n2": "10.0.0.2", "n3": "10.0.0.3"},
     "edges": [
-        {"a": "n1", "b": "n2", "initiator": "n1"},
-        {"a": "n1", "b": "n3", "initiator": "n3"},
-        {"a": "n2", "b": "n3", "initiator": "n2"},
+        {"a": "n1", "b": "n2"},
+        {"a": "n1", "b": "n3"},
+        {"a": "n2", "b": "n3"},
     ],
 }
 REPORT = {
@@ -180,7 +180,7 @@ def test_health_colours_nodes_and_edges_from_the_status_report() -> None:
     assert [e["health"] for e in graph["edges"]] == ["conflict", "unknown", "unknown"]
     assert with_health(GRAPH, None)["nodes"]["n1"]["health"] == "unknown"
     assert as_lines(graph)[:2] == ["3 nodes, 3 edges", "node n1 10.0.0.1 healthy"]
-    assert "edge n1 <-> n3 (started by n3) unknown" in as_lines(graph)
+    assert "edge n1 <-> n3 unknown" in as_lines(graph)
 
 
 def test_inventory_json_loses_its_unsafe_wrappers() -> None:
@@ -188,10 +188,11 @@ def test_inventory_json_loses_its_unsafe_wrappers() -> None:
     assert _plain(wrapped) == {"a": ["x"], "b": "y"}
 
 
-def test_dot_source_draws_each_edge_from_its_initiator(tmp_path: Path) -> None:
+def test_dot_source_draws_each_edge_once_with_arrows_at_both_ends(tmp_path: Path) -> None:
     out = draw(with_health(GRAPH, REPORT), tmp_path / "mesh.dot")
     source = out.read_text()
-    assert "n3 -> n1" in source and "n1 -> n2" in source
+    assert "n1 -> n3" in source and "n1 -> n2" in source and "n3 -> n1" not in source
+    assert "dir=both" in source
     assert "red3" in source and "orange" in source and "dashed" in source
 
 
