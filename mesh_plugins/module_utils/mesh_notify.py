@@ -122,28 +122,20 @@ def notify_argv(config: Config, peer: Peer) -> list[str]:
     ]  # fmt: skip
 
 
-class Notifier:
-    """Sends notices, one thread per peer at a time; notices for a peer that is busy wait for its next send.
+def retry_pause(attempt: int) -> float:
+    """Seconds before try ``attempt + 1`` of a failed pull or notice: 0.5, 1, 2, ... at most 8."""
+    return min(0.5 * 2**attempt, 8.0)
 
-    ``on_sent(peer, ok, error)`` reports each send; a failed send is tried ``retries`` more times (the
-    peer's cron round is the safety net after that).
-    """
 
-    def __init__(
-        self,
-        config: Config,
-        retries: int,
-        on_sent: Callable[[str, bool, str], None],
-        run: Callable[[list[str], bytes, float], tuple[int, str]] | None = None,
-    ) -> None:
-        self.config = config
-        self.retries = retries
-        self.on_sent = on_sent
-        self.run = run or _run_ssh
+class PeerQueue:
+    """Work per peer (folder -> paths), one worker thread per busy peer: paths for a peer whose work is
+    under way wait for its next turn, merged (a whole folder covers its paths). ``handle(peer, folders)``
+    does the work; subclasses say what it is (a pull, a notice)."""
+
+    def __init__(self) -> None:
         self._lock = threading.Lock()
         self._pending: dict[str, dict[str, set[str] | None]] = {}
         self._busy: set[str] = set()
-        self._peers = {peer.name: peer for peer in config.peers}
 
     def submit(self, work: Work) -> None:
         with self._lock:
@@ -162,24 +154,46 @@ class Notifier:
         with self._lock:
             return not self._busy
 
-    def _take(self, peer: str) -> dict[str, list[str] | None] | None:
-        with self._lock:
-            pending = self._pending.pop(peer, {})
-            if not pending:
-                self._busy.discard(peer)
-                return None
-        return {f: None if p is None else sorted(p) for f, p in pending.items()}
-
     def _work(self, peer: str) -> None:
-        while (folders := self._take(peer)) is not None:
-            argv, data = notify_argv(self.config, self._peers[peer]), render_notice(folders)
-            timeout = self.config.connect_timeout + 10.0
-            for attempt in range(self.retries + 1):
-                code, error = self.run(argv, data, timeout)
-                self.on_sent(peer, code == 0, error)
-                if code == 0 or attempt == self.retries:
-                    break
-                threading.Event().wait(min(0.5 * 2**attempt, 8.0))
+        while True:
+            with self._lock:
+                pending = self._pending.pop(peer, {})
+                if not pending:
+                    self._busy.discard(peer)
+                    return
+            self.handle(peer, pending)
+
+    def handle(self, peer: str, folders: Mapping[str, set[str] | None]) -> None:
+        raise NotImplementedError
+
+
+class Notifier(PeerQueue):
+    """Sends notices; ``on_sent(peer, ok, error)`` reports each send; a failed send is tried ``retries``
+    more times (the peer's cron round is the safety net after that)."""
+
+    def __init__(
+        self,
+        config: Config,
+        retries: int,
+        on_sent: Callable[[str, bool, str], None],
+        run: Callable[[list[str], bytes, float], tuple[int, str]] | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.retries = retries
+        self.on_sent = on_sent
+        self.run = run or _run_ssh
+        self._peers = {peer.name: peer for peer in config.peers}
+
+    def handle(self, peer: str, folders: Mapping[str, set[str] | None]) -> None:
+        data = render_notice({f: None if p is None else sorted(p) for f, p in folders.items()})
+        argv, timeout = notify_argv(self.config, self._peers[peer]), self.config.connect_timeout + 10.0
+        for attempt in range(self.retries + 1):
+            code, error = self.run(argv, data, timeout)
+            self.on_sent(peer, code == 0, error)
+            if code == 0 or attempt == self.retries:
+                break
+            threading.Event().wait(retry_pause(attempt))
 
 
 def _run_ssh(argv: list[str], data: bytes, timeout: float) -> tuple[int, str]:

@@ -39,7 +39,7 @@ from typing import Any
 
 from . import mesh_supervise
 from .mesh_inotify import IN_CLOSE_WRITE, IN_MOVED_FROM, IN_MOVED_TO, IN_Q_OVERFLOW, Inotify
-from .mesh_notify import Notifier, parse_notice, pending_notices, read_notice
+from .mesh_notify import Notifier, PeerQueue, parse_notice, pending_notices, read_notice, retry_pause
 from .mesh_runner import (
     DEFAULT_CONFIG,
     Config,
@@ -197,53 +197,27 @@ class PathRunner(Runner):
         return argv
 
 
-class Edges:
-    """One worker thread per busy edge; paths for an edge that is running wait for its next run."""
+class Edges(PeerQueue):
+    """Pulls of changed paths, one worker per busy edge, at most ``concurrency`` pulls at once; a busy or
+    failed pull is tried ``retries`` more times."""
 
     def __init__(self, config: Config, retries: int, on_result: Any) -> None:
+        super().__init__()
         self.config = config
         self.retries = retries
         self.on_result = on_result
-        self._lock = threading.Lock()
-        self._pending: dict[str, dict[str, set[str] | None]] = {}
-        self._running: set[str] = set()
         self._slots = threading.Semaphore(config.concurrency)
         self._peers = {peer.name: peer for peer in config.peers}
 
-    def submit(self, work: Mapping[str, Mapping[str, list[str] | None]]) -> None:
-        with self._lock:
-            for peer, folders in work.items():
-                pending = self._pending.setdefault(peer, {})
-                for folder, paths in folders.items():
-                    if paths is None or pending.get(folder, set()) is None:
-                        pending[folder] = None
-                    else:
-                        pending.setdefault(folder, set()).update(paths)  # type: ignore[union-attr]
-                if peer not in self._running:
-                    self._running.add(peer)
-                    threading.Thread(target=self._work, args=(peer,), daemon=True).start()
-
-    def idle(self) -> bool:
-        with self._lock:
-            return not self._running
-
-    def _take(self, peer: str) -> dict[str, list[str] | None] | None:
-        with self._lock:
-            pending = self._pending.pop(peer, {})
-            if not pending:
-                self._running.discard(peer)
-                return None
-        return {f: None if p is None else compact_paths(p) for f, p in pending.items()}
-
-    def _work(self, peer: str) -> None:
-        while (paths := self._take(peer)) is not None:
-            for attempt in range(self.retries + 1):
-                with self._slots:
-                    result = self._sync(peer, paths)
-                self.on_result(peer, result)
-                if result["result"] not in RETRY_KINDS or attempt == self.retries:
-                    break
-                time.sleep(min(0.5 * 2**attempt, 8.0))
+    def handle(self, peer: str, folders: Mapping[str, set[str] | None]) -> None:
+        paths = {f: None if p is None else compact_paths(p) for f, p in folders.items()}
+        for attempt in range(self.retries + 1):
+            with self._slots:
+                result = self._sync(peer, paths)
+            self.on_result(peer, result)
+            if result["result"] not in RETRY_KINDS or attempt == self.retries:
+                break
+            time.sleep(retry_pause(attempt))
 
     def _sync(self, peer: str, paths: Mapping[str, list[str] | None]) -> dict[str, Any]:
         return PathRunner(self.config, paths)._sync_edge_safely(self._peers[peer])
