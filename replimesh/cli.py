@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import sys
+import tomllib
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -12,7 +14,13 @@ import typer
 from replimesh.lab.errors import LabError
 from replimesh.lab.lab import FAULTS, MAX_NODES, Lab, LabConfig, down_all, down_named
 
-app = typer.Typer(help="Operate a replimesh mesh.", no_args_is_help=True, pretty_exceptions_enable=False)
+EXIT_CODES = (
+    "Exit codes: 0 success (healthy); 1 unhealthy (status or verify found a problem, a playbook failed on a"
+    " node); 2 usage or bad input (the mesh file, -e, an option), nothing was run; 3 could not check"
+    " (ansible-playbook could not run, or no node answered)."
+)
+app = typer.Typer(help="Operate a replimesh mesh.", epilog=EXIT_CODES, no_args_is_help=True,
+                  pretty_exceptions_enable=False)  # fmt: skip
 lab_app = typer.Typer(help="A lab of real SSH hosts on this machine (Docker), for tests and the demo.",
                       no_args_is_help=True)  # fmt: skip
 app.add_typer(lab_app, name="lab")
@@ -37,9 +45,35 @@ LabDir = Annotated[
 ]
 
 
-def _fail(message: str) -> NoReturn:
+def _fail(message: str, code: int = 1) -> NoReturn:
     typer.echo(f"meshctl: error: {message}", err=True)
-    raise typer.Exit(1)
+    raise typer.Exit(code)
+
+
+def package_version() -> str:
+    """The installed package's version; in a checkout that was never installed, pyproject.toml's."""
+    try:
+        return importlib.metadata.version("replimesh")
+    except importlib.metadata.PackageNotFoundError:
+        pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+        with pyproject.open("rb") as handle:
+            return str(tomllib.load(handle)["project"]["version"])
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"meshctl {package_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """Operate a replimesh mesh."""
 
 
 def _log(message: str) -> None:
@@ -150,7 +184,7 @@ def _step(playbook: str, inventory: Path | None, extravars: dict[str, str], limi
     try:
         result = run_step(playbook, inventory, extravars, limit)
     except PlaybookError as exc:
-        _fail(str(exc))
+        _fail(str(exc), exc.exit_code)
     typer.echo(f"{playbook}: done; full log: {result.log}")
 
 
@@ -161,7 +195,7 @@ def _extravars(pairs: list[str] | None, **fixed: str) -> dict[str, str]:
     try:
         return {**parse_extravars(pairs or []), **fixed}
     except PlaybookError as exc:
-        _fail(str(exc))
+        _fail(str(exc), exc.exit_code)
 
 
 @app.command("up")
@@ -233,19 +267,20 @@ def sync(
     extra_vars: ExtraVars = None,
 ) -> None:
     """A full-mesh round now (sync.yml): every node pulls from its peers; shows every edge's result. Exit 1
-    when an edge did not sync (a brake included)."""
+    when an edge did not sync (a brake included), 3 when no node reported a pull."""
     from replimesh.operate import show_sync, sync_edges
-    from replimesh.playbooks import PlaybookError, resolve_inventory, run_playbook
+    from replimesh.playbooks import NOT_CHECKED, UNHEALTHY, PlaybookError, mesh_file, run_playbook
 
     fixed = {"allow_deletions": ",".join(allow_deletions)} if allow_deletions else {}
     try:
-        result = run_playbook("sync.yml", resolve_inventory(inventory),
+        result = run_playbook("sync.yml", mesh_file(inventory),
                               extravars=_extravars(extra_vars, **fixed), limit=limit)  # fmt: skip
     except PlaybookError as exc:
-        _fail(str(exc))
-    show_sync(sync_edges(result), typer.echo)
+        _fail(str(exc), exc.exit_code)
+    edges = sync_edges(result)
+    show_sync(edges, typer.echo)
     if not result.ok:
-        _fail(result.failure("sync.yml"))
+        _fail(result.failure("sync.yml"), UNHEALTHY if edges else NOT_CHECKED)
 
 
 @app.command("topology")
@@ -259,14 +294,14 @@ def topology(
     ] = True,
 ) -> None:
     """The mesh's nodes and edges (who starts each), coloured by health; --out draws the picture."""
-    from replimesh.playbooks import PlaybookError, resolve_inventory
+    from replimesh.playbooks import PlaybookError, mesh_file
     from replimesh.status import status as status_report
     from replimesh.topology import run as run_topology
 
     try:
-        code = run_topology(resolve_inventory(inventory), out, health, status_report, typer.echo)
+        code = run_topology(mesh_file(inventory), out, health, status_report, typer.echo)
     except PlaybookError as exc:
-        _fail(str(exc))
+        _fail(str(exc), exc.exit_code)
     raise typer.Exit(code)
 
 
@@ -278,13 +313,14 @@ def verify(
         bool, typer.Option("--allow-unreachable", help="An unreachable node alone does not fail the check.")
     ] = False,
 ) -> None:
-    """Are all replicas identical? Exit 0 only when every reachable replica is and every node answered."""
+    """Are all replicas identical? Exit 0 only when every reachable replica is and every node answered,
+    3 when no node's digest came back."""
     from replimesh.verify import VerifyError, run
 
     try:
         code = run(inventory, as_json, allow_unreachable, typer.echo)
     except VerifyError as exc:
-        _fail(str(exc))
+        _fail(str(exc), exc.exit_code)
     raise typer.Exit(code)
 
 
@@ -297,13 +333,13 @@ def status(
     ] = 86400,
 ) -> None:
     """Is the whole mesh healthy? Nodes (reachable, Unison, markers, cron) and edges (last success, lag,
-    files, conflicts, last error); exit 0 only when everything is."""
+    files, conflicts, last error); exit 0 only when everything is, 3 when no node answered."""
     from replimesh.status import StatusError, run
 
     try:
         code = run(inventory, as_json, max_lag, typer.echo)
     except StatusError as exc:
-        _fail(str(exc))
+        _fail(str(exc), exc.exit_code)
     raise typer.Exit(code)
 
 

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from replimesh.playbooks import PlaybookError, PlaybookResult, resolve_inventory, run_playbook
+from replimesh.playbooks import BadInputError, PlaybookResult, mesh_file, run_playbook
 
 GOOD_EDGE_RESULTS = ("ok", "conflict", "busy", "skipped")
 
@@ -25,7 +25,7 @@ def parse_extravars(pairs: Sequence[str]) -> dict[str, str]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip() or not key.strip().isidentifier():
-            raise PlaybookError(f"-e {pair!r}: expected KEY=VALUE with KEY a variable name")
+            raise BadInputError(f"-e {pair!r}: expected KEY=VALUE with KEY a variable name")
         found[key.strip()] = value
     return found
 
@@ -37,9 +37,9 @@ def run_step(
     limit: str | None = None,
 ) -> PlaybookResult:
     """Run one operator playbook; raise PlaybookError with a short reason when it failed."""
-    result = run_playbook(playbook, resolve_inventory(inventory), extravars=extravars, limit=limit)
+    result = run_playbook(playbook, mesh_file(inventory), extravars=extravars, limit=limit)
     if not result.ok:
-        raise PlaybookError(result.failure(playbook))
+        raise result.error(playbook)
     return result
 
 

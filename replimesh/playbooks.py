@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import ansible_runner
+import yaml
 from rich.console import Console
 
+from mesh_plugins.module_utils.mesh_config import MeshConfigError, parse_mesh
 from replimesh.progress import Progress
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -24,8 +26,28 @@ EXAMPLE_MESH = "example.mesh.yml"  # the documented example in inventory/, never
 LOGS_KEPT = 50
 
 
+# meshctl's exit codes: 0 success (healthy), then these.
+UNHEALTHY = 1  # status/verify found a problem, or a playbook failed on a node
+BAD_INPUT = 2  # usage or bad input (the mesh file, -e, an option): nothing was run
+NOT_CHECKED = 3  # could not check: ansible-playbook could not run, or no node answered
+
+
 class PlaybookError(Exception):
     """A playbook could not produce its report; the message says why and where its log is."""
+
+    exit_code = UNHEALTHY
+
+
+class BadInputError(PlaybookError):
+    """The operator's input is wrong (the mesh file, -e, an option); found before any playbook runs."""
+
+    exit_code = BAD_INPUT
+
+
+class NotCheckedError(PlaybookError):
+    """The mesh could not be checked or reached: ansible-playbook did not run to the end."""
+
+    exit_code = NOT_CHECKED
 
 
 def resolve_inventory(inventory: Path | None) -> Path:
@@ -33,7 +55,7 @@ def resolve_inventory(inventory: Path | None) -> Path:
     inventory/ (the example aside). Anything ambiguous is an error that says what to pass."""
     if inventory is not None:
         if not inventory.exists():
-            raise PlaybookError(f"{inventory}: no such mesh file")
+            raise BadInputError(f"{inventory}: no such mesh file")
         return inventory
     if LAB_INVENTORY.is_file():
         return LAB_INVENTORY
@@ -41,12 +63,73 @@ def resolve_inventory(inventory: Path | None) -> Path:
     if len(found) == 1:
         return found[0]
     if not found:
-        raise PlaybookError(
+        raise BadInputError(
             f"no mesh file: no lab is up here ({LAB_INVENTORY}) and {SITE_INVENTORY}/ has no *.mesh.yml"
             f" besides {EXAMPLE_MESH}; pass -i MESH_FILE"
         )
     names = ", ".join(map(str, found))
-    raise PlaybookError(f"several mesh files in {SITE_INVENTORY}/ ({names}): pick one with -i")
+    raise BadInputError(f"several mesh files in {SITE_INVENTORY}/ ({names}): pick one with -i")
+
+
+class _MeshFileLoader(yaml.SafeLoader):
+    """Safe YAML that refuses a key given twice (as ansible.cfg makes Ansible do) and reads a tagged value
+    (!unsafe, !vault) as its plain value: the inventory plugin, not this check, interprets tags."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} is given twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _tagged(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> Any:
+    if isinstance(node, yaml.MappingNode):
+        return loader.construct_mapping(node, deep=True)
+    if isinstance(node, yaml.SequenceNode):
+        return loader.construct_sequence(node, deep=True)
+    return loader.construct_scalar(node)  # type: ignore[arg-type]
+
+
+_MeshFileLoader.add_multi_constructor("!", _tagged)
+
+
+def _constructed_options() -> tuple[str, ...]:
+    """The top-level keys the plugin takes from ansible.builtin.constructed (compose, keyed_groups, ...)."""
+    from ansible.plugins.doc_fragments.constructed import ModuleDocFragment
+
+    return tuple(yaml.safe_load(ModuleDocFragment.DOCUMENTATION)["options"])
+
+
+def check_mesh_file(path: Path) -> Path:
+    """Refuse, before any playbook runs, a mesh file that is empty, is not YAML, or that the inventory
+    plugin would refuse (its own message): Ansible would run an empty one on no hosts and succeed."""
+    try:
+        with path.open(encoding="utf-8") as handle:  # a stream, so that YAML errors name the file
+            data = yaml.load(handle, Loader=_MeshFileLoader)
+    except OSError as exc:
+        raise BadInputError(f"{path}: cannot read the mesh file ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise BadInputError(f"{path}: not a valid mesh file: {exc}") from None
+    if data is None:
+        raise BadInputError(
+            f"{path}: the mesh file is empty: it needs plugin: replimesh_mesh, folders and nodes"
+            f" (start from {SITE_INVENTORY / EXAMPLE_MESH})"
+        )
+    try:
+        parse_mesh(data, extra_keys=_constructed_options())
+    except MeshConfigError as exc:
+        raise BadInputError(f"{path}: {exc}") from None
+    return path
+
+
+def mesh_file(inventory: Path | None) -> Path:
+    """The mesh file to run on (see resolve_inventory), checked (see check_mesh_file)."""
+    return check_mesh_file(resolve_inventory(inventory))
 
 
 def log_root() -> Path:
@@ -79,7 +162,7 @@ def run_report_playbook(
         try:
             return json.loads(output.read_text())
         except (OSError, ValueError):
-            raise PlaybookError(
+            raise NotCheckedError(
                 f"{playbook} ended ({result.status}, exit {result.rc}) without a report; see {result.log}"
             ) from None
 
@@ -110,6 +193,12 @@ class PlaybookResult:
         """A short reason for a failed run: the hosts that failed and why, and where the log is."""
         hosts = "; ".join(self.failed_hosts) or f"ansible-playbook {self.status} (exit {self.rc})"
         return f"{playbook} failed: {hosts}. Full log: {self.log}"
+
+    def error(self, playbook: str) -> PlaybookError:
+        """The failure as meshctl exits with it: nodes failed (1), or ansible-playbook did not run to
+        the end with no node to blame (3)."""
+        kind = PlaybookError if self.failed_hosts else NotCheckedError
+        return kind(self.failure(playbook))
 
 
 def run_playbook(

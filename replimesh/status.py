@@ -13,7 +13,15 @@ from rich.markup import escape
 from rich.table import Table
 
 from mesh_plugins.module_utils.mesh_health import DEFAULT_MAX_LAG, headline, render_lines
-from replimesh.playbooks import PlaybookError, print_report, resolve_inventory, run_report_playbook
+from replimesh.playbooks import (
+    NOT_CHECKED,
+    UNHEALTHY,
+    BadInputError,
+    PlaybookError,
+    mesh_file,
+    print_report,
+    run_report_playbook,
+)
 
 CONFLICTS_SHOWN = 5  # per edge in the table; --json has them all
 
@@ -24,10 +32,12 @@ StatusError = PlaybookError
 def status(inventory: Path, max_lag: int = DEFAULT_MAX_LAG) -> dict[str, Any]:
     """Run status.yml (quiet) and return the report it wrote, with `exit_code` and `seconds`."""
     if max_lag <= 0:
-        raise StatusError(f"--max-lag must be a positive number of seconds (got {max_lag})")
+        raise BadInputError(f"--max-lag must be a positive number of seconds (got {max_lag})")
     started = time.monotonic()
     report = run_report_playbook("status.yml", inventory, "status_output", {"status_max_lag": max_lag})
-    report["exit_code"] = 0 if report["healthy"] else 1
+    report["exit_code"] = 0 if report["healthy"] else UNHEALTHY
+    if not any(row["reachable"] for row in report["nodes"]):
+        report["exit_code"] = NOT_CHECKED  # nothing was checked: no node answered
     report["seconds"] = round(time.monotonic() - started, 2)
     return report
 
@@ -93,6 +103,6 @@ def render_table(report: dict[str, Any], console: Console) -> None:
 
 def run(inventory: Path | None, as_json: bool, max_lag: int, echo: Callable[[str], Any]) -> int:
     """`meshctl status`: print the report (a table, plain lines when not on a terminal, or JSON); the exit
-    code is 0 only when the whole mesh is healthy."""
-    report = status(resolve_inventory(inventory), max_lag)
+    code is 0 only when the whole mesh is healthy, 3 when no node answered."""
+    report = status(mesh_file(inventory), max_lag)
     return print_report(report, as_json, echo, render_table, render_lines)

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from replimesh.playbooks import PROJECT_ROOT, PlaybookError
+from replimesh.playbooks import PROJECT_ROOT, UNHEALTHY, BadInputError, PlaybookError
 
 FORMATS = ("svg", "png", "pdf", "dot")
 # Health -> Graphviz colour: what needs attention stands out, the rest stays quiet.
@@ -51,7 +51,7 @@ def mesh_graph(inventory: Path) -> dict[str, Any]:
         hostvars = {}
     if not hostvars:
         reason = proc.stderr.strip()[-500:] or "no nodes"
-        raise PlaybookError(f"{inventory}: the inventory plugin gave no mesh: {reason}")
+        raise BadInputError(f"{inventory}: the inventory plugin gave no mesh: {reason}")
     nodes = {name: str(hv.get("mesh_address", "")) for name, hv in sorted(hostvars.items())}
     edges: dict[tuple[str, str], dict[str, str]] = {}
     for name, hv in hostvars.items():
@@ -103,7 +103,7 @@ def draw(graph: Mapping[str, Any], out: Path) -> Path:
 
     fmt = out.suffix.lstrip(".").lower()
     if fmt not in FORMATS:
-        raise PlaybookError(f"{out}: unknown picture format; use one of .{', .'.join(FORMATS)}")
+        raise BadInputError(f"{out}: unknown picture format; use one of .{', .'.join(FORMATS)}")
     if fmt != "dot" and shutil.which("dot") is None:
         raise PlaybookError("Graphviz is not installed (no `dot` on PATH): apt-get install graphviz")
     engine = "circo" if len(graph["nodes"]) <= 40 else "sfdp"
@@ -132,7 +132,8 @@ def run(
     status: Callable[[Path], Mapping[str, Any]],
     echo: Callable[[str], Any],
 ) -> int:
-    """`meshctl topology`: print the mesh (and draw it when --out is given); exit 1 when it is unhealthy."""
+    """`meshctl topology`: print the mesh (and draw it when --out is given); exit as `meshctl status` does
+    (1 when it is unhealthy, 3 when no node answered)."""
     graph = mesh_graph(inventory)
     report = status(inventory) if health else None
     coloured = with_health(graph, report)
@@ -140,4 +141,4 @@ def run(
         echo(line)
     if out is not None:
         echo(f"picture: {draw(coloured, out)}")
-    return 0 if report is None or report.get("healthy") else 1
+    return 0 if report is None or report.get("healthy") else int(report.get("exit_code", UNHEALTHY))

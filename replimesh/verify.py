@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mesh_plugins.module_utils.mesh_digest import cells, compare, exit_code, headline, render_lines
-from replimesh.playbooks import PlaybookError, print_report, resolve_inventory, run_report_playbook
+from replimesh.playbooks import NOT_CHECKED, PlaybookError, mesh_file, print_report, run_report_playbook
 
 TABLE_ROWS = 200  # diverging paths shown; --json has them all
 
@@ -32,6 +32,8 @@ def verify(inventory: Path, allow_unreachable: bool = False) -> dict[str, Any]:
     report = compare(data.get("digests", {}), data.get("unreachable", {}), data.get("failed", {}))
     report["allow_unreachable"] = allow_unreachable
     report["exit_code"] = exit_code(report, allow_unreachable)
+    if not report["nodes"]:
+        report["exit_code"] = NOT_CHECKED  # no node's digest came back: nothing was compared
     report["seconds"] = round(time.monotonic() - started, 2)
     return report
 
@@ -55,6 +57,7 @@ def render_table(report: dict[str, Any], console: Console) -> None:
 
 def run(inventory: Path | None, as_json: bool, allow_unreachable: bool, echo: Callable[[str], Any]) -> int:
     """`meshctl verify`: print the report (a table, plain lines when not on a terminal, or JSON); the exit
-    code is 0 only when every reachable replica is identical and no node is unreachable (unless allowed)."""
-    report = verify(resolve_inventory(inventory), allow_unreachable)
+    code is 0 only when every reachable replica is identical and no node is unreachable (unless allowed),
+    3 when no node's digest came back."""
+    report = verify(mesh_file(inventory), allow_unreachable)
     return print_report(report, as_json, echo, render_table, lambda rep: render_lines(rep, limit=TABLE_ROWS))

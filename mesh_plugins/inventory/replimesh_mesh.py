@@ -76,7 +76,7 @@ options:
   topology:
     description: >-
       Mapping C({kind, degree}): C(full), every pair of nodes syncs; or C(overlay), each node syncs
-      with O(degree) peers (degree defaults to max(2, ceil(log2 N))).
+      with C(degree) peers (degree defaults to max(2, ceil(log2 N))).
     type: raw
   sync:
     description:

@@ -44,7 +44,8 @@ options:
         default: []
   files:
     description:
-      - With O(folders), return each folder's file list (RV(folders.files)), not only its root and counts.
+      - With O(folders), return each folder's file list (C(files) in RV(folders)), not only its root and
+        counts.
       - C(verify.yml) asks first without it, and for the lists only when the roots differ.
     type: bool
     default: true

@@ -18,7 +18,7 @@ description:
     Unison directory (root:USER 01770; C(unison_dir/PEER) links to it) and a notice directory. A peer's
     key reads the folders and writes its own edge's archive, nothing of the host, nothing of another edge.
   - Every run pulls, with the node's own profile (C(profiles_dir/PEER--FOLDER.prf), root-owned, out of
-    every jail): the peer's root is C(noupdate), C(nodeletion), C(nocreation). In the edge's Unison
+    every jail); the peer's root is C(noupdate), C(nodeletion), C(nocreation). In the edge's Unison
     directory every name Unison reads as a setting is a root-owned link the peer cannot replace.
   - Everything of a peer that is gone is removed (login, keys, jail after unmounting it, the link under
     C(unison_dir), status and lock files, profiles). Versions an earlier layout kept inside a jail move to

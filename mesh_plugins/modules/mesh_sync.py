@@ -11,7 +11,7 @@ description:
   - Runs the node's sync runner (C(replimesh-sync), laid by the C(mesh_sync) role) as the mesh user.
   - Every node only pulls. By default the node pulls from every active peer (running the module on every
     node syncs every edge both ways). The runner's per-edge lock keeps two runs of one edge apart on a
-    node: an edge already being pulled is reported C(busy), not run twice.
+    node; an edge already being pulled is reported C(busy), not run twice.
   - A pull that would delete more files than the node's C(max_deletions) deletes nothing and reports
     C(brake) until it is allowed once with O(allow_deletions).
   - In check mode it reports which edges and folders would be synced, and changes nothing.

@@ -1,16 +1,24 @@
 """meshctl's own logic, without hosts: live progress from runner events, inventory defaults, -e parsing,
-the sync table, the topology picture."""
+the sync table, the topology picture, --version and the exit codes (playbooks replaced by fakes)."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import io
+import json
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import Result
 from rich.console import Console
+from typer.testing import CliRunner
 
-from replimesh import playbooks
+from mesh_plugins.module_utils.mesh_digest import digest_folder
+from mesh_plugins.module_utils.mesh_health import mesh_health
+from replimesh import operate, playbooks
+from replimesh.cli import app
 from replimesh.operate import parse_extravars, show_sync, sync_edges
 from replimesh.playbooks import PlaybookError, PlaybookResult, resolve_inventory
 from replimesh.progress import Progress
@@ -216,3 +224,224 @@ def test_readme_variable_reference_is_generated_from_the_argument_specs() -> Non
     for role in ("unison", "mesh_ssh", "mesh_member", "mesh_sync"):
         assert f"#### `{role}`" in reference
     assert "| `mesh_sync_mode` |" in reference
+
+
+# --- meshctl's version and exit codes: 0 ok, 1 unhealthy, 2 bad input, 3 could not check ---
+
+MESH = (Path(__file__).resolve().parents[2] / "inventory" / "example.mesh.yml").read_text()
+
+
+def _meshctl(*args: str) -> Result:
+    return CliRunner().invoke(app, list(args))
+
+
+@pytest.fixture
+def runs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The playbooks meshctl started; none run unless a test gives run_playbook a fake."""
+    started: list[str] = []
+
+    def no_playbook(playbook: str, *args: Any, **kwargs: Any) -> PlaybookResult:
+        started.append(playbook)
+        raise AssertionError(f"{playbook} ran")
+
+    monkeypatch.setattr(playbooks, "run_playbook", no_playbook)
+    monkeypatch.setattr(operate, "run_playbook", no_playbook)
+    return started
+
+
+def _fake_playbook(
+    monkeypatch: pytest.MonkeyPatch,
+    report: dict[str, Any] | None = None,
+    result: PlaybookResult | None = None,
+) -> list[str]:
+    """run_playbook replaced: it writes `report` where the playbook would, and returns `result`."""
+    started: list[str] = []
+
+    def fake(playbook: str, inventory: Path, *, extravars: dict[str, Any] | None = None,
+             **kwargs: Any) -> PlaybookResult:  # fmt: skip
+        started.append(playbook)
+        for key in ("status_output", "verify_output"):
+            if report is not None and key in (extravars or {}):
+                Path(extravars[key]).write_text(json.dumps(report))  # type: ignore[index]
+        return result or PlaybookResult("successful", 0, {}, Path("/l/x.log"), ())
+
+    monkeypatch.setattr(playbooks, "run_playbook", fake)
+    monkeypatch.setattr(operate, "run_playbook", fake)
+    return started
+
+
+@pytest.fixture
+def mesh(tmp_path: Path) -> Path:
+    path = tmp_path / "site.mesh.yml"
+    path.write_text(MESH)
+    return path
+
+
+def test_version_is_the_installed_packages() -> None:
+    result = _meshctl("--version")
+    assert result.exit_code == 0
+    assert result.stdout == f"meshctl {importlib.metadata.version('replimesh')}\n"
+
+
+def test_version_falls_back_to_pyproject_in_a_checkout_never_installed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def not_installed(name: str) -> str:
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", not_installed)
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    assert _meshctl("--version").stdout == f"meshctl {pyproject['project']['version']}\n"
+
+
+def test_help_documents_the_exit_codes() -> None:
+    text = " ".join(_meshctl("--help").stdout.split())
+    for code in ("0 success", "1 unhealthy", "2 usage or bad input", "3 could not check"):
+        assert code in text
+
+
+BAD_MESH_FILES = {
+    "": "the mesh file is empty",
+    "# only a comment\n": "the mesh file is empty",
+    "plugin: replimesh_mesh\n": "folders: required",
+    "plugin: replimesh_mesh\nfolders: [{name: a, path: /srv/a}]\nnodes: {}\n": "at least 2 nodes, got 0",
+    "plugin: replimesh_mesh\nnodes:\n  a: [\n": "line 4, column 1",
+    "plugin: replimesh_mesh\nnodes: {}\nnodes: {}\n": "the key 'nodes' is given twice",
+    "- just\n- a list\n": "a mapping",
+}
+
+
+@pytest.mark.parametrize(("content", "message"), BAD_MESH_FILES.items())
+@pytest.mark.parametrize("command", [["up"], ["add", "node5"], ["remove", "node2", "--yes"], ["sync"],
+                                     ["status"], ["verify"], ["rotate-keys"]])  # fmt: skip
+def test_a_bad_mesh_file_exits_2_before_any_playbook_runs(
+    tmp_path: Path, runs: list[str], command: list[str], content: str, message: str
+) -> None:
+    path = tmp_path / "bad.mesh.yml"
+    path.write_text(content)
+    result = _meshctl(*command, "-i", str(path))
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith(f"meshctl: error: {path}: ") and message in result.stderr
+    assert runs == []
+
+
+def test_a_missing_mesh_file_exits_2(tmp_path: Path, runs: list[str]) -> None:
+    result = _meshctl("up", "-i", str(tmp_path / "gone.mesh.yml"))
+    assert (result.exit_code, result.stderr) == (
+        2,
+        f"meshctl: error: {tmp_path}/gone.mesh.yml: no such mesh file\n",
+    )
+
+
+def test_the_mesh_file_check_takes_tags_and_the_constructed_options(tmp_path: Path) -> None:
+    path = tmp_path / "site.mesh.yml"
+    path.write_text(MESH.replace("\nvars:\n", "\nvars:\n  motd: !unsafe '{{ not a template }}'\n", 1)
+                    + "keyed_groups:\n  - {key: mesh_sync_mode, prefix: sync}\n")  # fmt: skip
+    assert playbooks.check_mesh_file(path) == path
+
+
+def test_bad_extra_vars_exit_2(mesh: Path, runs: list[str]) -> None:
+    result = _meshctl("up", "-i", str(mesh), "-e", "novalue")
+    assert (result.exit_code, runs) == (2, [])
+    assert "-e 'novalue': expected KEY=VALUE" in result.stderr
+
+
+def test_a_max_lag_of_zero_exits_2(mesh: Path, runs: list[str]) -> None:
+    result = _meshctl("status", "-i", str(mesh), "--max-lag", "0")
+    assert (result.exit_code, runs) == (2, [])
+
+
+def test_up_exits_0_when_the_playbook_succeeds(mesh: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    started = _fake_playbook(monkeypatch)
+    result = _meshctl("up", "-i", str(mesh))
+    assert (result.exit_code, started) == (0, ["bootstrap.yml"])
+
+
+def test_up_exits_1_when_a_node_failed(mesh: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    failed = PlaybookResult("failed", 2, {}, Path("/l/x.log"), (), ("node2: failed (sshd -t failed)",))
+    _fake_playbook(monkeypatch, result=failed)
+    result = _meshctl("up", "-i", str(mesh))
+    assert result.exit_code == 1
+    assert (
+        result.stderr
+        == "meshctl: error: bootstrap.yml failed: node2: failed (sshd -t failed). Full log: /l/x.log\n"
+    )
+
+
+def test_up_exits_3_when_ansible_playbook_could_not_run(mesh: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_playbook(monkeypatch, result=PlaybookResult("failed", 250, {}, Path("/l/x.log"), ()))
+    result = _meshctl("up", "-i", str(mesh))
+    assert result.exit_code == 3
+    assert "ansible-playbook failed (exit 250)" in result.stderr
+
+
+def _node(name: str, **fields: Any) -> dict[str, Any]:
+    return {"node": name, "reachable": True, "healthy": True, "problems": [], **fields}
+
+
+HEALTHY = {"healthy": True, "max_lag": 86400, "nodes": [_node("store-a1"), _node("store-a2")], "edges": [],
+           "conflicts": 0, "problems": []}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("report", "code"),
+    [
+        (HEALTHY, 0),
+        ({**HEALTHY, "healthy": False, "problems": ["store-a2: cron job missing"]}, 1),
+        (mesh_health({"store-a1": {}, "store-a2": {"unreachable": True}}, 0.0), 3),
+    ],
+    ids=["healthy", "unhealthy", "no-node-answered"],
+)
+def test_status_exits_by_the_health_it_found(
+    mesh: Path, monkeypatch: pytest.MonkeyPatch, report: dict[str, Any], code: int
+) -> None:
+    _fake_playbook(monkeypatch, report=report)
+    result = _meshctl("status", "-i", str(mesh), "--json")
+    assert result.exit_code == code, result.output
+    assert json.loads(result.stdout)["exit_code"] == code
+
+
+@pytest.mark.parametrize("command", ["status", "verify"])
+def test_a_check_that_wrote_no_report_exits_3(
+    mesh: Path, monkeypatch: pytest.MonkeyPatch, command: str
+) -> None:
+    _fake_playbook(monkeypatch, result=PlaybookResult("failed", 1, {}, Path("/l/x.log"), ()))
+    result = _meshctl(command, "-i", str(mesh))
+    assert result.exit_code == 3
+    assert f"{command}.yml ended (failed, exit 1) without a report; see /l/x.log" in result.stderr
+
+
+def _digest(folder: Path, content: str) -> dict[str, Any]:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / ".replimesh-folder").touch()
+    (folder / "a.txt").write_text(content)
+    return {"folders": {"shared": digest_folder(str(folder)).result(files=True)}, "hashed": 1}
+
+
+@pytest.mark.parametrize(("second", "code"), [("same", 0), ("changed", 1)])
+def test_verify_exits_0_when_identical_and_1_when_replicas_differ(
+    mesh: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, second: str, code: int
+) -> None:
+    digests = {"store-a1": _digest(tmp_path / "a1", "same"), "store-a2": _digest(tmp_path / "a2", second)}
+    _fake_playbook(monkeypatch, report={"digests": digests, "unreachable": {}, "failed": {}})
+    result = _meshctl("verify", "-i", str(mesh), "--json")
+    assert (result.exit_code, json.loads(result.stdout)["exit_code"]) == (code, code)
+
+
+def test_verify_exits_3_when_no_node_answered(mesh: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    gone = {"store-a1": "timed out", "store-a2": "timed out", "store-b1": "timed out"}
+    _fake_playbook(monkeypatch, report={"digests": {}, "unreachable": gone, "failed": {}})
+    result = _meshctl("verify", "-i", str(mesh), "--json", "--allow-unreachable")
+    assert result.exit_code == 3
+
+
+def test_sync_exits_1_when_a_pull_failed_and_3_when_no_node_reported(
+    mesh: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _fake_playbook(monkeypatch, result=_sync_result())
+    assert _meshctl("sync", "-i", str(mesh)).exit_code == 1
+    nobody = PlaybookResult("failed", 3, {}, Path("/l/x.log"), (), ("store-a1: unreachable (timed out)",))
+    _fake_playbook(monkeypatch, result=nobody)
+    result = _meshctl("sync", "-i", str(mesh))
+    assert result.exit_code == 3
+    assert "edges synced: 0 of 0" in result.stdout
