@@ -107,7 +107,8 @@ def test_watch_mode_delivers_without_rounds_and_a_killed_watcher_comes_back(watc
     # What delivered the files: the watchers (their records: node1 told every peer, each pulled), never a
     # cron job (none is installed).
     assert record(mesh, "node1")["notices_sent"] >= len(mesh.nodes) - 1
-    assert all(record(mesh, node)["syncs"] >= 1 for node in mesh.nodes if node != "node1")
+    # (node3's watcher is a new one since its restart, and node3 wrote the second file itself.)
+    assert all(record(mesh, node)["syncs"] >= 1 for node in mesh.nodes if node != "node3")
     metrics = mesh.lab.sh("node3", f"cat {STATE}/metrics/replimesh.prom")
     assert "\nreplimesh_watcher_up 1\n" in metrics
 
