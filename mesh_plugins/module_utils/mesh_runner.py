@@ -50,6 +50,7 @@ from .mesh_cleanup import clean_stale_temps, due
 from .mesh_locks import LOCKED_TEXT, locked_error, recover_stale_locks
 from .mesh_metrics import render_metrics
 from .mesh_status import (
+    ARCHIVE_MISSING_TEXT,
     HARMLESS_KINDS,
     UnisonRun,
     iso_utc,
@@ -491,6 +492,12 @@ class Runner:
     def _run(self, peer: Peer, argv: list[str]) -> tuple[UnisonRun, str]:
         directory = edge_dir(self.config, peer.name)
         output, code, timed_out = self.run_unison(argv, directory)
+        if ARCHIVE_MISSING_TEXT in output and not timed_out:
+            # One end lost its archive of the edge: run once as a first sync (-ignorearchives), which
+            # deletes nothing and keeps both versions of a file changed on both ends; the archives that
+            # run writes are whole again on both ends.
+            self.note(f"edge {peer.name}: an archive was missing on one end; syncing it as a first sync")
+            output, code, timed_out = self.run_unison([*argv, "-ignorearchives"], directory)
         run = parse_unison_output(output, code)
         if locked := locked_error(output, directory):
             run = replace(run, kind=locked[0], ok=False, error=locked[1])

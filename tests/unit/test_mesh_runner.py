@@ -828,3 +828,16 @@ def test_a_round_drops_notices_nobody_read_once_they_are_old(tmp_path: Path, cap
     mesh.save(peers=[{**mesh.config["peers"][0], "notify_dir": str(notify)}])
     mesh.run(capsys)
     assert sorted(p.name for p in notify.iterdir()) == ["new"]
+
+
+def test_an_archive_missing_on_one_end_is_synced_once_as_a_first_sync(tmp_path: Path, capsys: Capsys) -> None:
+    """Unison stops when one end lost its archive of the edge (a killed run, or the peer's login deleting
+    it in its own edge's directory); the runner runs that pull again as a first sync, which deletes
+    nothing."""
+    mesh = Mesh(tmp_path, {"node2": True})
+    mesh.fake("node2", runs=[{"fixture": "archive_missing"}, {"fixture": "copies"}])
+    code, report = mesh.run(capsys)
+    assert (code, report["edges"][0]["result"]) == (0, "ok"), report
+    first, second = (call["argv"] for call in mesh.calls())
+    assert second == [*first, "-ignorearchives"] and "-nodeletion" in first
+    assert "an archive was missing on one end" in mesh.log_file.read_text()
