@@ -125,7 +125,7 @@ class Layout:
         return f"{self.authorized_keys_dir}/{login}"
 
     def profile(self, peer: str, folder: str) -> str:
-        return f"{self.profiles_dir}/{peer}--{folder}.prf"
+        return f"{self.profiles_dir}/{profile_name(peer, folder)}.prf"
 
 
 @dataclass(frozen=True)

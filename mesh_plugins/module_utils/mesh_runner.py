@@ -469,9 +469,8 @@ class Runner:
         """One pull of a folder, deletions braked: first every change but deletions, then the deletions it
         held back (only those paths) when they are within the limit; returns (result, output)."""
         argv = self.command(peer, folder)
-        braked = self.braked
         run, output = self._run(peer, self.first_command(peer, folder))
-        if not (braked and run.ok and run.held):
+        if not (self.braked and run.ok and run.held):
             return run, output
         deleting = count_files(folder.path, run.held)
         limit = deletion_limit(self.config.max_deletions, count_files(folder.path, marker=self.config.marker))
