@@ -321,9 +321,12 @@ class Jails:
             raise JailError(f"{' '.join(argv)} failed ({rc}): {(err or out).strip()}")
         return out
 
-    def mounts(self) -> set[str]:
+    def mountinfo(self) -> str:
         with open("/proc/self/mountinfo", encoding="utf-8") as handle:
-            return mount_points(handle.read())
+            return handle.read()
+
+    def mounts(self) -> set[str]:
+        return mount_points(self.mountinfo())
 
     def mesh_user(self) -> pwd.struct_passwd:
         """The mesh user's passwd entry (KeyError if there is none); never root's ids."""
@@ -357,8 +360,7 @@ class Jails:
                 jails = [e.name for e in it if e.is_dir(follow_symlinks=False)]
         except FileNotFoundError:
             jails = []
-        with open("/proc/self/mountinfo", encoding="utf-8") as handle:
-            info = handle.read()
+        info = self.mountinfo()
         old_backups = [login for login in self.logins if os.path.isdir(self.layout.backup_root(login))]
         return plan_jails(
             self.logins,
