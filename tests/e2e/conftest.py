@@ -90,6 +90,17 @@ def recap(output: str) -> dict[str, dict[str, int]]:
     return found
 
 
+def changed_tasks(output: str) -> list[str]:
+    """'TASK name: host' for every task ansible-playbook reported changed (why a run was not idempotent)."""
+    found, task = [], ""
+    for line in output.splitlines():
+        if match := re.match(r"^(?:TASK|RUNNING HANDLER) \[(.*)\]", line):
+            task = match.group(1)
+        elif match := re.match(r"^changed: \[([^\]]+)\]", line):
+            found.append(f"{task}: {match.group(1)}")
+    return found
+
+
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
