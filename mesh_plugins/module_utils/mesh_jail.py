@@ -15,12 +15,14 @@ mounts), ``remove_jail`` and ``apply_jails`` change the node, for the mesh_membe
 from __future__ import annotations
 
 import contextlib
+import functools
 import grp
 import hashlib
 import os
 import pwd
 import re
 import shutil
+import signal
 import stat
 import tempfile
 import time
@@ -217,6 +219,38 @@ def remove_jail(
             else:
                 os.rmdir(path)
     os.rmdir(jail)
+
+
+def jailed_pids(jail: str, proc: str = "/proc") -> list[int]:
+    """The processes chrooted into a jail: the removed peer's live ssh connections (sshd's session
+    process and what it runs), which an unmounted jail alone would leave open."""
+    jail = jail.rstrip("/")
+    found = []
+    with contextlib.suppress(OSError), os.scandir(proc) as entries:
+        for entry in entries:
+            if not entry.name.isdigit():
+                continue
+            try:
+                root = os.readlink(f"{entry.path}/root")
+            except OSError:
+                continue  # gone meanwhile, or not ours to read
+            root = root.removesuffix(" (deleted)")
+            if root == jail or root.startswith(jail + "/"):
+                found.append(int(entry.name))
+    return sorted(found)
+
+
+def end_processes(pids: Callable[[], list[int]], grace_s: float = 3.0) -> None:
+    """SIGTERM, then SIGKILL to what is still there after ``grace_s`` (polled, bounded)."""
+    for pid in pids():
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while (left := pids()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid in left:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def retired_path(backup_dir: str, login: str, now: float | None = None) -> str:
@@ -436,6 +470,9 @@ class Jails:
     def remove(self, names: Sequence[str]) -> None:
         for name in names:
             jail = self.layout.root(name)
+            # The removed peer's open connections end first: a connection it kept (ssh's ControlPersist)
+            # would otherwise outlive its key and its jail, and a running session would keep mounts busy.
+            end_processes(functools.partial(jailed_pids, jail))
             keep = (self.layout.backup_root(name), retired_path(self.layout.backup_dir, name))
             archives = (jail + self.layout.unison_dir + "/", jail + NOTIFY_DIR + "/")
             remove_jail(jail, archives, self.mounts, lambda point: self._run(["umount", point]), keep)

@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 import pwd
 import re
+import signal
+import subprocess
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from types import SimpleNamespace
@@ -19,7 +22,9 @@ from mesh_plugins.module_utils.mesh_jail import (
     JailLayout,
     Jails,
     edge_user,
+    end_processes,
     fstab_binds,
+    jailed_pids,
     mirror_template,
     mount_points,
     parents,
@@ -396,6 +401,37 @@ def make_jail(tmp_path: Path, mesh_uid: int | None = None) -> tuple[Path, str, P
         for path in (archive / ("ar" + "0" * 32), backups / "shared", backups / "shared/.bak.0.doc"):
             os.chown(path, mesh_uid, mesh_uid)
     return jail, str(jail / "var/lib/replimesh/unison") + "/", backups
+
+
+def test_jailed_pids_are_the_processes_whose_root_is_the_jail_or_inside_it(tmp_path: Path) -> None:
+    proc = tmp_path / "proc"
+    roots = {
+        "101": f"{J}/replimesh-node2",  # sshd's session process of node2's connection
+        "102": f"{J}/replimesh-node2/bin",  # a root deeper in the jail
+        "103": f"{J}/replimesh-node2 (deleted)",  # the jail went while the connection stayed
+        "104": f"{J}/replimesh-node22",  # another peer's jail, whose name starts the same
+        "105": "/",  # the host's processes
+        "self": f"{J}/replimesh-node2",  # not a process number
+    }
+    for pid, root in roots.items():
+        (proc / pid).mkdir(parents=True)
+        (proc / pid / "root").symlink_to(root)
+    (proc / "106").mkdir()  # gone (or not ours to read): no root link
+    assert jailed_pids(f"{J}/replimesh-node2/", str(proc)) == [101, 102, 103]
+    assert jailed_pids(f"{J}/replimesh-node3", str(proc)) == []
+    assert jailed_pids(J, str(tmp_path / "no-proc")) == []
+
+
+def test_end_processes_terms_then_kills_what_ignores_it_within_the_grace() -> None:
+    polite = subprocess.Popen(["sleep", "30"])
+    stubborn = subprocess.Popen(["sh", "-c", "trap '' TERM; echo ready; exec sleep 30"], stdout=subprocess.PIPE)
+    assert stubborn.stdout and stubborn.stdout.readline() == b"ready\n"  # its trap is set
+    children = [polite, stubborn]
+    started = time.monotonic()
+    end_processes(lambda: [c.pid for c in children if c.poll() is None], grace_s=1.0)
+    assert polite.wait(timeout=5) == -signal.SIGTERM
+    assert stubborn.wait(timeout=5) == -signal.SIGKILL
+    assert time.monotonic() - started < 5
 
 
 def test_remove_jail_unmounts_deepest_first_keeps_the_backups_and_removes_the_rest(tmp_path: Path) -> None:
