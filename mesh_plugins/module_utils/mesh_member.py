@@ -113,6 +113,12 @@ class Layout:
     jails_dir: str = "/var/lib/replimesh/jails"
     jail_template: str = "/var/lib/replimesh/jail"
 
+    @property
+    def control_path(self) -> str:
+        """ssh's multiplexing sockets, one per peer: beside the key, in the mesh user's own 0700 directory
+        (no login of any peer reaches it)."""
+        return f"{posixpath.dirname(self.key)}/mux-%C"
+
     def peer_dir(self, peer: str) -> str:
         """The edge's Unison directory as the host sees it: a link into the peer's jail."""
         return f"{self.unison_dir}/{peer}"
@@ -161,6 +167,9 @@ class Settings:
     timeout: int = 3600
     connect_timeout: int = 10
     server_alive_interval: int = 5
+    # Seconds one ssh connection per peer stays open after its last use, shared by pulls and notices
+    # (ssh's ControlPersist); 0: every pull and notice opens its own connection.
+    ssh_control_persist: int = 300
     marker: str = ".replimesh-folder"
     unison_extra_prefs: tuple[str, ...] = ()
     backups: int = 0  # versions Unison keeps of each overwritten or deleted file; 0: none
@@ -372,6 +381,9 @@ def validate(spec: MemberSpec) -> None:
         value = getattr(settings, name)
         valid = isinstance(value, int) and not isinstance(value, bool) and value > 0
         _check(valid, f"{name} must be a positive whole number (got {value!r})")
+    persist = settings.ssh_control_persist
+    valid = isinstance(persist, int) and not isinstance(persist, bool) and 0 <= persist <= 86400
+    _check(valid, f"ssh_control_persist must be a whole number of seconds 0-86400 (got {persist!r})")
     backups = settings.backups
     valid = isinstance(backups, int) and not isinstance(backups, bool) and 0 <= backups <= 1000
     _check(valid, f"backups must be a whole number 0-1000 (got {backups!r})")
@@ -463,12 +475,21 @@ def ssh_options(spec: MemberSpec) -> list[str]:
     """ssh's options for every connection of this node to a peer (the profiles' pulls, the watcher's
     notices); the peer's name goes in as HostKeyAlias."""
     layout, settings = spec.layout, spec.settings
-    return [
+    options = [
         "-F", "none", "-i", layout.key, "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
         "-o", f"UserKnownHostsFile={layout.known_hosts}", "-o", "GlobalKnownHostsFile=/dev/null",
         "-o", "StrictHostKeyChecking=yes", "-o", f"ConnectTimeout={settings.connect_timeout}",
         "-o", f"ServerAliveInterval={settings.server_alive_interval}", "-o", "ServerAliveCountMax=3",
     ]  # fmt: skip
+    if settings.ssh_control_persist > 0:
+        # One authenticated connection per peer, kept a while and shared by every pull and notice to it:
+        # a delivery pays no new handshake. Its socket lies beside the key (the mesh user's, mode 0700);
+        # %C hashes this host, the peer's address, port and login, so each peer has its own.
+        options += [
+            "-o", "ControlMaster=auto", "-o", f"ControlPath={layout.control_path}",
+            "-o", f"ControlPersist={settings.ssh_control_persist}",
+        ]  # fmt: skip
+    return options
 
 
 def render_profile(spec: MemberSpec, peer: PeerSpec, folder: FolderSpec) -> str:

@@ -32,6 +32,7 @@ from mesh_plugins.module_utils.mesh_member import (
     render_known_hosts,
     render_profile,
     spec_from_params,
+    ssh_options,
     url_host,
     validate,
 )
@@ -254,7 +255,8 @@ def test_profile_exact_text() -> None:
         "sshargs = -F none -i /var/lib/replimesh/.ssh/id_ed25519 -o IdentitiesOnly=yes -o BatchMode=yes "
         "-o UserKnownHostsFile=/etc/replimesh/known_hosts "
         "-o GlobalKnownHostsFile=/dev/null -o StrictHostKeyChecking=yes -o ConnectTimeout=10 "
-        "-o ServerAliveInterval=5 -o ServerAliveCountMax=3 -o HostKeyAlias=node2\n"
+        "-o ServerAliveInterval=5 -o ServerAliveCountMax=3 -o ControlMaster=auto "
+        "-o ControlPath=/var/lib/replimesh/.ssh/mux-%C -o ControlPersist=300 -o HostKeyAlias=node2\n"
         "maxthreads = 4\nrsync = false\n"
     )
 
@@ -268,6 +270,16 @@ def test_profile_follows_settings_and_layout() -> None:
     assert "-i /k/id " in text and "UserKnownHostsFile=/k/known " in text
     assert "ConnectTimeout=3 " in text and "ServerAliveInterval=9 " in text
     assert "mountpoint = .m\nignore = Name .m\nsshargs" in text
+
+
+def test_one_shared_connection_per_peer_beside_the_key_unless_turned_off() -> None:
+    spec = make_spec(layout=Layout(key="/home/m/.ssh/id"), settings=Settings(ssh_control_persist=60))
+    options = " ".join(ssh_options(spec))
+    assert "-o ControlMaster=auto -o ControlPath=/home/m/.ssh/mux-%C -o ControlPersist=60" in options
+    assert "ControlPersist=60" in render_profile(spec, peer("node2"), FolderSpec("f", "/data/f"))
+    assert json.loads(render_config(spec))["ssh_options"] == ssh_options(spec)  # the watcher's notices
+    off = make_spec(settings=Settings(ssh_control_persist=0))
+    assert not any(option.startswith("Control") for option in ssh_options(off))
 
 
 def test_profile_keeps_backups_outside_the_folder_only_when_asked() -> None:
@@ -434,6 +446,9 @@ def test_a_good_spec_validates() -> None:
         ({"settings": Settings(concurrency=0)}, "concurrency must be a positive"),
         ({"settings": Settings(timeout=-1)}, "timeout"),
         ({"settings": Settings(server_alive_interval=False)}, "server_alive_interval"),
+        ({"settings": Settings(ssh_control_persist=-1)}, "ssh_control_persist must be a whole number"),
+        ({"settings": Settings(ssh_control_persist=86401)}, "ssh_control_persist"),
+        ({"settings": Settings(ssh_control_persist=True)}, "ssh_control_persist"),
         ({"settings": Settings(marker="a/b")}, "marker"),
         ({"settings": Settings(backups=-1)}, "backups must be a whole number 0-1000"),
         ({"settings": Settings(backups=True)}, "backups"),
