@@ -27,7 +27,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from .mesh_watchstate import pid_of, signal_pid, watch_dir
+from .mesh_watchstate import PROCESS_NAME, pid_of, process_matches, signal_pid, watch_dir
 
 RESTART_DELAY_S = 1.0
 MAX_RESTART_DELAY_S = 30.0
@@ -51,7 +51,9 @@ def _pid_path(state_dir: str) -> Path:
 
 def _try_lock(path: Path) -> int | None:
     """The locked descriptor, or None when another process holds the lock."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    # No link followed, no FIFO waited on: root runs --stop in a directory the mesh user writes.
+    flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+    fd = os.open(path, flags, 0o640)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -145,10 +147,21 @@ def start_background(state_dir: str, supervisor: Sequence[str]) -> str:
     return "started"
 
 
+def supervisor_pid(state_dir: str) -> int | None:
+    """The pid in the supervisor's pid file, if it is a supervisor run by the owner of the watch directory
+    (the mesh user): whatever else that user writes there, root signals nothing else."""
+    pid = pid_of(_pid_path(state_dir))
+    try:
+        owner = watch_dir(state_dir).stat().st_uid
+    except OSError:
+        return None
+    return pid if pid is not None and process_matches(pid, owner, PROCESS_NAME, b"--supervise") else None
+
+
 def stop(state_dir: str) -> str:
     if not watch_dir(state_dir).is_dir() or not running(state_dir):
         return "not running"
-    pid = pid_of(_pid_path(state_dir))
+    pid = supervisor_pid(state_dir)
     if pid is None or not signal_pid(pid, signal.SIGTERM):
         return "not running"
     deadline = time.monotonic() + STOP_WAIT_S

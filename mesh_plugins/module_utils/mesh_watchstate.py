@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import time
 from datetime import datetime
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 HEARTBEAT_S = 30.0  # the watcher rewrites its record at least this often
 RECORD = "watcher.json"
 PROCESS_NAME = b"replimesh-watch"
+PID_MAX = 1 << 22
 
 
 def watch_dir(state_dir: str) -> Path:
@@ -24,9 +26,10 @@ def watch_dir(state_dir: str) -> Path:
 
 
 def read_record(state_dir: str) -> dict[str, Any] | None:
+    raw = read_small(watch_dir(state_dir) / RECORD, 1 << 20)  # the mesh user writes it; root may read it
     try:
-        data = json.loads((watch_dir(state_dir) / RECORD).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = json.loads(raw.decode("utf-8")) if raw is not None else None
+    except ValueError:
         return None
     return data if isinstance(data, dict) else None
 
@@ -68,11 +71,44 @@ def watcher_up(state_dir: str) -> bool | None:
     return None if state is None else bool(state["alive"])
 
 
-def pid_of(path: Path) -> int | None:
+def read_small(path: str | Path, limit: int = 4096) -> bytes | None:
+    """At most ``limit`` bytes of a regular file, opened without following a link and without blocking
+    (a FIFO put there returns at once): for root reading a file the mesh user can replace."""
     try:
-        return int(path.read_text(encoding="utf-8").strip())
-    except (OSError, ValueError):
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
         return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return os.read(fd, limit)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def pid_of(path: Path) -> int | None:
+    """The pid in a pid file: a number within Linux's pid range (pid_max is at most 2**22)."""
+    data = read_small(path, 32)
+    try:
+        pid = int(data.decode("ascii").strip()) if data else None
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return pid if pid is not None and 0 < pid <= PID_MAX else None
+
+
+def process_matches(pid: int, uid: int, *argv_words: bytes, proc: str = "/proc") -> bool:
+    """Whether ``pid`` is a live process of ``uid`` whose command line holds every one of ``argv_words``:
+    what root checks before it signals a pid read from a file the mesh user can write."""
+    if pid <= 0:
+        return False
+    try:
+        owner = os.stat(f"{proc}/{pid}").st_uid
+        argv = Path(f"{proc}/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return owner == uid and all(any(word in arg for arg in argv) for word in argv_words)
 
 
 def signal_pid(pid: int, sig: int) -> bool:

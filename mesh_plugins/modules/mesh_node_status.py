@@ -129,15 +129,24 @@ from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.mesh_health import mesh_health, render_lines
-from ansible.module_utils.mesh_watchstate import watcher_state
+from ansible.module_utils.mesh_watchstate import read_small, watcher_state
 
 VERSION_RE = re.compile(r"version\s+(\S+)")
 CRON_JOB = "replimesh-sync"
+STATE_FILE_LIMIT = 1 << 20
 
 
 def _read_json(path: str) -> Any:
     with open(path, encoding="utf-8") as handle:
         return json.load(handle)
+
+
+def _read_state(path: str) -> Any:
+    """A status file the mesh user wrote, as root: no link followed, no FIFO waited on, 1 MiB at most."""
+    data = read_small(path, STATE_FILE_LIMIT)
+    if data is None:
+        raise OSError("not a regular file (or unreadable)")
+    return json.loads(data.decode("utf-8"))
 
 
 def _cron_present(path: str) -> bool:
@@ -175,7 +184,7 @@ def node_status(module: AnsibleModule) -> dict[str, Any]:
     edges = []
     for path in sorted(glob.glob(os.path.join(params["state_dir"], "status", "*.json"))):
         try:
-            record = _read_json(path)
+            record = _read_state(path)
         except (OSError, ValueError) as exc:
             module.warn(f"{path} is not readable JSON ({exc}); it is left out")
             continue

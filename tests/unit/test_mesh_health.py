@@ -325,6 +325,10 @@ def test_the_module_reads_a_node(tmp_path: Path, check: bool) -> None:
     (tmp_path / "state" / "status").mkdir(parents=True)
     (tmp_path / "state" / "status" / "node2.json").write_text(json.dumps(record("node2")))
     (tmp_path / "state" / "status" / "broken.json").write_text("{")
+    # What the mesh user could plant for root to read: a FIFO (would hang a plain open) and a link.
+    os.mkfifo(tmp_path / "state" / "status" / "fifo.json")
+    (tmp_path / "secret.json").write_text(json.dumps(record("node9")))
+    (tmp_path / "state" / "status" / "link.json").symlink_to(tmp_path / "secret.json")
     config = {
         "node": "node1",
         "folders": [

@@ -263,7 +263,8 @@ def test_the_supervisor_restarts_its_watcher_and_stops_with_it(tmp_path: Path) -
         f"{str(tmp_path / 'watch.log')!r})"
     )
     root = Path(__file__).resolve().parents[2]
-    supervisor = subprocess.Popen([sys.executable, "-c", code], cwd=root)
+    # Its command line names it as the entry point does: stop() signals nothing else.
+    supervisor = subprocess.Popen([sys.executable, "-c", code, "replimesh-watch", "--supervise"], cwd=root)
     try:
         assert wait_until(pidfile.exists, 10)
         first = int(pidfile.read_text())
