@@ -95,18 +95,23 @@ def test_grow_to_five_then_remove_a_paused_node(mesh: Mesh, tmp_path: Path) -> N
     assert mesh.lab.sh("node1", "cat /etc/ssh/authorized_keys/replimesh-*") == keys_before
 
     # node2 freezes; it is removed anyway, and the survivors keep syncing without it.
+    remove = ["remove-node.yml", "-e", "node=node2", "-e", "skip_confirmation=true"]
+    remove += ["-e", "allow_ungraceful_removal=true"]
     mesh.lab.lab.fault("pause", "node2")
     try:
-        _run(
-            mesh_file,
-            "remove-node.yml",
-            "-e",
-            "node=node2",
-            "-e",
-            "skip_confirmation=true",
-            "-e",
-            "allow_ungraceful_removal=true",
-        )
+        # A survivor frozen too cannot revoke node2's key: the removal says so, fails, keeps node2's
+        # stored keys; run again once node5 answers, it completes.
+        mesh.lab.lab.fault("pause", "node5")
+        try:
+            proc = run_tool("ansible-playbook", "-i", str(mesh_file), *remove, timeout=900)
+        finally:
+            mesh.lab.lab.fault("unpause", "node5")
+        assert proc.returncode != 0, proc.stdout[-3000:]
+        assert "node2's key is NOT revoked on node5" in proc.stdout, proc.stdout[-3000:]
+        assert "is out of the mesh" not in proc.stdout
+        assert (tmp_path / "members.keys" / "node2.json").exists()
+        _run(mesh_file, *remove)
+        assert not (tmp_path / "members.keys" / "node2.json").exists()
         survivors = ["node1", "node3", "node4", "node5"]
         _write_mesh_file(mesh, mesh_file, survivors)
         mesh.write("node3", "after-removal.txt", b"survivors only\n")
