@@ -41,7 +41,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -573,6 +572,11 @@ class Runner:
         self.clean_folders()
         self.recover_locks()
         self.prune_notices()
+        if len(peers) == 1 or self.config.concurrency == 1:
+            return [self._sync_edge_safely(peer) for peer in peers]  # no thread pool to start (or import)
+        # Imported here: a lone edge (a watch-mode pull, a timed run) skips its start-up cost.
+        from concurrent.futures import ThreadPoolExecutor
+
         with ThreadPoolExecutor(max_workers=self.config.concurrency) as pool:
             futures = [pool.submit(self._sync_edge_safely, peer) for peer in peers]
             return [future.result() for future in futures]
