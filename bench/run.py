@@ -111,14 +111,12 @@ def _git_version() -> str:
     return f"{commit}{dirty}"
 
 
-def _other_labs(own: str) -> str:
+def _other_labs(own: str) -> list[str]:
+    """The containers on this engine that are not the bench's own lab hosts."""
     proc = subprocess.run(
         ["docker", "ps", "--format", "{{.Names}}"], capture_output=True, text=True, check=False
     )
-    others = [n for n in proc.stdout.split() if not n.startswith(f"{own}-")]
-    return (
-        f"{len(others)} other containers running ({', '.join(sorted({n.rsplit('-', 1)[0] for n in others}))})"
-    )
+    return [n for n in proc.stdout.split() if not n.startswith(f"{own}-")]
 
 
 def run_bench(
@@ -135,9 +133,12 @@ def run_bench(
     commit = _git_version()  # what ran, not what is checked out when it ends
     old_term = signal.signal(signal.SIGTERM, _on_term)
     failure = ""
+    others: list[str] = []
     try:
         hosts = lab.up(plan.nodes)
-        machine["other containers on this engine"] = _other_labs(name)
+        others = _other_labs(name)
+        labs = ", ".join(sorted({n.rsplit("-", 1)[0] for n in others}))
+        machine["other containers on this engine"] = f"{len(others)} other containers running ({labs})"
         Phases(run, hosts).all()
     except (KeyboardInterrupt, Interrupted, Cancelled) as exc:
         failure = f"interrupted ({exc or 'Ctrl-C'})"
@@ -168,7 +169,7 @@ def run_bench(
             "sizes": f"small file 1 KiB x {plan.repeat}; large file {plan.large_bytes // 2**20} MiB; "
             f"big tree {plan.tree_files} files; idle window {plan.idle_s:g} s",
         },
-        "notes": _notes(load_start, os.getloadavg()[0]),
+        "notes": _notes(load_start, os.getloadavg()[0], len(others)),
         "method": METHOD,
         "commands": run.commands,
         "reasons": explain(run.raw),
@@ -184,14 +185,16 @@ def run_bench(
     return 1 if failure or problems else 0
 
 
-def _notes(load_start: float, load_end: float) -> list[str]:
-    """What a reader must know before trusting the figures: a busy machine skews every one of them."""
+def _notes(load_start: float, load_end: float, others: int) -> list[str]:
+    """What a reader must know before trusting the figures: other work on the machine skews every one.
+    The load at the end is mostly the bench's own (its lab has just stopped), so it alone says nothing."""
     cores = os.cpu_count() or 1
-    if max(load_start, load_end) <= cores:
+    if others == 0 and load_start <= cores / 2:
         return []
+    why = f"{others} other containers were running" if others else "other work was still running at the start"
     return [
         f"The machine was busy (load average {load_start:.1f} at the start, {load_end:.1f} at the end, on "
-        f"{cores} cores; other labs were running): absolute times are inflated and vary during the run, "
+        f"{cores} cores; {why}): absolute times are inflated and vary during the run, "
         "so ratios between figures taken minutes apart (e.g. the ssh ceiling and the hop) are noisy. "
         "Re-run on a quiet machine for figures to quote."
     ]
