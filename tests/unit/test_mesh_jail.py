@@ -424,7 +424,8 @@ def test_jailed_pids_are_the_processes_whose_root_is_the_jail_or_inside_it(tmp_p
 
 def test_end_processes_terms_then_kills_what_ignores_it_within_the_grace() -> None:
     polite = subprocess.Popen(["sleep", "30"])
-    stubborn = subprocess.Popen(["sh", "-c", "trap '' TERM; echo ready; exec sleep 30"], stdout=subprocess.PIPE)
+    ignores_term = "trap '' TERM; echo ready; exec sleep 30"
+    stubborn = subprocess.Popen(["sh", "-c", ignores_term], stdout=subprocess.PIPE)
     assert stubborn.stdout and stubborn.stdout.readline() == b"ready\n"  # its trap is set
     children = [polite, stubborn]
     started = time.monotonic()
