@@ -240,6 +240,31 @@ def jailed_pids(jail: str, proc: str = "/proc") -> list[int]:
     return sorted(found)
 
 
+def session_pids(login: str, proc: str = "/proc") -> list[int]:
+    """sshd's processes of a login's open connections, by the titles sshd gives them (``sshd: LOGIN
+    [priv]`` and ``sshd: LOGIN@notty``; ``sshd-session:`` since OpenSSH 9.8). A command line is readable
+    without the ptrace right that a process's root needs (root in a container may lack CAP_SYS_PTRACE)."""
+    title = re.compile(rf"sshd(?:-session)?: {re.escape(login)}(?: \[priv\]|@notty)")
+    found = []
+    with contextlib.suppress(OSError), os.scandir(proc) as entries:
+        for entry in entries:
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(f"{entry.path}/cmdline", "rb") as handle:
+                    argv0 = handle.read(4096).split(b"\0", 1)[0]
+            except OSError:
+                continue
+            if title.fullmatch(argv0.decode("utf-8", "replace").strip()):
+                found.append(int(entry.name))
+    return sorted(found)
+
+
+def connection_pids(jail: str, login: str, proc: str = "/proc") -> list[int]:
+    """A login's open connections: sshd's processes of it and whatever runs chrooted into its jail."""
+    return sorted(set(jailed_pids(jail, proc)) | set(session_pids(login, proc)))
+
+
 def end_processes(pids: Callable[[], list[int]], grace_s: float = 3.0) -> None:
     """SIGTERM, then SIGKILL to what is still there after ``grace_s`` (polled, bounded)."""
     for pid in pids():
@@ -472,7 +497,7 @@ class Jails:
             jail = self.layout.root(name)
             # The removed peer's open connections end first: a connection it kept (ssh's ControlPersist)
             # would otherwise outlive its key and its jail, and a running session would keep mounts busy.
-            end_processes(functools.partial(jailed_pids, jail))
+            end_processes(functools.partial(connection_pids, jail, name))
             keep = (self.layout.backup_root(name), retired_path(self.layout.backup_dir, name))
             archives = (jail + self.layout.unison_dir + "/", jail + NOTIFY_DIR + "/")
             remove_jail(jail, archives, self.mounts, lambda point: self._run(["umount", point]), keep)

@@ -21,7 +21,7 @@ import subprocess
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
-from .mesh_runner import Config, Peer
+from .mesh_runner import Config, Peer, drop_shared_connection, ssh_argv
 
 NOTIFY_COMMAND = "replimesh-notify"
 MAX_NOTICE_BYTES = 64 * 1024  # the forced command cuts a notice there too (ulimit -f 128)
@@ -115,11 +115,7 @@ def pending_notices(directory: str) -> Iterator[str]:
 
 def notify_argv(config: Config, peer: Peer) -> list[str]:
     """ssh to the peer's jailed login, as the profiles' pulls do (pinned host key, batch mode)."""
-    host = f"[{peer.address}]" if ":" in peer.address else peer.address
-    return [
-        "ssh", *config.ssh_options, "-o", f"HostKeyAlias={peer.name}", "-p", str(peer.port),
-        f"{config.login or config.user}@{host}", NOTIFY_COMMAND,
-    ]  # fmt: skip
+    return [*ssh_argv(config, peer), NOTIFY_COMMAND]
 
 
 def retry_pause(attempt: int) -> float:
@@ -177,12 +173,14 @@ class Notifier(PeerQueue):
         retries: int,
         on_sent: Callable[[str, bool, str], None],
         run: Callable[[list[str], bytes, float], tuple[int, str]] | None = None,
+        drop: Callable[[Config, Peer], bool] = drop_shared_connection,
     ) -> None:
         super().__init__()
         self.config = config
         self.retries = retries
         self.on_sent = on_sent
         self.run = run or _run_ssh
+        self.drop = drop
         self._peers = {peer.name: peer for peer in config.peers}
 
     def handle(self, peer: str, folders: Mapping[str, set[str] | None]) -> None:
@@ -193,6 +191,7 @@ class Notifier(PeerQueue):
             self.on_sent(peer, code == 0, error)
             if code == 0 or attempt == self.retries:
                 break
+            self.drop(self.config, self._peers[peer])  # a stale shared connection: the next try opens one
             threading.Event().wait(retry_pause(attempt))
 
 

@@ -51,6 +51,7 @@ from .mesh_metrics import render_metrics
 from .mesh_status import (
     ARCHIVE_MISSING_TEXT,
     HARMLESS_KINDS,
+    LOST_TEXT,
     UnisonRun,
     iso_utc,
     merge_status,
@@ -272,6 +273,32 @@ def remote_root(config: Config, peer: Peer, folder: Folder) -> str:
     """The peer's root, written exactly as the profile writes it."""
     host = f"[{peer.address}]" if ":" in peer.address else peer.address
     return f"ssh://{config.login or config.user}@{host}:{peer.port}/{folder.path}"
+
+
+def ssh_argv(config: Config, peer: Peer, *args: str) -> list[str]:
+    """ssh to the peer's jailed login as the profiles' pulls do (pinned host key, batch mode, the shared
+    connection); ``args`` go before the destination, a remote command after it."""
+    host = f"[{peer.address}]" if ":" in peer.address else peer.address
+    return [
+        "ssh", *config.ssh_options, "-o", f"HostKeyAlias={peer.name}", "-p", str(peer.port), *args,
+        f"{config.login or config.user}@{host}",
+    ]  # fmt: skip
+
+
+def drop_shared_connection(config: Config, peer: Peer) -> bool:
+    """Tell this node's shared ssh connection to the peer to take no new session (``ssh -O stop``; the
+    sessions under way finish): the next pull or notice opens a fresh one. For a connection the peer's end
+    no longer serves (its jail rebuilt, this node re-added). False when there was none to stop."""
+    if not any(option.startswith("ControlPath=") for option in config.ssh_options):
+        return False
+    try:
+        proc = subprocess.run(
+            ssh_argv(config, peer, "-O", "stop"), capture_output=True, timeout=10, check=False,
+            env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return proc.returncode == 0
 
 
 def select_peers(config: Config, names: Sequence[str], all_peers: bool = False) -> list[Peer]:
@@ -496,6 +523,10 @@ class Runner:
             # run writes are whole again on both ends.
             self.note(f"edge {peer.name}: an archive was missing on one end; syncing it as a first sync")
             output, code, timed_out = self.run_unison([*argv, "-ignorearchives"], directory)
+        if LOST_TEXT in output and not timed_out and drop_shared_connection(self.config, peer):
+            # The shared connection to the peer is there but its end serves no session: once more, fresh.
+            self.note(f"edge {peer.name}: the shared ssh connection was lost; pulling over a new one")
+            output, code, timed_out = self.run_unison(argv, directory)
         run = parse_unison_output(output, code)
         if locked := locked_error(output, directory):
             run = replace(run, kind=locked[0], ok=False, error=locked[1])

@@ -50,6 +50,7 @@ FIRST_SYNC_TEXT = "No archive files were found for these roots"
 # One end's archive of the edge is gone (a run killed while writing it, or a peer's login that deleted it
 # from its own edge's directory): Unison stops until it runs once with -ignorearchives.
 ARCHIVE_MISSING_TEXT = "The archive file is missing on some hosts"
+LOST_TEXT = "Lost connection with the server"  # Unison's words when ssh ended before or during a run
 CONNECTED_PREFIX = "Connected ["
 FATAL_PREFIX = "Fatal error:"
 NOTHING_PREFIX = "Nothing to do: "

@@ -31,6 +31,7 @@ from mesh_plugins.module_utils.mesh_jail import (
     plan_jails,
     remove_jail,
     retired_path,
+    session_pids,
     template_files,
     writable_points,
 )
@@ -420,6 +421,25 @@ def test_jailed_pids_are_the_processes_whose_root_is_the_jail_or_inside_it(tmp_p
     assert jailed_pids(f"{J}/replimesh-node2/", str(proc)) == [101, 102, 103]
     assert jailed_pids(f"{J}/replimesh-node3", str(proc)) == []
     assert jailed_pids(J, str(tmp_path / "no-proc")) == []
+
+
+def test_session_pids_are_sshds_processes_of_that_login_by_their_titles(tmp_path: Path) -> None:
+    proc = tmp_path / "proc"
+    titles = {
+        "201": b"sshd: replimesh-node2 [priv]\0\0\0",  # the monitor (root)
+        "202": b"sshd: replimesh-node2@notty\0",  # the session's network process
+        "203": b"sshd-session: replimesh-node2 [priv]\0",  # OpenSSH 9.8 and later (Debian 13)
+        "204": b"sshd: replimesh-node22@notty\0",  # another login that starts the same
+        "205": b"sshd: replimesh-node2 [net]\0",  # not authenticated: no connection of the login yet
+        "206": b"/usr/bin/unison\0-server\0",
+        "207": b"sshd: /usr/sbin/sshd -D [listener] 0 of 10-100 startups\0",
+    }
+    for pid, cmdline in titles.items():
+        (proc / pid).mkdir(parents=True)
+        (proc / pid / "cmdline").write_bytes(cmdline)
+    (proc / "208").mkdir()  # gone meanwhile: no cmdline
+    assert session_pids("replimesh-node2", str(proc)) == [201, 202, 203]
+    assert session_pids("replimesh-node3", str(proc)) == []
 
 
 def test_end_processes_terms_then_kills_what_ignores_it_within_the_grace() -> None:

@@ -20,7 +20,7 @@ from mesh_plugins.module_utils.mesh_notify import (
     render_notice,
     safe_path,
 )
-from mesh_plugins.module_utils.mesh_runner import Config, parse_config
+from mesh_plugins.module_utils.mesh_runner import Config, Peer, parse_config
 
 FOLDERS = ["shared", "photos"]
 
@@ -118,7 +118,13 @@ def test_the_notifier_sends_one_notice_per_peer_and_retries_a_failed_one() -> No
         if len(results) == 3:
             done.set()
 
-    notifier = Notifier(config(), retries=2, on_sent=on_sent, run=run)
+    dropped: list[str] = []
+
+    def drop(_config: object, peer: Peer) -> bool:
+        dropped.append(peer.name)
+        return True
+
+    notifier = Notifier(config(), retries=2, on_sent=on_sent, run=run, drop=drop)
     notifier.submit({"node2": {"shared": ["a.txt"]}, "node3": {"shared": None}})
     assert done.wait(10), results
     deadline = time.monotonic() + 5
@@ -126,6 +132,7 @@ def test_the_notifier_sends_one_notice_per_peer_and_retries_a_failed_one() -> No
         time.sleep(0.05)
     assert notifier.idle()
     assert sorted(results) == [("node2", True), ("node3", False), ("node3", True)]
+    assert dropped == ["node3"]  # the failed send's shared connection was stopped before the next try
     assert {peer: parse_notice(data, FOLDERS) for peer, data in sent} == {
         "node2": {"shared": ["a.txt"]},
         "node3": {"shared": None},

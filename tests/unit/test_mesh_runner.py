@@ -841,3 +841,54 @@ def test_an_archive_missing_on_one_end_is_synced_once_as_a_first_sync(tmp_path: 
     first, second = (call["argv"] for call in mesh.calls())
     assert second == [*first, "-ignorearchives"] and "-nodeletion" in first
     assert "an archive was missing on one end" in mesh.log_file.read_text()
+
+
+LOST = {"text": "Fatal error: Lost connection with the server\n", "code": 3}
+
+
+@pytest.mark.parametrize("stopped", [True, False])
+def test_a_lost_shared_connection_is_stopped_and_the_pull_runs_once_more_over_a_new_one(
+    tmp_path: Path, capsys: Capsys, monkeypatch: pytest.MonkeyPatch, stopped: bool
+) -> None:
+    """A shared ssh connection whose far end serves no session any more (the peer rebuilt this node's
+    jail, or removed and re-added it) fails every pull at once: the runner stops it and pulls again once.
+    Without a shared connection to stop, a lost connection is the edge's result."""
+    mesh = Mesh(tmp_path, {"node2": True})
+    mesh.fake("node2", runs=[LOST, {"fixture": "copies"}])
+    asked: list[str] = []
+
+    def drop(_config: mesh_runner.Config, peer: mesh_runner.Peer) -> bool:
+        asked.append(peer.name)
+        return stopped
+
+    monkeypatch.setattr(mesh_runner, "drop_shared_connection", drop)
+    code, report = mesh.run(capsys)
+    assert asked == ["node2"]
+    runs = [call["argv"] for call in mesh.calls()]
+    if stopped:
+        assert (code, report["edges"][0]["result"]) == (0, "ok"), report
+        assert runs[0] == runs[1] and len(runs) == 2
+        assert "the shared ssh connection was lost" in mesh.log_file.read_text()
+    else:
+        assert (code, report["edges"][0]["result"]) == (1, "failed"), report
+        assert len(runs) == 1
+
+
+def test_only_a_shared_connection_is_stopped(monkeypatch: pytest.MonkeyPatch) -> None:
+    ran: list[list[str]] = []
+
+    def run(argv: list[str], **_kwargs: object) -> subprocess.CompletedProcess[bytes]:
+        ran.append(argv)
+        return subprocess.CompletedProcess(argv, 0, b"", b"")
+
+    monkeypatch.setattr(mesh_runner.subprocess, "run", run)
+    base = {"node": "node1", "folders": [{"name": "f", "path": "/f"}]}
+    peer = {"name": "node2", "address": "fd00::2", "port": 2222}
+    plain = mesh_runner.parse_config({**base, "peers": [peer], "ssh_options": ["-F", "none"]})
+    assert not mesh_runner.drop_shared_connection(plain, plain.peers[0]) and ran == []
+    options = ["-o", "ControlMaster=auto", "-o", "ControlPath=/k/mux-%C"]
+    shared = mesh_runner.parse_config({**base, "peers": [peer], "ssh_options": options, "login": "rm-node1"})
+    assert mesh_runner.drop_shared_connection(shared, shared.peers[0])
+    assert ran == [
+        ["ssh", *options, "-o", "HostKeyAlias=node2", "-p", "2222", "-O", "stop", "rm-node1@[fd00::2]"]
+    ]
