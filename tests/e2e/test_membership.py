@@ -127,6 +127,8 @@ def test_grow_to_five_then_remove_a_paused_node(mesh: Mesh, tmp_path: Path) -> N
         assert b"Permission denied" in answer and not answer.startswith(b"Unison"), (node, answer)
     mesh.write("node2", "from-the-removed.txt", b"nobody should get this\n")
     mesh.lab.lab.exec("node2", ["runuser", "-u", MESH_USER, "--", "replimesh-sync", "--all-peers"])
+    # ...and it reads nothing: not even over the connections it had opened before it froze.
+    assert "./after-removal.txt" not in mesh.digest("node2")
     _run(mesh_file, "sync.yml")
     for node in survivors:
         assert "./from-the-removed.txt" not in mesh.digest(node), node
