@@ -61,8 +61,10 @@ def explain(raw: Mapping[str, Any]) -> dict[str, str]:
         ),
         "idle memory per node vs Syncthing": (
             "the watcher and its supervisor are two Python processes (~20 MiB RSS each with the standard "
-            "library loaded), plus whatever ran in the window (cron's check, sshd sessions): about as much "
-            "as Syncthing's one Go process, not half."
+            "library loaded), plus the shared ssh connections still open from the trials before the window "
+            "(an ssh client per peer it pulled from or notified, and sshd's two processes per peer that did "
+            "so to it, each counted whole in RSS; they close 300 s after their last use) and whatever ran in "
+            "the window (cron's check): more than Syncthing's one Go process, not half."
         ),
         "small file, overlay vs Syncthing fsWatcherDelayS=1": (
             "the overlay adds hops (a change reaches a node not adjacent to node1 through a forwarding "
