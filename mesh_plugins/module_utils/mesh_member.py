@@ -168,8 +168,8 @@ class Settings:
     connect_timeout: int = 10
     server_alive_interval: int = 5
     # Seconds one ssh connection per peer stays open after its last use, shared by pulls and notices
-    # (ssh's ControlPersist); 0: every pull and notice opens its own connection.
-    ssh_control_persist: int = 300
+    # (ssh's ControlPersist); 0 (the default, see the role's defaults): each pull and notice opens its own.
+    ssh_control_persist: int = 0
     marker: str = ".replimesh-folder"
     unison_extra_prefs: tuple[str, ...] = ()
     backups: int = 0  # versions Unison keeps of each overwritten or deleted file; 0: none
