@@ -45,7 +45,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .mesh_cleanup import clean_stale_temps, due
+from .mesh_cleanup import TEMP_RE, clean_stale_temps, due
 from .mesh_locks import LOCKED_TEXT, locked_error, recover_stale_locks
 from .mesh_metrics import render_metrics
 from .mesh_status import (
@@ -322,15 +322,19 @@ def deletion_limit(max_deletions: str, files: int) -> int:
 
 
 def count_files(root: str, rels: Sequence[str] = ("",), marker: str = "") -> int:
-    """Regular files at or below each path (relative to ``root``), links not followed; the marker aside."""
+    """Regular files at or below each path (relative to ``root``), links not followed; the marker aside, and
+    Unison's temporary entries too: a directory copy left behind by a refused rename (two edges delivering
+    the same new directory) holds a second copy of every file, and counting it would double the brake's
+    limit."""
     total = 0
     for rel in rels:
         top = os.path.join(root, rel) if rel else root
         if not os.path.isdir(top) or os.path.islink(top):
             total += int(os.path.lexists(top))
             continue
-        for _, _, files in os.walk(top):
-            total += len(files)
+        for _, dirs, files in os.walk(top):
+            dirs[:] = [name for name in dirs if not TEMP_RE.match(name)]
+            total += sum(1 for name in files if not TEMP_RE.match(name))
     if marker and "" in rels and os.path.lexists(os.path.join(root, marker)):
         total -= 1
     return total

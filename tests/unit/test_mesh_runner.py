@@ -658,6 +658,20 @@ def test_count_files_counts_regular_files_below_each_path_links_not_followed(tmp
     assert count(str(root), ["docs"], marker=MARKER) == 3  # the marker is only taken off the whole folder
 
 
+def test_count_files_leaves_out_unison_temporaries(tmp_path: Path) -> None:
+    """A pull that lost the race to deliver a new directory leaves Unison's copy of it under a temporary
+    name (seen in the lab: 40 files beside the real 40). Counted, it doubled the folder and so the
+    brake's limit: a thief's 36 deletions of 40 files passed a 50% brake."""
+    root = tmp_path / "folder"
+    real = [f"ledger/{i:02}.txt" for i in range(40)]
+    left = [f".unison.ledger.0c4f5844.unison.tmp/{i:02}.txt" for i in range(40)]
+    files(root, MARKER, *real, *left, "ledger/.unison.36.txt.0c4f.unison.tmp")
+    count = mesh_runner.count_files
+    assert count(str(root), marker=MARKER) == 40
+    assert count(str(root), ["ledger"]) == 40
+    assert mesh_runner.deletion_limit("50%", count(str(root), marker=MARKER)) < 36
+
+
 # --- the edge directory's scrub -------------------------------------------------------------------------
 
 NOBODY = 65534
