@@ -221,48 +221,65 @@ def remove_jail(
     os.rmdir(jail)
 
 
+def _pids(proc: str, *tests: Callable[[str], bool]) -> list[int]:
+    """The processes under ``proc`` for which any test (given ``/proc/PID``) holds; one that is gone
+    meanwhile, or not ours to read (the test raises OSError), does not count."""
+    found = []
+    with contextlib.suppress(OSError), os.scandir(proc) as entries:
+        for entry in entries:
+            if entry.name.isdigit() and any(_holds(test, entry.path) for test in tests):
+                found.append(int(entry.name))
+    return sorted(found)
+
+
+def _holds(test: Callable[[str], bool], path: str) -> bool:
+    try:
+        return test(path)
+    except OSError:
+        return False
+
+
+def _in_jail(jail: str) -> Callable[[str], bool]:
+    """Whether a process is chrooted into the jail (its root needs the ptrace right to read)."""
+    jail = jail.rstrip("/")
+
+    def test(path: str) -> bool:
+        root = os.readlink(f"{path}/root").removesuffix(" (deleted)")
+        return root == jail or root.startswith(jail + "/")
+
+    return test
+
+
+def _sshd_of(login: str) -> Callable[[str], bool]:
+    """Whether a process is sshd's for a connection of the login, by the title sshd gives it (``sshd:
+    LOGIN [priv]`` and ``sshd: LOGIN@notty``; ``sshd-session:`` since OpenSSH 9.8). A command line is
+    readable without the ptrace right a process's root needs (root in a container may lack
+    CAP_SYS_PTRACE)."""
+    title = re.compile(rf"sshd(?:-session)?: {re.escape(login)}(?: \[priv\]|@notty)")
+
+    def test(path: str) -> bool:
+        with open(f"{path}/cmdline", "rb") as handle:
+            argv0 = handle.read(4096).split(b"\0", 1)[0]
+        return bool(title.fullmatch(argv0.decode("utf-8", "replace").strip()))
+
+    return test
+
+
 def jailed_pids(jail: str, proc: str = "/proc") -> list[int]:
     """The processes chrooted into a jail: the removed peer's live ssh connections (sshd's session
     process and what it runs), which an unmounted jail alone would leave open."""
-    jail = jail.rstrip("/")
-    found = []
-    with contextlib.suppress(OSError), os.scandir(proc) as entries:
-        for entry in entries:
-            if not entry.name.isdigit():
-                continue
-            try:
-                root = os.readlink(f"{entry.path}/root")
-            except OSError:
-                continue  # gone meanwhile, or not ours to read
-            root = root.removesuffix(" (deleted)")
-            if root == jail or root.startswith(jail + "/"):
-                found.append(int(entry.name))
-    return sorted(found)
+    return _pids(proc, _in_jail(jail))
 
 
 def session_pids(login: str, proc: str = "/proc") -> list[int]:
-    """sshd's processes of a login's open connections, by the titles sshd gives them (``sshd: LOGIN
-    [priv]`` and ``sshd: LOGIN@notty``; ``sshd-session:`` since OpenSSH 9.8). A command line is readable
-    without the ptrace right that a process's root needs (root in a container may lack CAP_SYS_PTRACE)."""
-    title = re.compile(rf"sshd(?:-session)?: {re.escape(login)}(?: \[priv\]|@notty)")
-    found = []
-    with contextlib.suppress(OSError), os.scandir(proc) as entries:
-        for entry in entries:
-            if not entry.name.isdigit():
-                continue
-            try:
-                with open(f"{entry.path}/cmdline", "rb") as handle:
-                    argv0 = handle.read(4096).split(b"\0", 1)[0]
-            except OSError:
-                continue
-            if title.fullmatch(argv0.decode("utf-8", "replace").strip()):
-                found.append(int(entry.name))
-    return sorted(found)
+    """sshd's processes of a login's open connections, found by their titles."""
+    return _pids(proc, _sshd_of(login))
 
 
 def connection_pids(jail: str, login: str, proc: str = "/proc") -> list[int]:
-    """A login's open connections: sshd's processes of it and whatever runs chrooted into its jail."""
-    return sorted(set(jailed_pids(jail, proc)) | set(session_pids(login, proc)))
+    """A login's open connections: sshd's processes of it and whatever runs chrooted into its jail (one
+    pass over ``proc``)."""
+    return _pids(proc, _in_jail(jail), _sshd_of(login))
 
 
 def end_processes(pids: Callable[[], list[int]], grace_s: float = 3.0) -> None:
