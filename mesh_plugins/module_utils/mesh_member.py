@@ -169,7 +169,7 @@ class Settings:
     server_alive_interval: int = 5
     # Seconds one ssh connection per peer stays open after its last use, shared by pulls and notices
     # (ssh's ControlPersist); 0 (the default, see the role's defaults): each pull and notice opens its own.
-    ssh_control_persist: int = 0
+    ssh_control_persist: int = 300
     marker: str = ".replimesh-folder"
     unison_extra_prefs: tuple[str, ...] = ()
     backups: int = 0  # versions Unison keeps of each overwritten or deleted file; 0: none

@@ -14,7 +14,8 @@ description:
     the node already switched to the stored next key (a rotation interrupted after its switch).
   - C(state=current) makes C(expect) the key in use. When it is the prepared next key, C(KEY.next) is
     renamed over C(KEY) while every edge lock of the node is held, so no sync run of the node reads
-    half-switched key files; C(KEY.pub) is rewritten from the private key.
+    half-switched key files; C(KEY.pub) is rewritten from the private key, and the node's shared ssh
+    connections (opened with the old key) are ended.
   - Refuses (before changing anything) a node whose key in use is neither of the stored ones.
   - Supports check mode.
 options:
@@ -113,6 +114,7 @@ import json
 import os
 import pwd
 import shutil
+import stat
 import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
@@ -228,7 +230,20 @@ class Node:
         with hold_locks(self.edge_locks(), self.module.params["lock_timeout"]):
             os.replace(self.paths.next, self.paths.key)
             self.write_public(self.paths.public, expect)
+            self.end_shared_connections()
         self.drop_next_public()
+
+    def end_shared_connections(self) -> None:
+        """End the node's shared ssh connections (``mux-*`` sockets beside the key, opened with the old
+        key): its next pull and notice log in with the new key, so a key the peers refuse shows at once."""
+        directory = os.path.dirname(self.paths.key)
+        for name in sorted(os.listdir(directory)):
+            path = os.path.join(directory, name)
+            if not name.startswith("mux-") or not stat.S_ISSOCK(os.lstat(path).st_mode):
+                continue
+            self.module.run_command(["ssh", "-F", "none", "-S", path, "-O", "exit", "mesh-peer"])
+            if os.path.lexists(path):  # a master that did not answer: no new session can find it
+                os.unlink(path)
 
     def drop_next_public(self) -> bool:
         """Remove KEY.next.pub when no KEY.next is left beside it; True when there was one."""

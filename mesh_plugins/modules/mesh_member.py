@@ -95,7 +95,7 @@ options:
         and every change notice to that peer (ssh's ControlMaster and ControlPersist).
       - V(0) opens a connection for each pull and notice.
     type: int
-    default: 0
+    default: 300
   marker:
     description: The folder marker file (Unison's mountpoint).
     type: str
@@ -301,7 +301,7 @@ ARGUMENT_SPEC = {
     "timeout": {"type": "int", "default": 3600},
     "connect_timeout": {"type": "int", "default": 10},
     "server_alive_interval": {"type": "int", "default": 5},
-    "ssh_control_persist": {"type": "int", "default": 0},
+    "ssh_control_persist": {"type": "int", "default": 300},
     "marker": {"type": "str", "default": ".replimesh-folder"},
     "unison_extra_prefs": {"type": "list", "elements": "str", "default": []},
     "backups": {"type": "int", "default": 0},

@@ -7,6 +7,7 @@ import base64
 import fcntl
 import json
 import os
+import socket
 import subprocess
 import threading
 from pathlib import Path
@@ -224,3 +225,17 @@ def test_switching_to_a_key_nobody_prepared_is_refused(node: dict[str, Any]) -> 
 def test_check_mode_makes_no_key(node: dict[str, Any]) -> None:
     result = run({**node, "state": "next"}, check=True)
     assert result["changed"] and not Path(f"{node['key']}.next").exists()
+
+
+@as_root
+def test_the_switch_ends_the_shared_connections_opened_with_the_old_key(node: dict[str, Any]) -> None:
+    prepared = run({**node, "state": "next"})
+    keydir = Path(node["key"]).parent
+    stale = socket.socket(socket.AF_UNIX)  # a master's socket that no longer answers
+    stale.bind(str(keydir / "mux-4f2a"))
+    (keydir / "mux-notes").write_text("not a socket: left alone")
+    try:
+        run({**node, "stored": prepared["record"], "state": "current", "expect": prepared["next_public_key"]})
+    finally:
+        stale.close()
+    assert sorted(os.listdir(keydir)) == ["id_ed25519", "id_ed25519.pub", "mux-notes"]

@@ -255,7 +255,9 @@ def test_profile_exact_text() -> None:
         "sshargs = -F none -i /var/lib/replimesh/.ssh/id_ed25519 -o IdentitiesOnly=yes -o BatchMode=yes "
         "-o UserKnownHostsFile=/etc/replimesh/known_hosts "
         "-o GlobalKnownHostsFile=/dev/null -o StrictHostKeyChecking=yes -o ConnectTimeout=10 "
-        "-o ServerAliveInterval=5 -o ServerAliveCountMax=3 -o HostKeyAlias=node2\n"
+        "-o ServerAliveInterval=5 -o ServerAliveCountMax=3 "
+        "-o ControlMaster=auto -o ControlPath=/var/lib/replimesh/.ssh/mux-%C -o ControlPersist=300 "
+        "-o HostKeyAlias=node2\n"
         "maxthreads = 4\nrsync = false\n"
     )
 
