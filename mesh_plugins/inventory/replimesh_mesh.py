@@ -80,12 +80,16 @@ options:
     type: raw
   sync:
     description:
-      - Mapping C({mode, schedule, concurrency, timeout, connect_timeout, backups, max_deletions}).
+      - Mapping C({mode, schedule, concurrency, timeout, connect_timeout, backups, backups_max_age_days,
+        backups_max_percent, max_deletions}).
       - C(mode) is C(cron) (default) or C(watch); C(schedule) is a 5-field cron expression
         (default C(*/15 * * * *)); C(concurrency) 1..64 (4); C(timeout) 10..86400 seconds (3600);
         C(connect_timeout) 1..120 seconds (10); C(backups) 0..1000 old versions kept of each overwritten
-        or deleted file (5; 0 turns versioning off); C(max_deletions) the brake, files one pull may delete,
-        a count or a percentage of the folder such as C(50%) (the default; a percentage lets 10 through).
+        or deleted file (5; 0 turns versioning off); C(backups_max_age_days) 0..36500, versions kept
+        longer are removed (90; 0 is no age bound); C(backups_max_percent) 0..100, a folder's versions are
+        kept within this share of their disk, oldest removed first (10; 0 is no size bound);
+        C(max_deletions) the brake, files one pull may delete, a count or a percentage of the folder
+        such as C(50%) (the default; a percentage lets 10 through).
     type: raw
   vars:
     description:
@@ -191,6 +195,8 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
             "mesh_sync_timeout": mesh.sync.timeout,
             "mesh_sync_connect_timeout": mesh.sync.connect_timeout,
             "mesh_sync_backups": mesh.sync.backups,
+            "mesh_sync_backups_max_age_days": mesh.sync.backups_max_age_days,
+            "mesh_sync_backups_max_percent": mesh.sync.backups_max_percent,
             "mesh_sync_max_deletions": mesh.sync.max_deletions,
             "mesh_keystore": keystore,
         }

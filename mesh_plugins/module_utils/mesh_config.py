@@ -38,7 +38,10 @@ FOLDER_KEYS = ("name", "path", "ignore")
 NODE_KEYS = ("address", "port", "groups", "vars")
 TOPOLOGY_KEYS = ("kind",)
 OVERLAY_KEYS = ("kind", "degree")
-SYNC_KEYS = ("mode", "schedule", "concurrency", "timeout", "connect_timeout", "backups", "max_deletions")
+SYNC_KEYS = (
+    "mode", "schedule", "concurrency", "timeout", "connect_timeout", "backups", "backups_max_age_days",
+    "backups_max_percent", "max_deletions",
+)  # fmt: skip
 
 # 21 characters at most: each peer logs in as USER-PEER (32 at most; a hash stands in for a long PEER).
 USER_RE = re.compile(r"[a-z_][a-z0-9_-]{0,20}")
@@ -138,6 +141,8 @@ class SyncSettings:
     timeout: int = 3600
     connect_timeout: int = 10
     backups: int = 5  # versions kept of each overwritten or deleted file
+    backups_max_age_days: int = 90  # a version kept longer goes (0: no age bound)
+    backups_max_percent: int = 10  # a folder's versions fit in this share of their disk (0: no size bound)
     # The mass-deletion brake: files one pull may delete, a count ("100") or a share of the folder ("50%").
     max_deletions: str = "50%"
 
@@ -297,6 +302,8 @@ def _parse_sync(value: object) -> SyncSettings:
     )
     if connect_timeout >= timeout:
         raise MeshConfigError("sync.connect_timeout", f"must be shorter than sync.timeout ({timeout})")
+    max_age = _optional(raw, "backups_max_age_days", defaults.backups_max_age_days)
+    max_percent = _optional(raw, "backups_max_percent", defaults.backups_max_percent)
     return SyncSettings(
         mode=_choice("sync.mode", _optional(raw, "mode", defaults.mode), SYNC_MODES, "sync mode"),
         schedule=_check_cron("sync.schedule", _optional(raw, "schedule", DEFAULT_SCHEDULE)),
@@ -304,6 +311,8 @@ def _parse_sync(value: object) -> SyncSettings:
         timeout=timeout,
         connect_timeout=connect_timeout,
         backups=_integer("sync.backups", _optional(raw, "backups", defaults.backups), 0, 1000),
+        backups_max_age_days=_integer("sync.backups_max_age_days", max_age, 0, 36500),
+        backups_max_percent=_integer("sync.backups_max_percent", max_percent, 0, 100),
         max_deletions=_check_max_deletions(_optional(raw, "max_deletions", defaults.max_deletions)),
     )
 

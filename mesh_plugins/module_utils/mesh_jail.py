@@ -29,9 +29,11 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from .mesh_disks import mount_points, mounts_inside, unescape_mountinfo
+from .mesh_prune import RETIRED  # BACKUP_DIR/.retired/EDGE_USER-TIME: what a removed edge's server end kept
+
 # A name in /etc/passwd: the peer's node name after the mesh user's, while it fits in 32 characters.
 USER_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
-RETIRED = ".retired"  # BACKUP_DIR/.retired/EDGE_USER-TIME: versions a removed edge's server end kept
 
 
 class JailError(RuntimeError):
@@ -68,15 +70,6 @@ def parents(path: str) -> list[str]:
     """``/a/b/c`` -> ``["/a", "/a/b"]``: the directories above a path, top first."""
     parts = path.strip("/").split("/")[:-1]
     return ["/" + "/".join(parts[: i + 1]) for i in range(len(parts))]
-
-
-def unescape_mountinfo(field: str) -> str:
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
-
-
-def mount_points(mountinfo: str) -> set[str]:
-    """Every mount point in /proc/self/mountinfo."""
-    return {unescape_mountinfo(line.split()[4]) for line in mountinfo.splitlines() if len(line.split()) > 4}
 
 
 # What every mount in a jail must carry: a peer reads the folders, never writes or runs anything there.
@@ -309,7 +302,7 @@ class JailPlan:
     users_remove: tuple[str, ...] = ()
     jails_remove: tuple[str, ...] = ()
     binds: tuple[tuple[str, str], ...] = ()  # every (folder, mount point in a jail) wanted
-    mount: tuple[tuple[str, str], ...] = ()  # those not mounted now
+    mount: tuple[tuple[str, str], ...] = ()  # those not mounted now, and disks inside folders a jail lacks
     remount: tuple[str, ...] = ()  # mounted binds (or mounts below them) not yet read-only, nosuid, nodev
     retire: tuple[str, ...] = ()  # kept logins whose jail still holds versions (earlier layout)
     unmount: tuple[str, ...] = ()  # mount points in kept jails that no wanted bind has (a dropped folder)
@@ -348,20 +341,33 @@ def plan_jails(
     """
     wanted, have, jail_names = set(logins), set(users), set(jails)
     binds = tuple((path, layout.root(login) + path) for login in sorted(wanted) for path in folders)
-    new_fstab = render_fstab(fstab, binds, layout.jails_dir)
-    points = {dst for _, dst in binds}
+    # Disks mounted inside the folders get a jail line each, after their folder's: a bind of its own,
+    # read-only on top (mount(8) makes only a recursive bind's top read-only; at boot, systemd mounts a
+    # bind's source first). A mount still to be made brings them; one made already lacks those mounted
+    # since (a host whose mounts do not propagate): bound in too, so a peer reads what this node reads.
+    inner = {
+        dst: [(f"{src}/{rel}", f"{dst}/{rel}") for rel in mounts_inside(src, mounted)] for src, dst in binds
+    }
+    lines = [line for bind in binds for line in (bind, *inner[bind[1]])]
+    new_fstab = render_fstab(fstab, lines, layout.jails_dir)
+    points = {dst for _, dst in lines}
     kept = tuple(layout.root(login) + "/" for login in sorted(wanted))
     # Only binds replimesh made (its fstab lines) of folders no longer synced, in jails that stay.
     unmount = [
         dst for dst in fstab_binds(fstab, layout.jails_dir) if dst.startswith(kept) and dst not in points
     ]
     unmount = [dst for dst in unmount if dst in mounted]
+    missing = []
+    for dst, points_in in inner.items():
+        gone = [point for point in points_in if dst in mounted and point[1] not in mounted]
+        # A disk inside another missing one comes with it (rbind).
+        missing += [p for p in gone if not any(p[1].startswith(f"{other[1]}/") for other in gone)]
     return JailPlan(
         users_add=tuple(sorted(wanted - have)),
         users_remove=tuple(sorted(have - wanted)),
         jails_remove=tuple(sorted(name for name in jail_names - wanted if USER_RE.fullmatch(name))),
         binds=binds,
-        mount=tuple(bind for bind in binds if bind[1] not in mounted),
+        mount=tuple(bind for bind in binds if bind[1] not in mounted) + tuple(missing),
         remount=tuple(
             sorted(p for p in writable if p in points or any(p.startswith(f"{d}/") for d in points))
         ),
@@ -499,6 +505,8 @@ class Jails:
         for login in logins:
             target = retired_path(self.layout.backup_dir, login)
             os.makedirs(os.path.dirname(target), mode=0o750, exist_ok=True)
+            user = self.mesh_user()  # the runner prunes it (mesh_prune), as the folders' versions
+            os.chown(os.path.dirname(target), user.pw_uid, user.pw_gid)
             os.rename(self.layout.backup_root(login), target)
 
     def unmount(self, points: Sequence[str]) -> None:

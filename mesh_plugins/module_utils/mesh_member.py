@@ -168,11 +168,13 @@ class Settings:
     connect_timeout: int = 10
     server_alive_interval: int = 5
     # Seconds one ssh connection per peer stays open after its last use, shared by pulls and notices
-    # (ssh's ControlPersist); 0 (the default, see the role's defaults): each pull and notice opens its own.
+    # (ssh's ControlPersist); 0: each pull and notice opens its own.
     ssh_control_persist: int = 300
     marker: str = ".replimesh-folder"
     unison_extra_prefs: tuple[str, ...] = ()
     backups: int = 0  # versions Unison keeps of each overwritten or deleted file; 0: none
+    backups_max_age_days: int = 0  # the runner removes versions kept longer (0: no bound)
+    backups_max_percent: int = 0  # and the oldest past this share of their disk (0: no bound)
     # The mass-deletion brake: at most this many files ("N") or this share of a folder ("N%") deleted by
     # one pull; more stops the edge until an operator allows it once.
     max_deletions: str = "50%"
@@ -387,6 +389,10 @@ def validate(spec: MemberSpec) -> None:
     backups = settings.backups
     valid = isinstance(backups, int) and not isinstance(backups, bool) and 0 <= backups <= 1000
     _check(valid, f"backups must be a whole number 0-1000 (got {backups!r})")
+    for name, top in (("backups_max_age_days", 36500), ("backups_max_percent", 100)):
+        value = getattr(settings, name)
+        valid = isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= top
+        _check(valid, f"{name} must be a whole number 0-{top} (got {value!r})")
     _check(
         isinstance(settings.max_deletions, str) and bool(MAX_DELETIONS_RE.fullmatch(settings.max_deletions)),
         f"max_deletions must be a count (e.g. 100) or a percentage 0-100 (e.g. 50%) "
@@ -444,6 +450,8 @@ def render_config(spec: MemberSpec) -> str:
         "log_file": layout.log_file,
         "backups": settings.backups,
         "backup_dir": layout.backup_dir,
+        "backups_max_age_days": settings.backups_max_age_days,
+        "backups_max_percent": settings.backups_max_percent,
         "max_deletions": settings.max_deletions,
         "ssh_options": ssh_options(spec),
     }
@@ -453,9 +461,11 @@ def render_config(spec: MemberSpec) -> str:
 def render_authorized_keys(spec: MemberSpec, peer: PeerSpec) -> str:
     """The peer's keys file (sshd reads AUTHORIZED_KEYS_DIR/LOGIN): from its address, the jail's forced
     command, which serves Unison (read-only folders) or takes a change notice, nothing else."""
+    folders = ",".join(folder.path for folder in spec.folders)  # paths hold no comma (_path)
     command = (
         f"UNISONLOCALHOSTNAME={spec.node} UNISON={spec.layout.peer_dir(peer.name)} "
-        f"UNISON_BINARY={spec.layout.unison_binary} exec {SERVE}"
+        f"UNISON_BINARY={spec.layout.unison_binary} REPLIMESH_FOLDERS={folders} "
+        f"REPLIMESH_MARKER={spec.settings.marker} exec {SERVE}"
     )
     # Two lines while the peer rotates its key, with the same restrictions: either key works.
     lines = [HEADER] + [

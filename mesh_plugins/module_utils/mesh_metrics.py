@@ -24,6 +24,7 @@ EDGE_FAMILIES: dict[str, str] = {
     "replimesh_edge_conflicts": "Conflicts resolved in the edge's last run.",
     "replimesh_edge_files_changed": "Files transferred in the edge's last run.",
     "replimesh_edge_duration_seconds": "How long the edge's last run took.",
+    "replimesh_edge_disk_full": "1 if the edge's last run found a disk full (its error names which), else 0.",
 }
 WATCHER_FAMILY = "replimesh_watcher_up"
 WATCHER_HELP = "1 if the watch-mode watcher is running (only on watch-mode nodes), else 0."
@@ -60,6 +61,7 @@ def edge_values(record: Mapping[str, Any]) -> dict[str, float]:
         "replimesh_edge_conflicts": float(len(conflicts) if isinstance(conflicts, list) else 0),
         "replimesh_edge_files_changed": float(record.get("files_changed") or 0),
         "replimesh_edge_duration_seconds": float(record.get("duration_s") or 0.0),
+        "replimesh_edge_disk_full": 1.0 if record.get("result") == "diskfull" else 0.0,
     }
 
 

@@ -46,8 +46,10 @@ from pathlib import Path
 from typing import Any
 
 from .mesh_cleanup import TEMP_RE, clean_stale_temps, due
+from .mesh_disks import disk_problem, read_mountinfo
 from .mesh_locks import LOCKED_TEXT, locked_error, recover_stale_locks
 from .mesh_metrics import render_metrics
+from .mesh_prune import RETIRED, prune
 from .mesh_status import (
     ARCHIVE_MISSING_TEXT,
     HARMLESS_KINDS,
@@ -146,6 +148,10 @@ class Config:
     # ssh's options for this node's connections to its peers (key, pinned host keys, timeouts): the
     # profiles' sshargs, for the watcher's change notices.
     ssh_options: tuple[str, ...] = ()
+    # The versions Unison keeps (BACKUP_DIR/FOLDER) and their bounds (mesh_prune; 0: no bound).
+    backup_dir: str = ""
+    backups_max_age_days: int = 0
+    backups_max_percent: int = 0
 
 
 def _require(valid: bool, where: str, what: str, value: object) -> None:
@@ -222,6 +228,14 @@ def parse_config(data: object) -> Config:
     ssh_options = top.get("ssh_options", [])
     valid = isinstance(ssh_options, list) and all(isinstance(o, str) for o in ssh_options)
     _require(valid, "ssh_options", "a list of strings", ssh_options)
+    bounds = {key: top.get(key, 0) for key in ("backups_max_age_days", "backups_max_percent")}
+    for key, value in bounds.items():
+        top_value = 36500 if key == "backups_max_age_days" else 100
+        valid = isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= top_value
+        _require(valid, key, f"a whole number 0-{top_value} (0: no bound)", value)
+    backup_dir = top.get("backup_dir", "")
+    if backup_dir:
+        _abs_path(backup_dir, "backup_dir")
     brake = top.get("max_deletions", DEFAULT_MAX_DELETIONS)
     valid = isinstance(brake, str) and bool(MAX_DELETIONS_RE.fullmatch(brake))
     _require(valid, "max_deletions", "a count such as '100' or a percentage such as '50%'", brake)
@@ -231,6 +245,8 @@ def parse_config(data: object) -> Config:
         login=login,
         max_deletions=brake,
         ssh_options=tuple(ssh_options),
+        backup_dir=backup_dir,
+        **bounds,
         folders=tuple(folders),
         peers=tuple(peers),
         concurrency=_positive(top["concurrency"], "concurrency"),
@@ -477,6 +493,8 @@ class Runner:
                 "marker",
                 f"folder {folder.path} has no {self.config.marker}: not mounted or emptied? refusing to sync",
             )
+        elif problem := disk_problem(folder.path, self.config.marker, read_mountinfo()):
+            run = not_run("marker", problem)  # a disk inside the folder: the same guard, one level down
         else:
             try:
                 run, output = self.pull(peer, folder)
@@ -567,7 +585,8 @@ class Runner:
             log.write(text)
 
     def clean_folders(self) -> None:
-        """At most hourly, drop Unison temporary entries older than any live run can be."""
+        """At most hourly, drop Unison temporary entries older than any live run can be, and the versions
+        kept past their bounds (mesh_prune)."""
         for folder in self.config.folders:
             if not (Path(folder.path) / self.config.marker).exists():
                 continue  # an unmounted or emptied folder is left alone, as by the sync itself
@@ -575,6 +594,23 @@ class Runner:
                 removed = clean_stale_temps(folder.path, self.config.timeout + KILL_GRACE_S * 2)
                 if removed:
                     self.note(f"folder {folder.name}: removed {len(removed)} stale Unison temporary entries")
+                self.prune_versions(folder.name)
+        if self.config.backup_dir and due(self.state / "cleanup" / f"{RETIRED}.stamp", CLEANUP_EVERY_S):
+            self.prune_versions(RETIRED)
+
+    def prune_versions(self, name: str) -> None:
+        config = self.config
+        if not config.backup_dir or not (config.backups_max_age_days or config.backups_max_percent):
+            return
+        pruned = prune(f"{config.backup_dir}/{name}", config.backups_max_age_days, config.backups_max_percent)
+        if pruned.files:
+            bounds = [f"kept over {config.backups_max_age_days} days"] if config.backups_max_age_days else []
+            bounds += (
+                [f"past {config.backups_max_percent}% of the disk"] if config.backups_max_percent else []
+            )
+            self.note(
+                f"versions of {name}: removed {pruned.files} ({pruned.bytes} bytes): {' or '.join(bounds)}"
+            )
 
     def note(self, message: str) -> None:
         with self._log_lock, open(self.config.log_file, "a", encoding="utf-8") as log:

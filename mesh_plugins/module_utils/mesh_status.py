@@ -37,9 +37,11 @@ from typing import Any
 # Worst last: an edge's result is the worst kind over its folders. The specific, actionable kinds rank
 # above the generic ones (a changed host key needs a person; an unreachable peer explains any failure).
 # "brake": a pull would have deleted more files than the node allows (sync.max_deletions); nothing was
-# deleted and the edge waits for an operator.
+# deleted and the edge waits for an operator. "diskfull": a disk had no room left (this node's, or the
+# peer's for the edge's archive); the run kept what it had, and the next one resumes once there is room.
 KINDS = (
-    "ok", "conflict", "skipped", "busy", "failed", "timeout", "unreachable", "marker", "brake", "hostkey",
+    "ok", "conflict", "skipped", "busy", "failed", "timeout", "unreachable", "diskfull", "marker", "brake",
+    "hostkey",
 )  # fmt: skip
 # The edge was synced (a skipped path stays as it was and is retried on the next run).
 SUCCESS_KINDS = frozenset({"ok", "conflict", "skipped"})
@@ -93,6 +95,7 @@ UNREACHABLE_RES = (
 )
 SSH_OTHER_RES = (re.compile(r"Permission denied \((publickey|password|keyboard-interactive)"),)
 MARKER_RE = re.compile(r"is designated as a mountpoint, but points to nothing")
+DISK_FULL_RE = re.compile(r"No space left on device|Disk quota exceeded")
 EMPTIED_RE = re.compile(
     r"^The (root of one of the replicas|following paths) ha(s|ve) been completely emptied"
 )
@@ -229,6 +232,9 @@ def parse_unison_output(output: str, exit_code: int) -> UnisonRun:
         kind = "unreachable"
     else:
         kind = "failed"
+    disk_full = _first_match(lines, (DISK_FULL_RE,))
+    if disk_full and kind not in ("hostkey", "marker", "unreachable"):
+        kind = "diskfull"  # also when Unison finished: the paths it could not write wait for room
 
     error: str | None
     if ssh_error:
@@ -247,6 +253,10 @@ def parse_unison_output(output: str, exit_code: int) -> UnisonRun:
         if error is None and not ok:
             error = next((line.strip() for line in reversed(lines) if line.strip()), None)
             error = error or f"unison exited with code {exit_code}"
+    if kind == "diskfull":
+        # Unison names the file it could not write on the line before the system's error.
+        errors = [_joined(lines, i) for i, line in enumerate(lines) if PATH_ERROR_RE.match(line.strip())]
+        error = "disk full: " + next((e for e in reversed(errors) if DISK_FULL_RE.search(e)), disk_full or "")
     return UnisonRun(
         kind=kind,
         ok=ok,

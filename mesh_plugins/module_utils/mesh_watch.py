@@ -38,7 +38,8 @@ from pathlib import Path
 from typing import Any
 
 from . import mesh_supervise
-from .mesh_inotify import IN_CLOSE_WRITE, IN_MOVED_FROM, IN_MOVED_TO, IN_Q_OVERFLOW, Inotify
+from .mesh_disks import mount_points, mounts_inside, read_mountinfo
+from .mesh_inotify import IN_CLOSE_WRITE, IN_MOVED_FROM, IN_MOVED_TO, IN_Q_OVERFLOW, IN_UNMOUNT, Inotify
 from .mesh_notify import Notifier, PeerQueue, parse_notice, pending_notices, read_notice, retry_pause
 from .mesh_runner import (
     DEFAULT_CONFIG,
@@ -247,6 +248,7 @@ class Watcher:
         self.notifier = Notifier(config, int(self.options["retries"]), self._on_sent)
         self._record_lock = threading.Lock()
         self._stop = False
+        self._mounts_changed = False  # a disk inside a folder was unmounted (IN_UNMOUNT)
         # A peer's notices land in its jail's notice directory: directory -> peer.
         self.notice_dirs = {p.notify_dir: p.name for p in config.peers if p.active and p.notify_dir}
 
@@ -323,6 +325,7 @@ class Watcher:
         arrivals, batch = Arrivals(), Batch()
         delay, max_delay = float(self.options["delay"]), float(self.options["max_delay"])
         next_beat = time.monotonic() + HEARTBEAT_S
+        mounts, next_mounts = self._inner_mounts(), time.monotonic() + IDLE_WAKE_S
         while not self._stop:
             now = time.monotonic()
             due = min(batch.last + delay, batch.first + max_delay) if batch else now + IDLE_WAKE_S
@@ -337,6 +340,8 @@ class Watcher:
                 next_beat = now + HEARTBEAT_S
                 with self._record_lock:
                     self._write_record()
+            if self._mounts_changed or now >= next_mounts:
+                mounts, next_mounts = self._rewatch(inotify, mounts, batch), now + IDLE_WAKE_S
             if not batch and os.stat(self.config_path).st_mtime != config_mtime:
                 self.note("mesh.json changed: restarting with the new peers")
                 break
@@ -350,8 +355,29 @@ class Watcher:
         inotify.close()
         return 0
 
+    def _inner_mounts(self) -> dict[str, list[str]]:
+        points = mount_points(read_mountinfo())
+        return {folder.name: mounts_inside(folder.path, points) for folder in self.config.folders}
+
+    def _rewatch(self, inotify: Inotify, before: dict[str, list[str]], batch: Batch) -> dict[str, list[str]]:
+        """Watch anew a folder where a disk was mounted or unmounted (its watches went with it, and a mount
+        raises no event); after a mount, what the disk holds is announced whole. An unmount is never a change
+        to sync: the disk's guard (mesh_disks) holds the folder until it is back."""
+        self._mounts_changed = False
+        now_mounted = self._inner_mounts()
+        for folder in self.config.folders:
+            if now_mounted[folder.name] != before.get(folder.name):
+                inotify.add_tree(folder.path)
+                if set(now_mounted[folder.name]) - set(before.get(folder.name, [])):
+                    batch.overflow(folder.name, time.monotonic())
+                self.note(f"folder {folder.name}: disks inside it now {now_mounted[folder.name] or 'none'}")
+        return now_mounted
+
     def _collect(self, event: Any, arrivals: Arrivals, batch: Batch) -> None:
         now = time.monotonic()
+        if event.mask & IN_UNMOUNT:
+            self._mounts_changed = True
+            return
         if event.mask & IN_Q_OVERFLOW:
             for folder in self.config.folders:
                 batch.overflow(folder.name, now)

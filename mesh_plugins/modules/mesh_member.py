@@ -113,6 +113,16 @@ options:
       - Old versions Unison keeps of each overwritten or deleted file, in C(backup_dir/FOLDER); 0 keeps none.
     type: int
     default: 0
+  backups_max_age_days:
+    description: Days a version is kept at most; the runner removes older ones hourly. 0 is no age bound.
+    type: int
+    default: 0
+  backups_max_percent:
+    description:
+      - Share (percent) of their disk a folder's versions may take; the runner removes the oldest past it
+        hourly. 0 is no size bound.
+    type: int
+    default: 0
   max_deletions:
     description:
       - The mass-deletion brake, C(N) files or C(N%) of a folder at most deleted by one pull; more stops the
@@ -305,6 +315,8 @@ ARGUMENT_SPEC = {
     "marker": {"type": "str", "default": ".replimesh-folder"},
     "unison_extra_prefs": {"type": "list", "elements": "str", "default": []},
     "backups": {"type": "int", "default": 0},
+    "backups_max_age_days": {"type": "int", "default": 0},
+    "backups_max_percent": {"type": "int", "default": 0},
     "max_deletions": {"type": "str", "default": "50%"},
     "profiles_dir": {"type": "path", "default": "/etc/replimesh/profiles"},
     "backup_dir": {"type": "path", "default": "/var/lib/replimesh/backups"},

@@ -30,6 +30,7 @@ from tests.reliability import record
 
 pytestmark = pytest.mark.lab
 UNISON_DIR = "/var/lib/replimesh/unison"
+STATE = "/var/lib/replimesh/state"
 BIG = 256 << 20
 
 
@@ -340,9 +341,17 @@ def test_a_full_disk_is_a_clear_error_on_its_edges_and_harms_no_other_node(mesh:
         assert "./too-big.bin" not in mesh.digest("node4")
         full = {e: r for e, r in results.items() if "node4" in e.split("<->") and r[0] != "ok"}
         assert full and any(err and "No space left on device" in err for _, err in full.values()), results
+        assert all(kind == "diskfull" for kind, _ in full.values()), full
         assert all(r[0] in ("ok", "conflict") for e, r in results.items() if "node4" not in e.split("<->")), (
             results
         )
+        metrics = f"cat {STATE}/metrics/replimesh.prom"
+        assert 'replimesh_edge_disk_full{peer="node1"} 1' in mesh.lab.sh("node4", metrics)
+        # Room again: the next round brings the file, and says so.
+        mesh.lab.sh("node4", f"mount -o remount,size=64m {small}")
+        sync_node(mesh, "node4")
+        assert mesh.digest("node4") == mesh.digest("node1")
+        assert 'replimesh_edge_disk_full{peer="node1"} 0' in mesh.lab.sh("node4", metrics)
     finally:
         mesh.lab.sh(
             "node4",
@@ -352,8 +361,71 @@ def test_a_full_disk_is_a_clear_error_on_its_edges_and_harms_no_other_node(mesh:
     print(f"full disk on node4: clear error, others synced: {timer.seconds} s")
     record(
         "fault",
-        "full disk on one node: clear error on its edges, others unaffected",
+        "full disk on one node: diskfull on its edges, others unaffected, resumed once room is back",
         nodes=5,
         bytes=8 << 20,
+        files_lost=0,
+    )
+
+
+def test_a_disk_inside_a_folder_that_goes_away_deletes_nothing_anywhere(mesh: Mesh) -> None:
+    """node1 has a disk of its own at FOLDER/photos (a tmpfs, bound in). Unguarded, node1 refuses the folder;
+    bootstrap.yml guards it (its own marker, listed in the folder's); then the disk is unmounted, on the host
+    and in the jails as a host whose mounts propagate does it: node1 refuses its own runs, its jails serve
+    no pull, and no node loses a file. Back, everything syncs again."""
+    timer = Timer()
+    disk, inner = "/mnt/rm-photos", f"{FOLDER}/photos"
+    mount, jailed = f"mount --bind {disk} {inner}", f"{JAILS}/*{inner}"
+    mesh.lab.sh(
+        "node1",
+        f"mkdir -p {disk} {inner} && mount -t tmpfs -o size=16m,mode=0775 tmpfs {disk}"
+        f" && chown {MESH_USER}:{MESH_USER} {disk} && {mount}",
+    )
+    try:
+        unguarded = sync_node(mesh, "node1")
+        errors = [f.get("error") or "" for edge in unguarded["edges"] for f in edge["folders"]]
+        assert errors and all("without a guard" in error for error in errors), unguarded
+
+        proc = mesh.playbook("bootstrap.yml", "--limit", "node1", timeout=600)
+        assert proc.returncode == 0, proc.stdout[-6000:]
+        assert "inner disk: photos" in mesh.lab.sh("node1", f"cat {FOLDER}/{MARKER}")
+        files = {f"photos/p{i}.jpg": os.urandom(3000) for i in range(6)}
+        files["top.txt"] = b"on the folder's own disk\n"
+        for rel, data in files.items():
+            mesh.write("node1", rel, data)
+        want = {f"./{rel}": sha(data) for rel, data in files.items()}
+        converge(mesh)
+        sync_round(mesh)  # every edge's archive knows the files
+        assert all(mesh.digest(node) == want for node in mesh.nodes)
+
+        mesh.lab.sh("node1", f"umount {inner} && for m in {jailed}; do ! mountpoint -q $m || umount $m; done")
+        results = edge_results(sync_round(mesh)) | edge_results(sync_round(mesh))
+        for node in mesh.nodes[1:]:
+            assert mesh.digest(node) == want, node  # nothing deleted anywhere
+        assert mesh.digest("node1") == {"./top.txt": sha(files["top.txt"])}  # the disk is away, not deleted
+        mine = {edge: r for edge, r in results.items() if "node1" in edge.split("<->")}
+        assert mine and all(kind in ("marker", "failed") for kind, _ in mine.values()), mine
+        assert "is not mounted" in mesh.lab.sh("node1", "cat /var/log/replimesh/sync.log")
+        assert "serving no pull" in mesh.lab.sh("node2", "cat /var/log/replimesh/sync.log")
+
+        mesh.lab.sh("node1", mount)  # back (the jails get it again from the next bootstrap.yml, or a reboot)
+        later = b"written while the disk was back\n"
+        mesh.write("node2", "photos/later.txt", later)
+        sync_round(mesh)
+        assert mesh.digest("node1") == want | {"./photos/later.txt": sha(later)}
+    finally:
+        mesh.lab.sh(
+            "node1",
+            f"for m in {jailed} {inner}; do"
+            f" while mountpoint -q $m; do umount $m; done; done; umount {disk}; rmdir {disk} {inner} || true;"
+            f" sed -i '\\|^{inner} |d' /etc/fstab",  # the disk's jail lines bootstrap.yml wrote
+        )
+        restore_marker(mesh, "node1")
+    print(f"a disk inside a folder went away; nothing deleted anywhere: {timer.seconds} s")
+    record(
+        "fault",
+        "a disk mounted inside a folder unmounted (host and jails): refused, served nothing, no deletion",
+        nodes=5,
+        files=len(files),
         files_lost=0,
     )

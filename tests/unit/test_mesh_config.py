@@ -137,7 +137,7 @@ def test_top_level_must_be_a_mapping(data: object) -> None:
         ("folders[0].ignores", [], "folders[0].ignores", "did you mean 'ignore'"),
         ("nodes.node1.adress", "x", "nodes.node1.adress", "did you mean 'address'"),
         ("topology", {"kind": "full", "seed": 1}, "topology.seed", "allowed keys: kind"),
-        ("sync", {"interval": 5}, "sync.interval", "allowed keys: backups, concurrency, connect_timeout"),
+        ("sync", {"interval": 5}, "sync.interval", "allowed keys: backups, backups_max_age_days,"),
         # plugin and user
         ("plugin", ["replimesh_mesh"], "plugin", "must be a string, got a list"),
         ("user", "Root", "user", "invalid name"),

@@ -590,9 +590,13 @@ def test_jails_retire_moves_a_jails_versions_to_the_retired_backups(tmp_path: Pa
     (versions / "shared").mkdir(parents=True)
     (versions / "shared/.bak.0.doc").write_text("old version")
     run = Recorder()
-    jails = Jails(run, "replimesh", "replimesh-peers", {"replimesh-node2": "node2"}, [], layout)
+    jails = Jails(
+        run, "daemon", "replimesh-peers", {"replimesh-node2": "node2"}, [], layout
+    )  # daemon: the mesh user
     jails.retire(["replimesh-node2"])
     assert not versions.exists() and run.argvs == []
+    # The mesh user's runner prunes them (mesh_prune), as the folders' versions.
+    assert (tmp_path / "backups" / RETIRED).stat().st_uid == pwd.getpwnam("daemon").pw_uid
     [kept] = (tmp_path / "backups" / RETIRED).iterdir()
     assert re.fullmatch(r"replimesh-node2-[0-9]{8}T[0-9]{6}Z", kept.name)
     assert (kept / "shared/.bak.0.doc").read_text() == "old version"
@@ -635,3 +639,30 @@ def test_logins_are_made_with_the_mesh_users_ids() -> None:
     ran: list[list[str]] = []
     jails_of("daemon", ran).add_users(["no-such-login-x"])
     assert ran[0][:7] == ["useradd", "-o", "-u", str(daemon.pw_uid), "-g", str(daemon.pw_gid), "-G"]
+
+
+def test_plan_jails_binds_in_a_disk_mounted_inside_a_folder_read_only_on_top() -> None:
+    logins, folders = ["replimesh-node2", "replimesh-node3"], ["/srv/a"]
+    settled = plan_jails(logins, folders, LAYOUT, [], [], set(), "")
+    jails = [f"{J}/{login}/srv/a" for login in logins]
+    host = {*jails, "/srv/a/photos", "/srv/a/photos/2020", "/srv/a/music", "/srv/ab/x"}
+    todo = plan_jails(logins, folders, LAYOUT, logins, logins, host, settled.fstab)
+    # Bound into each jail made before the disks were mounted (photos/2020 comes with photos: rbind);
+    # /srv/ab is another directory.
+    assert todo.mount == tuple(
+        (f"/srv/a/{rel}", f"{jail}/{rel}") for jail in jails for rel in ("music", "photos")
+    )
+    # Each disk has a jail line of its own after its folder's: read-only on top, also after a reboot.
+    rels = ("", "/music", "/photos", "/photos/2020")
+    assert todo.fstab == "".join(
+        f"/srv/a{rel} {jail}{rel} none {RO_BIND} 0 0\n" for jail in jails for rel in rels
+    )
+    everywhere = host | {f"{jail}{rel}" for jail in jails for rel in rels}
+    seen = plan_jails(logins, folders, LAYOUT, logins, logins, everywhere, todo.fstab)
+    assert seen.mount == () and seen.unmount == () and not seen.changed
+    # A jail bind still to be made brings the disks inside the folder with it.
+    fresh = plan_jails(logins, folders, LAYOUT, logins, logins, host - {jails[0]}, todo.fstab)
+    assert fresh.mount == (
+        ("/srv/a", jails[0]),
+        *((f"/srv/a/{rel}", f"{jails[1]}/{rel}") for rel in ("music", "photos")),
+    )

@@ -162,9 +162,13 @@ def test_authorized_keys_one_file_per_peer_with_its_own_restricted_line_and_unis
     assert render_authorized_keys(spec, node2) == (
         f"{HEADER}\n"
         'restrict,from="10.0.0.12",command="UNISONLOCALHOSTNAME=node1 UNISON=/var/lib/replimesh/unison/node2 '
-        "UNISON_BINARY=/usr/bin/unison exec /bin/replimesh-serve"
+        "UNISON_BINARY=/usr/bin/unison REPLIMESH_FOLDERS=/srv/replimesh/shared "
+        "REPLIMESH_MARKER=.replimesh-folder exec /bin/replimesh-serve"
         f'" {node2.public_key} replimesh@node2\n'
     )
+    two = make_spec(folders=(FolderSpec("a", "/srv/a"), FolderSpec("b", "/data/b")))
+    # The folders whose disk guards the forced command checks.
+    assert " REPLIMESH_FOLDERS=/srv/a,/data/b " in render_authorized_keys(two, two.peers[0])
     lines = render_authorized_keys(spec, node3).splitlines()
     assert lines[0] == HEADER and len(lines) == 2
     assert lines[1].startswith(

@@ -99,6 +99,9 @@ EXPECTED: dict[str, tuple[int, str, bool, int, int, int, tuple[str, ...], bool, 
     "pull_conflict_local_newer": (1, "conflict", True, 1, 2, 0, ("f3",), False, None),
     # The brake's first pass (nodeletion on the local root): the deletion is held, the rest applied.
     "pull_deletion_held": (1, "ok", True, 2, 2, 0, (), False, None),
+    # The receiving disk is full: both files failed (Unison's temporary copies hold what was written).
+    "disk_full": (2, "diskfull", False, 0, 0, 2, (), True,
+                  "disk full: Failed [small.txt]: Error in copying locally: No space left on device"),
     # One end's archive is gone: the runner runs the pull again with -ignorearchives (mesh_runner).
     "archive_missing": (3, "failed", False, 0, 0, 0, (), False, "Fatal error: Warning: inconsistent state."),
     # Unison's own confirmbigdel guard: exit 3 but no "Fatal error" line.

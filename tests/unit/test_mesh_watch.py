@@ -323,3 +323,48 @@ def test_the_watcher_ends_when_a_folder_is_gone_and_when_mesh_json_changes(
     mesh.folders["shared"].rename(tmp_path / "elsewhere")
     thread.join(10)
     assert results == [0, 1]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs inside the folder")
+def test_an_unmounted_disk_inside_a_folder_is_no_change_and_a_remounted_one_is_announced_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mesh = Mesh(tmp_path, {"node2": True})
+    config = load_config(str(mesh.config_path))
+    disk = mesh.folders["shared"] / "photos"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], check=True)
+    watcher = Watcher(config, str(mesh.config_path), {"delay": 0.1, "retries": 0})
+    sent: list[dict] = []
+
+    def ssh(_argv: list[str], data: bytes, _timeout: float) -> tuple[int, str]:
+        sent.append(parse_notice(data, ["shared"]))
+        return 0, ""
+
+    watcher.notifier.run = ssh
+    monkeypatch.setattr(mesh_watch, "IDLE_WAKE_S", 0.3)
+    thread = threading.Thread(target=watcher.run, daemon=True)
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(signal, "signal", lambda *_args: None)  # not the main thread
+            thread.start()
+            assert wait_until(lambda: (mesh.state_dir / "watch" / "watcher.json").exists(), 10)
+            (disk / "a.jpg").write_text("on the disk")
+            assert wait_until(lambda: {"shared": ["photos/a.jpg"]} in sent, 10), sent
+            sent.clear()
+            subprocess.run(["umount", str(disk)], check=True)
+            # The watcher saw the unmount (it says so) and announced nothing: no peer pulls an empty disk.
+            log = Path(config.log_file)
+            assert wait_until(lambda: log.exists() and "disks inside it now none" in log.read_text(), 10)
+            assert sent == []
+            subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], check=True)
+            # A mount raises no inotify event: the watcher's mount check announces the folder whole.
+            assert wait_until(lambda: {"shared": None} in sent, 10), sent
+            sent.clear()
+            (disk / "b.jpg").write_text("watched again")
+            assert wait_until(lambda: {"shared": ["photos/b.jpg"]} in sent, 10), sent
+            watcher._stop = True
+            thread.join(15)
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
+    assert "disks inside it now ['photos']" in Path(config.log_file).read_text()
