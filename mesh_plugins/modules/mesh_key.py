@@ -110,6 +110,7 @@ record:
   type: dict
 """
 
+import contextlib
 import json
 import os
 import pwd
@@ -239,11 +240,14 @@ class Node:
         directory = os.path.dirname(self.paths.key)
         for name in sorted(os.listdir(directory)):
             path = os.path.join(directory, name)
-            if not name.startswith("mux-") or not stat.S_ISSOCK(os.lstat(path).st_mode):
-                continue
-            self.module.run_command(["ssh", "-F", "none", "-S", path, "-O", "exit", "mesh-peer"])
-            if os.path.lexists(path):  # a master that did not answer: no new session can find it
-                os.unlink(path)
+            try:
+                if not name.startswith("mux-") or not stat.S_ISSOCK(os.lstat(path).st_mode):
+                    continue
+            except FileNotFoundError:
+                continue  # its master exited meanwhile
+            self.module.run_command(["timeout", "10", "ssh", "-F", "none", "-S", path, "-O", "exit", "peer"])
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)  # a master that did not answer: no new session can find it
 
     def drop_next_public(self) -> bool:
         """Remove KEY.next.pub when no KEY.next is left beside it; True when there was one."""

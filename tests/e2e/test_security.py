@@ -253,6 +253,45 @@ def test_mesh_user_cannot_sudo_or_become_root(mesh: Mesh, timed: None) -> None:
     record("security", "mesh user: sudo and su refused", checks_tried=len(attempts) + 1)
 
 
+STOP = (  # what `replimesh-watch --stop` runs, as root (a cron-mode node has no such command installed)
+    "import sys; sys.path.insert(0, '/usr/local/lib/replimesh');"
+    " from replimesh_node.mesh_supervise import main; sys.exit(main(['--stop']))"
+)
+
+
+def test_root_trusts_no_file_the_mesh_user_writes(mesh: Mesh, timed: None) -> None:
+    """A thief with node1's mesh user plants a supervisor pid file naming root's sshd (holding the
+    supervisor's lock, as a live supervisor does), a FIFO in place of an edge's status record and a link
+    to /etc/shadow in place of another: root's stop of the watcher signals nothing, and `meshctl status`
+    answers without hanging or reading the link."""
+    state = "/var/lib/replimesh/state"
+    sshd = mesh.lab.sh("node1", "pgrep -o -x sshd").strip()
+    plant = (
+        f"mkdir -p {state}/watch && echo {sshd} > {state}/watch/supervisor.pid"
+        f" && mkfifo {state}/status/node9.json && ln -s /etc/shadow {state}/status/node8.json"
+        f" && (timeout 120 flock {state}/watch/supervisor.lock sleep 120 </dev/null >/dev/null 2>&1 &"
+        f" echo $! > {state}/holder.pid)"
+    )
+    assert as_mesh_user(mesh, "node1", plant, timeout=20).returncode == 0
+    try:
+        stopped = mesh.lab.lab.exec("node1", ["timeout", "20", "python3", "-IS", "-c", STOP], timeout=60)
+        assert stopped.returncode == 0 and b"not running" in stopped.stdout + stopped.stderr, stopped
+        assert mesh.lab.sh("node1", "pgrep -o -x sshd").strip() == sshd  # root's sshd was not signalled
+        started = time.monotonic()
+        proc = run_tool("meshctl", "status", "-i", str(mesh.inventory), "--json", timeout=300)
+        report = json.loads(proc.stdout)
+        assert "root:" not in proc.stdout + proc.stderr  # nothing of /etc/shadow
+        assert {row["node"] for row in report["nodes"]} == set(mesh.nodes)
+    finally:
+        mesh.lab.sh(
+            "node1",
+            f"kill $(cat {state}/holder.pid) 2>/dev/null; rm -rf {state}/holder.pid {state}/watch"
+            f" {state}/status/node9.json {state}/status/node8.json",
+        )
+    print(f"planted files refused, status in {time.monotonic() - started:.1f} s")
+    record("security", "mesh user's planted pid file, FIFO and link: root signals and reads none", files=3)
+
+
 def _answer(mesh: Mesh, node: str, argv: list[str]) -> bytes:
     proc = mesh.lab.lab.exec(node, ["timeout", "30", *argv, "true"], timeout=60)
     return proc.stdout + proc.stderr
@@ -304,8 +343,13 @@ def test_node_with_new_host_key_is_refused_until_add_node(mesh: Mesh, timed: Non
     """node3 is reinstalled (new SSH host keys): its peers refuse it, status says so, add-node heals."""
     lab = mesh.lab.lab
     old = mesh.lab.sh("node3", "cat /etc/ssh/ssh_host_ed25519_key.pub").split()[1]
+    # A reinstalled host has none of the old one's connections: every sshd session ends (the peers' shared
+    # connections to node3 with them), and the listener starts again with the new host keys.
     mesh.lab.sh(
-        "node3", "rm -f /etc/ssh/ssh_host_* && ssh-keygen -A >/dev/null && kill -HUP $(pgrep -o -x sshd)"
+        "node3",
+        "rm -f /etc/ssh/ssh_host_* && ssh-keygen -A >/dev/null && listener=$(pgrep -o -x sshd)"
+        " && for pid in $(pgrep -x 'sshd|sshd-session'); do [ $pid = $listener ] || kill $pid; done"
+        " && kill -HUP $listener",
     )
     mesh.dirty = True  # until add-node has run, the next test gets the mesh re-bootstrapped
     lab.up(len(mesh.nodes))  # the lab's own known_hosts (Ansible's way in) learns the new key out of band
