@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from mesh_plugins.module_utils.mesh_status import worst_kind
-from tests.e2e.conftest import BACKUPS, FOLDER, MARKER, MESH_USER, Mesh
+from tests.e2e.conftest import BACKUPS, FOLDER, JAILS, MARKER, MESH_USER, Mesh
 
 # The folder's versions on a node: what its own pulls overwrote or deleted (in no jail).
 FOLDER_BACKUPS = f"{BACKUPS}/shared"
@@ -157,3 +157,49 @@ class Timer:
     @property
     def seconds(self) -> float:
         return round(time.monotonic() - self.start, 1)
+
+
+class InnerDisk:
+    """A disk of its own inside a node's folder, FOLDER/photos: a tmpfs outside the folder, bound in (an
+    unmount keeps its files, as a real disk does), guarded by bootstrap.yml on that node alone."""
+
+    def __init__(self, mesh: Mesh, node: str, *bootstrap_args: str) -> None:
+        self.mesh, self.node, self.args = mesh, node, bootstrap_args
+        self.disk, self.path = "/mnt/rm-photos", f"{FOLDER}/photos"
+        self.jailed = f"{JAILS}/*{self.path}"  # the same disk as each peer's jail on the node shows it
+
+    def __enter__(self) -> InnerDisk:
+        self.mesh.lab.sh(
+            self.node,
+            f"mkdir -p {self.disk} {self.path} && mount -t tmpfs -o size=16m,mode=0775 tmpfs {self.disk}"
+            f" && chown {MESH_USER}:{MESH_USER} {self.disk} && {self.mount_command}",
+        )
+        return self
+
+    @property
+    def mount_command(self) -> str:
+        return f"mount --bind {self.disk} {self.path}"
+
+    def guard(self) -> None:
+        proc = self.mesh.playbook("bootstrap.yml", "--limit", self.node, *self.args, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-6000:]
+        assert "inner disk: photos" in self.mesh.lab.sh(self.node, f"cat {FOLDER}/{MARKER}")
+
+    def unmount(self) -> None:
+        """Gone from the host and from every jail, as on a host whose mounts propagate (systemd's)."""
+        self.mesh.lab.sh(
+            self.node,
+            f"umount {self.path} && for m in {self.jailed}; do ! mountpoint -q $m || umount $m; done",
+        )
+
+    def mount(self) -> None:
+        self.mesh.lab.sh(self.node, self.mount_command)
+
+    def __exit__(self, *_exc: object) -> None:
+        self.mesh.lab.sh(
+            self.node,
+            f"for m in {self.jailed} {self.path}; do while mountpoint -q $m; do umount $m; done; done;"
+            f" umount {self.disk}; rmdir {self.disk} {self.path} || true;"
+            f" sed -i '\\|^{self.path} |d' /etc/fstab",  # the disk's jail lines bootstrap.yml wrote
+        )
+        restore_marker(self.mesh, self.node)

@@ -13,6 +13,7 @@ from tests.conftest import run_tool, wait_until
 from tests.e2e.conftest import FOLDER, JAILS, MARKER, MESH_USER, Mesh, sha
 from tests.e2e.faults import (
     RUNNER,
+    InnerDisk,
     Timer,
     as_user,
     backup_hashes,
@@ -369,26 +370,16 @@ def test_a_full_disk_is_a_clear_error_on_its_edges_and_harms_no_other_node(mesh:
 
 
 def test_a_disk_inside_a_folder_that_goes_away_deletes_nothing_anywhere(mesh: Mesh) -> None:
-    """node1 has a disk of its own at FOLDER/photos (a tmpfs, bound in). Unguarded, node1 refuses the folder;
-    bootstrap.yml guards it (its own marker, listed in the folder's); then the disk is unmounted, on the host
-    and in the jails as a host whose mounts propagate does it: node1 refuses its own runs, its jails serve
-    no pull, and no node loses a file. Back, everything syncs again."""
+    """node1 has a disk of its own at FOLDER/photos. Unguarded, node1 refuses the folder; bootstrap.yml
+    guards it (its own marker, listed in the folder's); then the disk is unmounted, on the host and in the
+    jails: node1 refuses its own runs, its jails serve no pull, and no node loses a file. Back, node1 syncs
+    again."""
     timer = Timer()
-    disk, inner = "/mnt/rm-photos", f"{FOLDER}/photos"
-    mount, jailed = f"mount --bind {disk} {inner}", f"{JAILS}/*{inner}"
-    mesh.lab.sh(
-        "node1",
-        f"mkdir -p {disk} {inner} && mount -t tmpfs -o size=16m,mode=0775 tmpfs {disk}"
-        f" && chown {MESH_USER}:{MESH_USER} {disk} && {mount}",
-    )
-    try:
+    with InnerDisk(mesh, "node1") as disk:
         unguarded = sync_node(mesh, "node1")
         errors = [f.get("error") or "" for edge in unguarded["edges"] for f in edge["folders"]]
         assert errors and all("without a guard" in error for error in errors), unguarded
-
-        proc = mesh.playbook("bootstrap.yml", "--limit", "node1", timeout=600)
-        assert proc.returncode == 0, proc.stdout[-6000:]
-        assert "inner disk: photos" in mesh.lab.sh("node1", f"cat {FOLDER}/{MARKER}")
+        disk.guard()
         files = {f"photos/p{i}.jpg": os.urandom(3000) for i in range(6)}
         files["top.txt"] = b"on the folder's own disk\n"
         for rel, data in files.items():
@@ -398,7 +389,7 @@ def test_a_disk_inside_a_folder_that_goes_away_deletes_nothing_anywhere(mesh: Me
         sync_round(mesh)  # every edge's archive knows the files
         assert all(mesh.digest(node) == want for node in mesh.nodes)
 
-        mesh.lab.sh("node1", f"umount {inner} && for m in {jailed}; do ! mountpoint -q $m || umount $m; done")
+        disk.unmount()
         results = edge_results(sync_round(mesh)) | edge_results(sync_round(mesh))
         for node in mesh.nodes[1:]:
             assert mesh.digest(node) == want, node  # nothing deleted anywhere
@@ -408,23 +399,15 @@ def test_a_disk_inside_a_folder_that_goes_away_deletes_nothing_anywhere(mesh: Me
         assert "is not mounted" in mesh.lab.sh("node1", "cat /var/log/replimesh/sync.log")
         assert "serving no pull" in mesh.lab.sh("node2", "cat /var/log/replimesh/sync.log")
 
-        mesh.lab.sh("node1", mount)  # back (the jails get it again from the next bootstrap.yml, or a reboot)
+        disk.mount()  # back (the jails get it again from the next bootstrap.yml, or a reboot)
         later = b"written while the disk was back\n"
         mesh.write("node2", "photos/later.txt", later)
-        sync_round(mesh)
+        sync_node(mesh, "node1")
         assert mesh.digest("node1") == want | {"./photos/later.txt": sha(later)}
-    finally:
-        mesh.lab.sh(
-            "node1",
-            f"for m in {jailed} {inner}; do"
-            f" while mountpoint -q $m; do umount $m; done; done; umount {disk}; rmdir {disk} {inner} || true;"
-            f" sed -i '\\|^{inner} |d' /etc/fstab",  # the disk's jail lines bootstrap.yml wrote
-        )
-        restore_marker(mesh, "node1")
     print(f"a disk inside a folder went away; nothing deleted anywhere: {timer.seconds} s")
     record(
         "fault",
-        "a disk mounted inside a folder unmounted (host and jails): refused, served nothing, no deletion",
+        "a disk mounted inside a folder unmounted (host and jails), cron mode: refused, no deletion",
         nodes=5,
         files=len(files),
         files_lost=0,

@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import run_tool, wait_until
 from tests.e2e.conftest import FOLDER, MARKER, Mesh, sha
-from tests.e2e.faults import as_user, backup_hashes
+from tests.e2e.faults import InnerDisk, as_user, backup_hashes
 
 pytestmark = pytest.mark.lab
 
@@ -161,3 +161,39 @@ def test_deleting_the_last_files_of_a_folder_reaches_every_node_and_keeps_them(w
         runs = since(peer)
         assert "peer=node2" in runs and "kind=failed" not in runs and "emptied" not in runs, (peer, runs)
         assert "kind=brake" not in runs, (peer, runs)
+
+
+def test_a_disk_inside_a_folder_unmounted_in_watch_mode_deletes_nothing(watching: Mesh) -> None:
+    """The unmount raises IN_UNMOUNT on node1's watcher: no change to announce; node1 refuses the folder
+    and serves no pull while the disk is away, the others keep every file and go on syncing."""
+    mesh = watching
+    with InnerDisk(mesh, "node1", "-e", "mesh_sync_mode=watch", "-e", "mesh_sync_cron_enabled=false") as disk:
+        disk.guard()
+        files = {f"photos/p{i}.jpg": bytes([i]) * 3000 for i in range(4)}
+        for rel, data in files.items():
+            mesh.write("node1", rel, data)
+        want = {f"./{rel}": sha(data) for rel, data in files.items()}
+        assert wait_until(lambda: all(mesh.digest(n) == want for n in mesh.nodes), DELIVERY_TIMEOUT_S), {
+            n: mesh.digest(n) for n in mesh.nodes
+        }
+
+        disk.unmount()
+        assert wait_until(lambda: "disks inside it now none" in mesh.lab.sh("node1", f"cat {SYNC_LOG}"), 20)
+        # Activity elsewhere: node2's change reaches every other node, and takes nothing with it.
+        after = b"written on node2 while node1's disk is away\n"
+        mesh.write("node2", "after.txt", after)
+        others = [n for n in mesh.nodes if n != "node1"]
+        with_after = want | {"./after.txt": sha(after)}
+        assert wait_until(lambda: all(mesh.digest(n) == with_after for n in others), DELIVERY_TIMEOUT_S), {
+            n: mesh.digest(n) for n in others
+        }
+        assert "./after.txt" not in mesh.digest("node1")  # node1 holds the folder until its disk is back
+        assert "is not mounted" in mesh.lab.sh("node1", f"cat {SYNC_LOG}")
+
+        disk.mount()  # back: node1's watcher sees the mount and announces the folder whole
+        assert wait_until(
+            lambda: "disks inside it now ['photos']" in mesh.lab.sh("node1", f"cat {SYNC_LOG}"), 20
+        )
+        for node in others:
+            assert mesh.digest(node) == with_after, node
+    log("a disk inside a folder unmounted in watch mode: nothing deleted on any node")
