@@ -15,23 +15,13 @@ succeeded.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime
 from typing import Any
+
+from .mesh_status import timestamp
 
 DEFAULT_MAX_LAG = 86400
 # The last run synced the edge; a skipped path or a failure needs attention.
 HEALTHY_RESULTS = frozenset({"ok", "conflict"})
-
-
-def timestamp(value: object) -> float | None:
-    """Unix time of an ISO 8601 UTC time as the status records write it ("...Z"); None if not one."""
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed.timestamp() if parsed.tzinfo else None
 
 
 def node_health(name: str, fact: Mapping[str, Any] | None) -> dict[str, Any]:

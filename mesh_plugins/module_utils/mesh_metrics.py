@@ -8,8 +8,9 @@ state directory, so the file always shows every edge this node has run, not only
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
 from typing import Any
+
+from .mesh_status import timestamp
 
 # Results after which the edge counts as up: it synced, or is being synced by another run right now.
 UP_KINDS = frozenset({"ok", "conflict", "busy", "skipped"})
@@ -30,17 +31,6 @@ WATCHER_FAMILY = "replimesh_watcher_up"
 WATCHER_HELP = "1 if the watch-mode watcher is running (only on watch-mode nodes), else 0."
 FOLDER_FAMILY = "replimesh_folder_marker_ok"
 FOLDER_HELP = "1 if the folder's marker file is present (the folder is mounted and not emptied), else 0."
-
-
-def timestamp(value: object) -> float | None:
-    """Unix time of an ISO 8601 UTC time as the status records write it ("...Z"); None if not one."""
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed.timestamp() if parsed.tzinfo else None
 
 
 def escape_label(value: str) -> str:

@@ -282,6 +282,17 @@ def iso_utc(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
+def timestamp(value: object) -> float | None:
+    """Unix time of an ISO 8601 UTC time as the status records write it ("...Z"); None if not one."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed.timestamp() if parsed.tzinfo else None
+
+
 @dataclass(frozen=True)
 class EdgeStatus:
     """What a node knows about one of its edges after its latest run; the status file holds `as_dict()`."""

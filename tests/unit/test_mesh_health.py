@@ -18,9 +18,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mesh_plugins.module_utils import mesh_health as health_core
 from mesh_plugins.module_utils import mesh_runner, mesh_watchstate
-from mesh_plugins.module_utils.mesh_health import headline, mesh_health, render_lines, timestamp
+from mesh_plugins.module_utils.mesh_health import headline, mesh_health, render_lines
 from mesh_plugins.module_utils.mesh_metrics import EDGE_FAMILIES, FOLDER_FAMILY, render_metrics
-from mesh_plugins.module_utils.mesh_status import iso_utc
+from mesh_plugins.module_utils.mesh_status import iso_utc, timestamp
 from tests.unit.module_harness import patch_module_args
 
 sys.modules.setdefault("ansible.module_utils.mesh_health", health_core)
