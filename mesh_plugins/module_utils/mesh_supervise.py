@@ -27,7 +27,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from .mesh_watchstate import PROCESS_NAME, pid_of, process_matches, signal_pid, watch_dir
+from .mesh_watchstate import PROCESS_NAME, pid_of, process_matches, read_record, signal_pid, watch_dir
 
 RESTART_DELAY_S = 1.0
 MAX_RESTART_DELAY_S = 30.0
@@ -169,7 +169,28 @@ def stop(state_dir: str) -> str:
         time.sleep(0.05)
     if running(state_dir):
         signal_pid(pid, signal.SIGKILL)  # its watcher follows it (PR_SET_PDEATHSIG)
+    wait_for_watcher(state_dir)
     return "stopped"
+
+
+def wait_for_watcher(state_dir: str, wait_s: float = STOP_WAIT_S) -> bool:
+    """Wait (bounded) until the supervisor's watcher has gone too: it ends on its supervisor's death, after
+    the wait it was in (at most a few seconds). Only waits: the pid comes from the watcher's own record,
+    which the mesh user writes, so it is never signalled from here. True when none is left."""
+    record = read_record(state_dir) or {}
+    pid = record.get("pid")
+    try:
+        owner = watch_dir(state_dir).stat().st_uid
+    except OSError:
+        return True
+    if not isinstance(pid, int) or isinstance(pid, bool):
+        return True
+    deadline = time.monotonic() + wait_s
+    while process_matches(pid, owner, PROCESS_NAME) and not process_matches(pid, owner, b"--supervise"):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def command(argv: Sequence[str]) -> list[str]:

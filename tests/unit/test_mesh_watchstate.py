@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -95,3 +97,21 @@ def test_a_planted_lock_link_is_not_followed(tmp_path: Path) -> None:
     with pytest.raises(OSError):  # ELOOP: nothing is opened through the link
         mesh_supervise.running(state)
     assert target.read_text() == "root's"
+
+
+def test_stop_waits_for_the_watcher_itself_and_for_nothing_else(tmp_path: Path) -> None:
+    state = str(tmp_path / "state")
+    watch_dir(state).mkdir(parents=True)
+    record = watch_dir(state) / "watcher.json"
+    watcher = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "replimesh-watch"])
+    try:
+        record.write_text(json.dumps({"pid": watcher.pid}))
+        assert not mesh_supervise.wait_for_watcher(state, wait_s=0.3)  # still finishing
+        threading.Timer(0.3, watcher.kill).start()
+        assert mesh_supervise.wait_for_watcher(state, wait_s=10)
+    finally:
+        watcher.kill()
+        watcher.wait(10)
+    record.write_text(json.dumps({"pid": 1}))  # a record naming another process: no wait at all
+    started = time.monotonic()
+    assert mesh_supervise.wait_for_watcher(state, wait_s=10) and time.monotonic() - started < 1
