@@ -108,8 +108,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
-        "--soak-rounds",
-        type=int,
+        "--soak-minutes",
+        type=float,
         default=None,
-        help="rounds of the e2e soak test (default 6, or REPLIMESH_SOAK_ROUNDS)",
+        help="minutes of the e2e soak test (default 2, or REPLIMESH_SOAK_MINUTES)",
     )
