@@ -17,6 +17,8 @@ import os
 import re
 from collections.abc import Iterable
 
+from .mesh_watchstate import read_small
+
 INNER_PREFIX = "inner disk: "
 MARKER_LIMIT = 64 * 1024  # a marker is a short text; more is not read
 
@@ -56,16 +58,9 @@ def inner_disks(marker_text: str) -> list[str]:
 
 
 def read_marker(folder: str, marker: str) -> str:
-    try:
-        fd = os.open(os.path.join(folder, marker), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return ""
-    try:
-        return os.read(fd, MARKER_LIMIT).decode("utf-8", "replace")
-    except OSError:
-        return ""
-    finally:
-        os.close(fd)
+    """The folder's marker text: a regular file, read without following a link or waiting on a FIFO."""
+    data = read_small(os.path.join(folder, marker), MARKER_LIMIT)
+    return data.decode("utf-8", "replace") if data else ""
 
 
 def disk_problem(folder: str, marker: str, mountinfo: str) -> str | None:
