@@ -21,6 +21,7 @@ from mesh_plugins.module_utils.mesh_watchstate import (
     read_small,
     watch_dir,
 )
+from tests.conftest import wait_until
 
 
 def test_read_small_reads_a_regular_file_up_to_its_limit_and_nothing_else(tmp_path: Path) -> None:
@@ -106,6 +107,8 @@ def test_stop_waits_for_the_watcher_itself_and_for_nothing_else(tmp_path: Path) 
     watcher = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "replimesh-watch"])
     try:
         record.write_text(json.dumps({"pid": watcher.pid}))
+        cmdline = Path(f"/proc/{watcher.pid}/cmdline")
+        assert wait_until(lambda: b"replimesh-watch" in cmdline.read_bytes(), 10)  # exec'd, not a fork yet
         assert not mesh_supervise.wait_for_watcher(state, wait_s=0.3)  # still finishing
         threading.Timer(0.3, watcher.kill).start()
         assert mesh_supervise.wait_for_watcher(state, wait_s=10)
