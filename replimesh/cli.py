@@ -172,8 +172,8 @@ def soak(
     lab_dir: LabDir = Path(".lab"),
 ) -> None:
     """A chaos soak on the lab's mesh (meshctl lab up 5 && meshctl up first): random writes, edits, renames,
-    deletions and concurrent edits under paused, cut-off, killed and full nodes; exit 0 only when every
-    replica ends identical, meshctl verify agrees, and no content ever written is lost."""
+    deletions and concurrent edits under paused, cut-off, killed, full and rebooted nodes; exit 0 only when
+    every replica ends identical, meshctl verify agrees, and no content ever written is lost."""
     import random as _random
 
     from replimesh.soak import render

@@ -3,14 +3,16 @@
 For M minutes (the seed replays a run): random creates, edits (saved as editors do: a temporary file renamed
 over the old one), deletions, renames, and concurrent edits of one path on two nodes, on every node. Each
 round runs under one fault: a paused node, a node cut off from the others, a node whose pull is killed
-mid-transfer, a node whose folder's disk is full, or none; the nodes that can sync do, then the fault is
-healed and every node syncs. At the end: rounds until every replica is identical (bounded), `meshctl
+mid-transfer, a node whose folder's disk is full, a node that crashes during its own run and boots again
+after the others' round, or none; the nodes that can sync do, then the fault is healed and every node
+syncs. At the end: rounds until every replica is identical (bounded), `meshctl
 verify` as the judge, and the ledger: every content ever written must still be somewhere, a current file,
 a conflict copy or a version a node kept.
 
 Lab only: every command goes to the lab's own containers (docker exec, and iptables inside a lab host's
-network namespace). Not done: reboots. A lab host is a container whose start does not replay /etc/fstab,
-so its jails after a restart would not be a real boot's (systemd lab hosts are issue #15's).
+network namespace). A reboot is the container killed and started again: its init does what a booting
+host does with replimesh's state (mounts /etc/fstab, the jails' read-only binds among it; starts cron and
+sshd), and the soak checks that every jail's folder is read-only again before the node takes part.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ import collections
 import contextlib
 import hashlib
 import json
+import os
 import random
 import shlex
+import socket
 import subprocess
 import threading
 import time
@@ -37,7 +41,8 @@ USER = "replimesh"
 BACKUPS = "/var/lib/replimesh/backups/shared"
 JAILS = "/var/lib/replimesh/jails"
 RUNNER = "/usr/local/sbin/replimesh-sync"
-FAULT_KINDS = ("none", "pause", "partition", "kill", "full")
+FAULT_KINDS = ("none", "pause", "partition", "kill", "full", "reboot")
+BOOT_TIMEOUT_S = 90
 OPS_PER_ROUND = 10
 # A node keeps 5 versions of a path (sync.backups): a path is edited at most this often, so the soak
 # measures loss, not the retention an operator chose.
@@ -167,6 +172,40 @@ class LabMesh:
                 f" && cp -a {small}/. {FOLDER}/ && umount {small} && rmdir {small}",
             )
 
+    @contextlib.contextmanager
+    def rebooted(self, node: str, after_s: float) -> Iterator[None]:
+        """`node` crashes `after_s` seconds into a run of its own runner (power lost: SIGKILL to every
+        process), stays down for the block, then boots; the block ends once it accepts SSH again and every
+        jail's folder is read-only, as its /etc/fstab says."""
+        run = threading.Thread(target=self.sync, args=(node,), daemon=True)
+        run.start()
+        time.sleep(after_s)  # the crash's moment within the run, drawn by the caller
+        self.lab.fault("kill", node)
+        run.join(60)
+        try:
+            yield
+        finally:
+            self.lab.fault("start", node)
+            self.wait_booted(node)
+
+    def wait_booted(self, node: str) -> None:
+        address = self.lab.resolve(node).address
+        deadline = time.monotonic() + BOOT_TIMEOUT_S
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection((address, 22), timeout=2) as conn:
+                if conn.recv(4).startswith(b"SSH-"):
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{node}: no SSH {BOOT_TIMEOUT_S} s after its reboot")
+            time.sleep(0.2)
+        mounts = self.sh(node, f"findmnt -rn -o TARGET,OPTIONS | grep '^{JAILS}/.*{FOLDER} ' || true")
+        jailed = [line.split() for line in mounts.splitlines()]
+        writable = [target for target, options in jailed if "ro" not in options.split(",")]
+        if len(jailed) < len(self.nodes) - 1 or writable:
+            raise RuntimeError(
+                f"{node} after its reboot: jail binds of the folder {mounts!r}, writable {writable}"
+            )
+
     def kill_mid_transfer(self, source: str, target: str, rel: str) -> tuple[str, bool]:
         """A large file written on `source`; `target`'s pull of it killed (SIGKILL) while Unison moves it.
         Returns the file's sha256, and whether a Unison of `target` was running to be killed."""
@@ -271,6 +310,7 @@ class Soak:
         else:
             fault: contextlib.AbstractContextManager[None] = {
                 "pause": self.mesh.paused, "partition": self.mesh.cut_off, "full": self.mesh.full,
+                "reboot": lambda node: self.mesh.rebooted(node, self.rng.uniform(0, 0.5)),
             }.get(kind, lambda _node: contextlib.nullcontext())(victim)  # fmt: skip
             with fault:
                 writable = self.mesh.nodes if kind in ("none", "partition") else others
@@ -285,7 +325,8 @@ def soak(lab: Lab, minutes: float, seed: int, echo: Callable[[str], Any]) -> dic
     """Run the soak on the lab's bootstrapped mesh; the report's `ok`: identical, verified, nothing lost."""
     from replimesh.verify import verify
 
-    started = time.monotonic()
+    started, load = time.monotonic(), os.getloadavg()[0]
+    begun = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     mesh = LabMesh(lab, [host.name for host in lab.hosts()])
     if len(mesh.nodes) < 3:
         raise RuntimeError("meshctl soak needs a lab mesh of 3 nodes or more: meshctl lab up 5 && meshctl up")
@@ -307,6 +348,7 @@ def soak(lab: Lab, minutes: float, seed: int, echo: Callable[[str], Any]) -> dic
     final = mesh.digest(mesh.nodes[0])
     result = {
         "seed": seed, "minutes": minutes, "nodes": len(mesh.nodes), "rounds": run.rounds,
+        "started": begun, "load_at_start": round(load, 2), "commit": _commit(),
         "operations": dict(run.ops), "faults": dict(run.faults), "unison_killed": run.killed,
         "contents_written": len(run.ledger),
         "bytes_written": run.bytes_written, "files": len(final),
@@ -316,6 +358,13 @@ def soak(lab: Lab, minutes: float, seed: int, echo: Callable[[str], Any]) -> dic
     }  # fmt: skip
     result["ok"] = result["identical"] and result["verify_exit"] == 0 and not lost
     return result
+
+
+def _commit() -> str:
+    """The checkout's commit the run measured ('' outside a git checkout, e.g. an installed wheel)."""
+    git = ["git", "-C", os.path.dirname(__file__), "rev-parse", "--short", "HEAD"]
+    proc = subprocess.run(git, capture_output=True, text=True, check=False)
+    return proc.stdout.strip()
 
 
 def render(result: dict[str, Any]) -> str:

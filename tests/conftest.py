@@ -111,5 +111,5 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--soak-minutes",
         type=float,
         default=None,
-        help="minutes of the e2e soak test (default 2, or REPLIMESH_SOAK_MINUTES)",
+        help="minutes of the e2e soak test (default 5, or REPLIMESH_SOAK_MINUTES)",
     )

@@ -12,7 +12,9 @@ one JSON file in ``.cache/reliability/`` (gitignored), keyed by category and nam
 updates its own rows and keeps the others'. The pytest hook in tests/conftest.py stamps every record with
 its test's outcome and duration; a test that fails after recording shows as failed.
 
-``python -m tests.reliability`` writes docs/RELIABILITY.md from those files.
+``python -m tests.reliability`` writes docs/RELIABILITY.md from those files, and from the long soak runs
+committed in docs/soak/ (``meshctl soak --json`` reports: longer than CI can afford, run by hand, each
+with the seed that replays it).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = Path(os.environ.get("REPLIMESH_RELIABILITY_DIR", ROOT / ".cache" / "reliability"))
 DOC = ROOT / "docs" / "RELIABILITY.md"
+SOAK_RUNS = ROOT / "docs" / "soak"
 CATEGORIES = ("fault", "versioning", "load", "security", "bad input")
 Figure = int | float | str | bool
 LIMITS = (
@@ -118,7 +121,31 @@ def _commit() -> str:
     return proc.stdout.strip() or "unknown"
 
 
-def render(records: list[dict[str, Any]]) -> str:
+def load_soak_runs(directory: Path = SOAK_RUNS) -> list[dict[str, Any]]:
+    return sorted(
+        (r for p in directory.glob("*.json") if (r := _load(p))), key=lambda r: r.get("started", "")
+    )
+
+
+def _soak_row(run: dict[str, Any]) -> str:
+    ops, faults = run.get("operations", {}), run.get("faults", {})
+    cells = (
+        f"{run.get('started', '?')} at `{run.get('commit') or '?'}`, load {run.get('load_at_start', '?')}",
+        f"`meshctl soak --minutes {run['minutes']:g} --seed {run['seed']}` on {run['nodes']} nodes",
+        f"{run['rounds']} rounds; {sum(ops.values())} operations ("
+        + ", ".join(f"{k} {v}" for k, v in sorted(ops.items()))
+        + "); faults: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(faults.items()))
+        + f"; {run.get('unison_killed', 0)} Unison runs killed mid-pull",
+        f"{run['contents_written']} contents ({run['bytes_written']} bytes) in the ledger; at the end"
+        f" {run['files']} files, {run['conflict_copies']} conflict copies",
+        f"identical {run['identical']}, verify exit {run['verify_exit']}, lost {len(run['lost'])}",
+        f"{run['seconds']}",
+    )
+    return "| " + " | ".join(_cell(c) for c in cells) + " |"
+
+
+def render(records: list[dict[str, Any]], soak_runs: list[dict[str, Any]] | None = None) -> str:
     passed = [r for r in records if r.get("outcome") == "passed"]
     dates = sorted(r["recorded"] for r in records)
     lines = [
@@ -131,7 +158,8 @@ def render(records: list[dict[str, Any]]) -> str:
         "node afterwards (current file, conflict copy or backup); the promise is zero.",
         "",
         f"- tests recorded: {len(records)} ({len(passed)} passed, {len(records) - len(passed)} not)",
-        f"- files lost: {_total(records, 'files_lost')}",
+        f"- files lost: {_total(records, 'files_lost')} in the tests,"
+        f" {sum(len(run['lost']) for run in soak_runs or ())} in the long soak runs",
         f"- bad inputs tried: {_total(records, 'inputs_tried')}",
         f"- recorded between {dates[0] if dates else '-'} and {dates[-1] if dates else '-'}, "
         f"rendered at commit {_commit()}",
@@ -145,6 +173,19 @@ def render(records: list[dict[str, Any]]) -> str:
             test = r.get("test", "").split("::")[-1] or "-"
             cells = (r["name"], figures, r.get("outcome", "?"), str(r.get("seconds", "-")), f"`{test}`")
             lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    if soak_runs:
+        lines += [
+            "",
+            "## Long soak runs",
+            "",
+            "`meshctl soak` on a lab mesh, longer than CI affords, committed in docs/soak/ (the seed replays",
+            "the run's choices; the lab's timing does the rest). *Lost* counts contents of the ledger, every",
+            "version ever written, found on no node: neither current, a conflict copy nor a kept version.",
+            "",
+            "| Run | Command | Work and faults | Ledger | Outcome | Seconds |",
+            "|---|---|---|---|---|---|",
+            *(_soak_row(run) for run in soak_runs),
+        ]
     lines += ["", "## Limits measured on the way", "", *LIMITS]
     return "\n".join(lines) + "\n"
 
@@ -158,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     if not records:
         print(f"no records in {args.results}: run the tests first", file=sys.stderr)
         return 1
-    text = render(records)
+    text = render(records, load_soak_runs())
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text, encoding="utf-8")
     print(f"wrote {args.output}: {len(records)} records")

@@ -1,9 +1,10 @@
 """Soak: `meshctl soak`'s engine (replimesh.soak) on the session's 5-node lab mesh: random creates, edits,
 renames, deletions and concurrent edits, each round under a fault (a paused node, a node cut off, a pull
-killed mid-transfer, a full disk, or none), a ledger of every content ever written. At the end every
+killed mid-transfer, a full disk, a node crashed and rebooted, or none), a ledger of every content ever
+written. At the end every
 replica is identical, `meshctl verify` agrees, and every content is still somewhere.
 
-Bounded: REPLIMESH_SOAK_MINUTES (default 2) or ``--soak-minutes M``; REPLIMESH_SOAK_SEED=S replays a run
+Bounded: REPLIMESH_SOAK_MINUTES (default 5) or ``--soak-minutes M``; REPLIMESH_SOAK_SEED=S replays a run
 (the seed is printed).
 """
 
@@ -19,7 +20,7 @@ from tests.e2e.conftest import Mesh
 from tests.reliability import record
 
 pytestmark = pytest.mark.lab
-DEFAULT_MINUTES = 2.0  # the CI budget (45 min for the suite) leaves 2; meshctl soak runs any length
+DEFAULT_MINUTES = 5.0  # CI's run; the 60-minute one is meshctl soak's, committed in docs/soak/
 
 
 @pytest.fixture
@@ -38,7 +39,7 @@ def test_soak(mesh: Mesh, soak_minutes: float) -> None:
     faults = result["faults"]
     record(
         "load",
-        "soak: random creates, edits, renames, deletions, concurrent edits; paused, cut-off, killed, full",
+        "soak: creates, edits, renames, deletions, concurrent edits; paused, cut-off, killed, full, rebooted",
         seed=seed,
         minutes=soak_minutes,
         rounds=result["rounds"],
