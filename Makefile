@@ -6,6 +6,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# Two pytest-xdist workers: the session lab's tests on one, the scenarios with labs of their own (overlay,
+# upgrade, molecule) and the unit tests on the other (tests/conftest.py groups them; in collection order,
+# so the session lab starts first). PYTEST_PARALLEL= runs everything in one process.
+PYTEST_PARALLEL ?= -n 2 --dist loadgroup --no-loadscope-reorder
 
 .PHONY: demo test lint unit venv clean-lab
 
@@ -26,7 +30,7 @@ lint: $(STAMP)
 
 # pytest exits 5 when it collected no test: that is a failure here, never a pass.
 test: lint
-	rc=0; $(BIN)/pytest $(PYTEST_ARGS) || rc=$$?; \
+	rc=0; $(BIN)/pytest $(PYTEST_PARALLEL) $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest ran no test: failing" >&2; exit 1; fi; exit $$rc
 
 unit: $(STAMP)

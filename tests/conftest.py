@@ -17,19 +17,22 @@ from tests.reliability import stamp_outcome
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 # The test labs have their own names and /24s, so they never collide with a demo lab (`.lab/`,
-# 172.31.77.0/24). REPLIMESH_TEST_SLOT=N (1-6) moves every lab of a run to its own names and subnets
-# (172.31.(40+5N+offset).0/24, offsets 0-4), so two runs of the suite (two work trees) can share one
-# Docker engine.
+# 172.31.77.0/24) or with each other (the suite's two workers run labs side by side): offsets 0-5, one
+# per role. REPLIMESH_TEST_SLOT=N (1-6) moves every lab of a run to its own names and subnets
+# (172.31.(40+6(N-1)+offset).0/24; slot 0 is 172.31.(78+offset).0/24), so two runs of the suite (two work
+# trees) can share one Docker engine.
 TEST_SLOT = int(os.environ.get("REPLIMESH_TEST_SLOT", "0"))
 if not 0 <= TEST_SLOT <= 6:
     raise SystemExit(f"REPLIMESH_TEST_SLOT must be 0..6, not {TEST_SLOT}")
 
 
 def slot_lab_config(role: str, offset: int) -> LabConfig:
+    if not 0 <= offset <= 5:
+        raise ValueError(f"a lab's offset is 0..5, not {offset}")
     """The lab a test run uses for `role` (test, down, nobody, ...): slot 0 keeps the historic names."""
     if TEST_SLOT == 0:
         return LabConfig(name=f"rm{role}", subnet=f"172.31.{78 + offset}.0/24")
-    return LabConfig(name=f"rm{role}{TEST_SLOT}", subnet=f"172.31.{40 + 5 * TEST_SLOT + offset}.0/24")
+    return LabConfig(name=f"rm{role}{TEST_SLOT}", subnet=f"172.31.{40 + 6 * (TEST_SLOT - 1) + offset}.0/24")
 
 
 TEST_LAB = slot_lab_config("test", 0)
@@ -104,6 +107,26 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     report = outcome.get_result()
     if report.when == "call":
         stamp_outcome(item.nodeid, "passed" if report.passed else "failed", report.duration)
+
+
+def _uses_session_lab(item: pytest.Item) -> bool:
+    """Whether the test gets this file's session-scoped `lab` (a module may define its own `lab`)."""
+    info = getattr(item, "_fixtureinfo", None)
+    chain = info.name2fixturedefs.get("lab", ()) if info else ()
+    return bool(chain) and chain[-1].scope == "session"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """`make test` runs two pytest-xdist workers with --dist loadgroup. Every test of the session's lab
+    goes to one worker (one lab, one bootstrap, tests that reset it in turn); every other module is a
+    group of its own (its own lab, as overlay, upgrade and molecule have, or none), so those run on the
+    other worker meanwhile. Tests that leave the session's mesh re-shaped (marked `reshapes_mesh`) run
+    last: the mesh is re-bootstrapped once between them instead of after each."""
+    items.sort(key=lambda item: item.get_closest_marker("reshapes_mesh") is not None)
+    for item in items:
+        group = "session-lab" if _uses_session_lab(item) else item.module.__name__ if item.module else "-"
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -106,16 +106,17 @@ class Lab:
         if not 1 <= count <= MAX_NODES:
             raise LabError(f"a lab has 1 to {MAX_NODES} hosts, not {count}")
         system.require_root()
-        system.ensure_packages(self.log)
-        system.ensure_dockerd(self.log)
-        tag = image.ensure_image(self.log)
-        repo = image.ensure_apt_repo(self.log)
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        self._write_if_changed(self.state_dir / "lab.json", json.dumps(asdict(self.config)) + "\n")
-        if system.ensure_guard_route(GUARD):
-            self.log(f"added guard route: unreachable {GUARD} metric 4000")
-        self._ensure_network()
-        system.ensure_forward_accept(self.bridge)
+        with system.shared_lock():  # until this lab's network exists: no other lab's down stops dockerd
+            system.ensure_packages(self.log)
+            system.ensure_dockerd(self.log)
+            tag = image.ensure_image(self.log)
+            repo = image.ensure_apt_repo(self.log)
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            self._write_if_changed(self.state_dir / "lab.json", json.dumps(asdict(self.config)) + "\n")
+            if system.ensure_guard_route(GUARD):
+                self.log(f"added guard route: unreachable {GUARD} metric 4000")
+            self._ensure_network()
+            system.ensure_forward_accept(self.bridge)
         self._ensure_apt_server(repo)
         self._ensure_key()
         started = [h for h in (self.host(i) for i in range(1, count + 1)) if self._ensure_container(h, tag)]
@@ -308,13 +309,14 @@ class Lab:
 
 def _stop_shared_if_unused(log: Log) -> None:
     """The engine and the guard route serve every lab: they go only with the last one."""
-    if system.docker_ready():
-        if docker("ps", "-aq", "--filter", f"label={LABEL}") or docker(
-            "network", "ls", "-q", "--filter", f"label={LABEL}"
-        ):
-            return
-        system.stop_dockerd(log)
-    system.remove_guard_route(GUARD)
+    with system.shared_lock():
+        if system.docker_ready():
+            if docker("ps", "-aq", "--filter", f"label={LABEL}") or docker(
+                "network", "ls", "-q", "--filter", f"label={LABEL}"
+            ):
+                return
+            system.stop_dockerd(log)
+        system.remove_guard_route(GUARD)
 
 
 def down_named(names: Sequence[str], log: Log) -> None:

@@ -7,13 +7,14 @@ recorded, never by name.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from replimesh.lab.errors import LabError
@@ -35,6 +36,8 @@ Log = Callable[[str], None]
 RUN_DIR = Path("/run/replimesh")
 DOCKERD_PIDFILE = RUN_DIR / "dockerd.pid"
 DOCKERD_LOG = Path("/var/log/replimesh-dockerd.log")
+SHARED_LOCK = RUN_DIR / "lab.lock"
+SHARED_LOCK_TIMEOUT_S = 1800  # the longest holder builds the host image (debootstrap, about a minute)
 
 
 def require_root() -> None:
@@ -94,6 +97,27 @@ def _read_pid(path: Path) -> int | None:
         return int(path.read_text().strip())
     except (OSError, ValueError):
         return None
+
+
+@contextlib.contextmanager
+def shared_lock(timeout: float = SHARED_LOCK_TIMEOUT_S) -> Iterator[None]:
+    """What every lab on this machine shares (packages, dockerd, the image, the guard route) changes under
+    one lock, so two labs coming up or going at once (two test workers) never race over it."""
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    with SHARED_LOCK.open("a") as handle:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise LabError(f"{SHARED_LOCK} still held after {timeout:.0f}s") from None
+                time.sleep(0.2)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def ensure_dockerd(log: Log, timeout: float = 60) -> None:

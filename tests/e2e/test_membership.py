@@ -48,6 +48,7 @@ def _mesh_ssh(mesh: Mesh, src: str, dst: str) -> bytes:
     return proc.stdout + proc.stderr
 
 
+@pytest.mark.reshapes_mesh  # run last: the mesh it leaves is re-bootstrapped only if a test follows
 def test_grow_to_five_then_remove_a_paused_node(mesh: Mesh, tmp_path: Path) -> None:
     mesh.dirty = True  # this test re-shapes the mesh; the next test gets the 5-node mesh back
     # node5 comes as a freshly installed host: new container, new keys, nothing of the old mesh.

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.lab
 OLD = "e4f5c8e"  # the last commit of the two-way layout (a peer's server end wrote the folders)
 NODES = 3
 # The integration tests' "down" lab comes later in the run: this one is gone by then.
-UPGRADE_LAB = slot_lab_config("upg", 1)
+UPGRADE_LAB = slot_lab_config("upg", 5)
 
 
 def log(message: str) -> None:

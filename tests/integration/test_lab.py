@@ -134,12 +134,14 @@ def test_down_leaves_no_host_or_network(tmp_path, lab: SessionLab) -> None:  # t
 def test_bad_input_is_one_clear_line(lab: SessionLab, args: list[str], message: str) -> None:
     lab.ensure(1)
     env = {"REPLIMESH_LAB_DIR": str(lab.lab.state_dir)}
-    before = system.docker("ps", "-aq")
+    # This lab's hosts only: the other test worker's labs come and go meanwhile.
+    hosts = ("ps", "-aq", "--filter", f"label=replimesh.lab={TEST_LAB.name}")
+    before = system.docker(*hosts)
     proc = run_tool("meshctl", *args, env=env)
     assert proc.returncode != 0
     (line,) = proc.stderr.strip().splitlines()
     assert line.startswith(f"meshctl: error: {message}")
-    assert system.docker("ps", "-aq") == before
+    assert system.docker(*hosts) == before
 
 
 def test_no_root_rights_is_refused_before_anything(tmp_path) -> None:  # type: ignore[no-untyped-def]
