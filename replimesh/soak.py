@@ -153,23 +153,31 @@ class LabMesh:
     @contextlib.contextmanager
     def full(self, node: str) -> Iterator[None]:
         """The folder on a disk with 256 KiB to spare, for the node's runs and its jails alike; afterwards
-        the folder holds what the full disk held (what the node's pulls managed to write)."""
+        the folder holds what the full disk held (what the node's pulls managed to write). A setup that
+        fails half-way is undone before the error goes on."""
         small, jailed = "/mnt/soak-full", f"{JAILS}/*{FOLDER}"
-        used = int(self.sh(node, f"du -sb {FOLDER} | cut -f1")) + (256 << 10)
-        self.sh(
-            node,
-            f"mkdir -p {small} && mount -t tmpfs -o size={used},mode=0775 tmpfs {small}"
-            f" && cp -a {FOLDER}/. {small}/ && chown {USER}:{USER} {small} && mount --bind {small} {FOLDER}"
-            f" && for j in {jailed}; do mount --bind {small} $j"
-            " && mount -o remount,bind,ro,nosuid,nodev $j; done",
-        )
+        # Allocated, not apparent, size: the copy takes whole pages on tmpfs as it takes blocks here; the
+        # temporary file of a pull under way may grow meanwhile, hence the second margin.
+        size = int(self.sh(node, f"du -sB1 {FOLDER} | cut -f1")) + (256 << 10) + (1 << 20)
         try:
-            yield
-        finally:
             self.sh(
                 node,
-                f"for j in {jailed}; do umount $j; done; umount {FOLDER} && find {FOLDER} -mindepth 1 -delete"
-                f" && cp -a {small}/. {FOLDER}/ && umount {small} && rmdir {small}",
+                f"mkdir -p {small} && mount -t tmpfs -o size={size},mode=0775 tmpfs {small}"
+                f" && cp -a {FOLDER}/. {small}/ && chown {USER}:{USER} {small}"
+                f" && mount --bind {small} {FOLDER}"
+                f" && for j in {jailed}; do mount --bind {small} $j"
+                " && mount -o remount,bind,ro,nosuid,nodev $j; done",
+            )
+            yield
+        finally:
+            # Only what this fault mounted (tmpfs on top) is unmounted: never a jail's own bind.
+            self.sh(
+                node,
+                'top() { findmnt -n -o FSTYPE --mountpoint "$1" | tail -n 1; }; '
+                f'for j in {jailed}; do [ "$(top $j)" != tmpfs ] || umount $j || exit 1; done; '
+                f'if [ "$(top {FOLDER})" = tmpfs ]; then umount {FOLDER} && find {FOLDER} -mindepth 1 -delete'
+                f" && cp -a {small}/. {FOLDER}/ || exit 1; fi; "
+                f'if [ "$(top {small})" = tmpfs ]; then umount {small}; fi; rmdir {small} 2>/dev/null; true',
             )
 
     @contextlib.contextmanager
