@@ -7,9 +7,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 # Two pytest-xdist workers: the session lab's tests on one, the scenarios with labs of their own (overlay,
-# upgrade, molecule) and the unit tests on the other (tests/conftest.py groups them; in collection order,
+# upgrade, molecule) and the unit tests on the other (tests/conftest.py's scheduler; in collection order,
 # so the session lab starts first). PYTEST_PARALLEL= runs everything in one process.
-PYTEST_PARALLEL ?= -n 2 --dist loadgroup --no-loadscope-reorder
+PYTEST_PARALLEL ?= -n 2 --no-loadscope-reorder
 
 .PHONY: demo test lint unit venv clean-lab
 

@@ -109,6 +109,22 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         stamp_outcome(item.nodeid, "passed" if report.passed else "failed", report.duration)
 
 
+# `make test` runs two pytest-xdist workers. Every test of the session's lab goes to one worker, in order
+# (one lab, one bootstrap, tests that reset it in turn); every other module is a unit of its own (its own
+# lab, as overlay, upgrade and molecule have, or none), run by the other worker meanwhile. The controller
+# schedules by node id alone (it collects nothing), hence the path rule; pytest_itemcollected checks it
+# against each test's fixtures in the workers.
+SESSION_LAB_DIRS = ("tests/e2e/", "tests/integration/")
+OWN_LAB_MODULES = frozenset({"tests/e2e/test_overlay.py", "tests/e2e/test_upgrade.py"})
+
+
+def work_unit(nodeid: str) -> str:
+    module = nodeid.split("::", 1)[0]
+    if module.startswith(SESSION_LAB_DIRS) and module not in OWN_LAB_MODULES:
+        return "session-lab"
+    return module
+
+
 def _uses_session_lab(item: pytest.Item) -> bool:
     """Whether the test gets this file's session-scoped `lab` (a module may define its own `lab`)."""
     info = getattr(item, "_fixtureinfo", None)
@@ -116,17 +132,29 @@ def _uses_session_lab(item: pytest.Item) -> bool:
     return bool(chain) and chain[-1].scope == "session"
 
 
-@pytest.hookimpl(tryfirst=True)
+def pytest_itemcollected(item: pytest.Item) -> None:
+    if _uses_session_lab(item) and work_unit(item.nodeid) != "session-lab":
+        raise pytest.UsageError(
+            f"{item.nodeid} uses the session's lab but work_unit() would run it beside that lab's other"
+            " tests on another worker: add its module to SESSION_LAB_DIRS (tests/conftest.py)"
+        )
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    from xdist.scheduler import LoadScopeScheduling
+
+    class LabScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(nodeid)
+
+    return LabScheduling(config, log)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """`make test` runs two pytest-xdist workers with --dist loadgroup. Every test of the session's lab
-    goes to one worker (one lab, one bootstrap, tests that reset it in turn); every other module is a
-    group of its own (its own lab, as overlay, upgrade and molecule have, or none), so those run on the
-    other worker meanwhile. Tests that leave the session's mesh re-shaped (marked `reshapes_mesh`) run
-    last: the mesh is re-bootstrapped once between them instead of after each."""
+    """Tests that leave the session's mesh re-shaped (marked `reshapes_mesh`) run last: the mesh is
+    re-bootstrapped once between them instead of after each, and not at all after the last."""
     items.sort(key=lambda item: item.get_closest_marker("reshapes_mesh") is not None)
-    for item in items:
-        group = "session-lab" if _uses_session_lab(item) else item.module.__name__ if item.module else "-"
-        item.add_marker(pytest.mark.xdist_group(group))
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -48,3 +48,13 @@ def test_a_lock_held_too_long_is_a_clear_error(lock_in: Path) -> None:
         pass  # pragma: no cover - never entered
     with system.shared_lock(timeout=1):  # released on the error path too
         pass
+
+
+def test_the_session_labs_tests_are_one_work_unit_and_own_labs_are_not() -> None:
+    from tests.conftest import work_unit
+
+    assert work_unit("tests/e2e/test_faults.py::test_a[x]") == "session-lab"
+    assert work_unit("tests/integration/test_lab.py::test_b") == "session-lab"
+    assert work_unit("tests/e2e/test_overlay.py::test_c") == "tests/e2e/test_overlay.py"
+    assert work_unit("tests/molecule/test_roles.py::test_d[unison]") == "tests/molecule/test_roles.py"
+    assert work_unit("tests/unit/test_lab_system.py::test_e") == "tests/unit/test_lab_system.py"
