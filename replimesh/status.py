@@ -55,11 +55,20 @@ def _lag(seconds: float | None) -> str:
     return f"{seconds:.0f} s"
 
 
+def _cron_cell(row: dict[str, Any]) -> str:
+    """The cron job, and whether the scheduler runs it: the time of its last round, or NO ROUNDS."""
+    if not row["cron"]:
+        return _mark(row["mode"] != "cron", "MISSING")
+    if row.get("degraded"):
+        return "[yellow]present, NO ROUNDS[/]"
+    last = row.get("scheduled_round")
+    return "present" + (f", last round {escape(str(last)).replace('T', ' ')}" if last else "")
+
+
 def render_table(report: dict[str, Any], console: Console) -> None:
     """Nodes, then edges, with what needs attention in red, then the problems."""
-    console.print(
-        headline(report), style="green" if report["healthy"] else "bold red", markup=False, highlight=False
-    )
+    style = "green" if report["healthy"] else "bold red" if report["problems"] else "bold yellow"
+    console.print(headline(report), style=style, markup=False, highlight=False)
     nodes = Table("node", "reachable", "unison", "folder markers", "cron", "watcher", title="nodes")
     for row in report["nodes"]:
         if not row["reachable"]:
@@ -73,7 +82,7 @@ def render_table(report: dict[str, Any], console: Console) -> None:
             _mark(True, "yes"),
             _mark(bool(row["unison"]), row["unison"] or "missing"),
             markers or "-",
-            _mark(row["cron"] or row["mode"] != "cron", "present" if row["cron"] else "MISSING"),
+            _cron_cell(row),
             _mark(row.get("watcher") != "down", row.get("watcher") or "-"),
         )
     console.print(nodes)
@@ -99,6 +108,8 @@ def render_table(report: dict[str, Any], console: Console) -> None:
     console.print(edges)
     for problem in report["problems"]:
         console.print(f"problem: {problem}", style="red", markup=False, highlight=False)
+    for reason in report.get("degraded") or ():
+        console.print(f"degraded: {reason}", style="yellow", markup=False, highlight=False)
 
 
 def run(inventory: Path | None, as_json: bool, max_lag: int, echo: Callable[[str], Any]) -> int:

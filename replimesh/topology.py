@@ -70,7 +70,7 @@ def with_health(graph: Mapping[str, Any], report: Mapping[str, Any] | None) -> d
         row = node_rows.get(name)
         if row is None:
             health = "unknown"
-        elif not row.get("reachable") or row.get("problems"):
+        elif not row.get("reachable") or row.get("problems") or row.get("degraded"):
             health = "problem"
         else:
             health = "healthy"

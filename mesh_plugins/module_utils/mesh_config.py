@@ -19,6 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .mesh_paths import UnsafePathError, check_folder_path, check_ignore_pattern
+from .mesh_schedule import CRON_FIELDS as _CRON_FIELDS
+from .mesh_schedule import CRON_ITEM_RE as _CRON_ITEM_RE
+from .mesh_schedule import cron_value as _cron_value
 
 DEFAULT_USER = "replimesh"
 DEFAULT_PORT = 22
@@ -90,21 +93,6 @@ PLAYBOOK_INPUTS = frozenset(
         "verify_allow_unreachable",
         "verify_output",
     }
-)
-
-_MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
-_WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
-# (label, lowest, highest, names mapped to lowest + index)
-_CRON_FIELDS: tuple[tuple[str, int, int, tuple[str, ...]], ...] = (
-    ("minute", 0, 59, ()),
-    ("hour", 0, 23, ()),
-    ("day-of-month", 1, 31, ()),
-    ("month", 1, 12, _MONTHS),
-    ("day-of-week", 0, 7, _WEEKDAYS),
-)
-# Digit runs are bounded so int() never meets a huge literal.
-_CRON_ITEM_RE = re.compile(
-    r"(?:\*|(?P<a>[0-9]{1,4}|[A-Za-z]{3})(?:-(?P<b>[0-9]{1,4}|[A-Za-z]{3}))?)(?:/(?P<step>[0-9]{1,4}))?"
 )
 
 
@@ -447,14 +435,6 @@ def _cron_item_ok(item: str, low: int, high: int, names: tuple[str, ...]) -> boo
     if step is not None and (int(step) < 1 or len(bounds) == 1):
         return False
     return all(low <= value <= high for value in bounds) and bounds == sorted(bounds)
-
-
-def _cron_value(text: str, low: int, names: tuple[str, ...]) -> int:
-    """The number a field item stands for; -1 (always out of range) for an unknown name."""
-    if text.isdigit():
-        return int(text)
-    lowered = text.lower()
-    return low + names.index(lowered) if lowered in names else -1
 
 
 _NAME_HINT = "lowercase letters, digits, _ and -, starting with a letter or digit, at most 63 characters"

@@ -4,7 +4,8 @@ Pure and standard library only: ``status.yml`` runs it on the control node (thro
 ``mesh_node_status`` module) and ``meshctl status`` reads its report.
 
 Each node reports (``mesh_node_status``): its peers (from mesh.json), its edges' status records, the Unison
-version, each folder's marker, and whether its cron job is installed. Every node only pulls, so each end
+version, each folder's marker, whether its cron job is installed and when its scheduler last started a
+round (a node whose scheduler runs no job is degraded: not healthy). Every node only pulls, so each end
 of an edge holds the record of its own pulls from the other: an edge is healthy when both directions are
 (a direction whose end is unreachable is judged by what is known). The row shows the worst direction, or
 the freshest when both are well. The edges expected are those that any reachable node lists as an active
@@ -20,8 +21,38 @@ from typing import Any
 from .mesh_status import timestamp
 
 DEFAULT_MAX_LAG = 86400
+# A scheduled round may start up to this late (the cron splay, a busy host) before twice its period counts.
+SCHEDULER_SLACK_S = 60
 # The last run synced the edge; a skipped path or a failure needs attention.
 HEALTHY_RESULTS = frozenset({"ok", "conflict"})
+
+
+def scheduler_problem(fact: Mapping[str, Any]) -> str | None:
+    """Why the node's scheduler runs no job, if it has not started a round within twice its schedule's
+    longest wait: cron installed but stopped, or a host where cron may not run jobs (no login uid in a
+    container). Ages are the node's own clock (`now`, `at`, `cron_since`), so no clock skew enters."""
+    now, record = fact.get("now"), fact.get("scheduled")
+    record = record if isinstance(record, Mapping) else {}
+    # The schedule may have changed since the last round: the longer of the two waits is the one to allow.
+    periods = [
+        p for p in (record.get("period_s"), fact.get("schedule_period_s")) if isinstance(p, int | float)
+    ]
+    if not fact.get("cron") or not isinstance(now, int | float) or not periods:
+        return None
+    period = max(periods)
+    limit, every = 2 * period + SCHEDULER_SLACK_S, f"its schedule allows {period / 60:g} min between rounds"
+    at = timestamp(record.get("at"))
+    if at is not None:
+        if now - at > limit:
+            return f"no scheduled round for {(now - at) / 60:.0f} min ({every}): is cron running jobs?"
+        return None
+    since = fact.get("cron_since")
+    if isinstance(since, int | float) and now - since > limit:
+        return (
+            f"no scheduled round since the cron job was installed {(now - since) / 60:.0f} min ago ({every}):"
+            " is cron running jobs?"
+        )
+    return None
 
 
 def node_health(name: str, fact: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -54,8 +85,12 @@ def node_health(name: str, fact: Mapping[str, Any] | None) -> dict[str, Any]:
         problems.append("cron job missing")
     if watcher_row == "down":
         problems.append("watcher not running")
+    scheduler = scheduler_problem(fact)
+    row["scheduled_round"] = (fact.get("scheduled") or {}).get("at") if row["cron"] else None
     row["problems"] = problems
-    row["healthy"] = not problems
+    # Degraded: the node syncs (notices, pulls), but its safety net, the scheduled round, is not running.
+    row["degraded"] = [scheduler] if scheduler else []
+    row["healthy"] = not problems and not scheduler
     return row
 
 
@@ -161,8 +196,10 @@ def mesh_health(
     edges = [edge_health(pair, by_pair[pair], now, max_lag, unreached) for pair in sorted(by_pair)]
     problems = [f"{row['node']}: {problem}" for row in nodes for problem in row["problems"]]
     problems += [f"{row['edge']}: {problem}" for row in edges for problem in row["problems"]]
+    degraded = [f"{row['node']}: {reason}" for row in nodes for reason in row.get("degraded", ())]
     return {
-        "healthy": not problems,
+        "healthy": not problems and not degraded,
+        "degraded": degraded,
         "max_lag": max_lag,
         "nodes": nodes,
         "edges": edges,
@@ -179,7 +216,14 @@ def headline(report: Mapping[str, Any]) -> str:
     nodes, edges = report["nodes"], report["edges"]
     up = sum(1 for row in nodes if row["reachable"])
     good = sum(1 for row in edges if row["healthy"])
-    state = "healthy" if report["healthy"] else f"UNHEALTHY ({len(report['problems'])} problems)"
+    degraded = report.get("degraded") or []
+    state = (
+        f"UNHEALTHY ({len(report['problems'])} problems)"
+        if report["problems"]
+        else f"DEGRADED ({len(degraded)} nodes)"
+        if degraded
+        else "healthy"
+    )
     return (
         f"{state}: {up}/{len(nodes)} nodes reachable, {good}/{len(edges)} edges in sync, "
         f"{report['conflicts']} conflicts in the last runs"
@@ -208,4 +252,5 @@ def render_lines(report: Mapping[str, Any]) -> list[str]:
             + (f" ({', '.join(row['conflicts'])})" if row["conflicts"] else "")
         )
     lines += [f"problem: {problem}" for problem in report["problems"]]
+    lines += [f"degraded: {reason}" for reason in report.get("degraded") or ()]
     return lines

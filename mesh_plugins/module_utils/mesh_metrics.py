@@ -29,6 +29,18 @@ EDGE_FAMILIES: dict[str, str] = {
 }
 WATCHER_FAMILY = "replimesh_watcher_up"
 WATCHER_HELP = "1 if the watch-mode watcher is running (only on watch-mode nodes), else 0."
+SCHEDULED_FAMILIES: dict[str, tuple[str, str]] = {
+    # family -> (key of state/scheduled.json, help)
+    "replimesh_scheduled_round_timestamp_seconds": (
+        "at",
+        "Unix time the scheduler (cron) last started this node's full round.",
+    ),
+    "replimesh_scheduled_round_period_seconds": (
+        "period_s",
+        "The longest wait between two rounds of the node's schedule: alert when time() minus the round's"
+        " timestamp passes twice this (the scheduler runs no jobs).",
+    ),
+}
 FOLDER_FAMILY = "replimesh_folder_marker_ok"
 FOLDER_HELP = "1 if the folder's marker file is present (the folder is mounted and not emptied), else 0."
 
@@ -63,10 +75,14 @@ def _family(name: str, help_text: str, samples: Iterable[tuple[str, str, float]]
 
 
 def render_metrics(
-    records: Sequence[Mapping[str, Any]], markers: Mapping[str, bool], watcher_up: bool | None = None
+    records: Sequence[Mapping[str, Any]],
+    markers: Mapping[str, bool],
+    watcher_up: bool | None = None,
+    scheduled: Mapping[str, Any] | None = None,
 ) -> str:
-    """The textfile: one sample per edge (label ``peer``) and per folder (label ``folder``), and on a
-    watch-mode node (`watcher_up` not None) whether its watcher runs.
+    """The textfile: one sample per edge (label ``peer``) and per folder (label ``folder``), on a
+    watch-mode node (`watcher_up` not None) whether its watcher runs, and once the scheduler has started a
+    round (`scheduled`: state/scheduled.json) when, and how long the next may take.
 
     Records without a peer name are left out; each peer appears once (the first record wins).
     """
@@ -83,4 +99,9 @@ def render_metrics(
     if watcher_up is not None:
         lines += [f"# HELP {WATCHER_FAMILY} {WATCHER_HELP}", f"# TYPE {WATCHER_FAMILY} gauge"]
         lines.append(f"{WATCHER_FAMILY} {1 if watcher_up else 0}")
+    for name, (key, help_text) in SCHEDULED_FAMILIES.items():
+        value = (scheduled or {}).get(key)
+        number = timestamp(value) if key == "at" else value
+        if isinstance(number, int | float) and not isinstance(number, bool):
+            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name} {_number(number)}"]
     return "\n".join(lines) + "\n"

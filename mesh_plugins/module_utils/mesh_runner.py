@@ -50,6 +50,7 @@ from .mesh_disks import disk_problem, read_mountinfo
 from .mesh_locks import LOCKED_TEXT, locked_error, recover_stale_locks
 from .mesh_metrics import render_metrics
 from .mesh_prune import RETIRED, prune
+from .mesh_schedule import ScheduleError, longest_gap_s
 from .mesh_status import (
     ARCHIVE_MISSING_TEXT,
     HARMLESS_KINDS,
@@ -66,6 +67,7 @@ from .mesh_status import (
 from .mesh_watchstate import watcher_up
 
 DEFAULT_CONFIG = "/etc/replimesh/mesh.json"
+SCHEDULED_RECORD = "scheduled.json"  # in the state directory
 DEFAULTS: dict[str, Any] = {
     "concurrency": 4,
     "timeout": 3600,
@@ -666,7 +668,8 @@ class Runner:
         target.parent.mkdir(mode=METRICS_DIR_MODE, parents=True, exist_ok=True)
         with contextlib.suppress(OSError):  # mkdir's mode is cut by the umask; a dir not ours stays as is
             target.parent.chmod(METRICS_DIR_MODE)
-        text = render_metrics(records, markers, watcher_up(self.config.state_dir))
+        scheduled = read_json(self.state / SCHEDULED_RECORD)
+        text = render_metrics(records, markers, watcher_up(self.config.state_dir), scheduled)
         write_text_atomic(target, text, METRICS_FILE_MODE)
         return target
 
@@ -677,6 +680,14 @@ class Runner:
         except OSError as exc:  # e.g. the state dir became unwritable: one edge fails, the others go on
             failed = not_run("failed", f"runner error: {exc}")
             return {**merge_status(None, peer.name, now, time.time(), [failed]), "folders": []}
+
+
+def record_scheduled_round(state: Path, schedule: str, period_s: int, now: float) -> None:
+    """The scheduler (cron) started a round: when, and the longest wait its schedule allows until the
+    next (meshctl status and the metrics say when that has passed twice over: no job is running)."""
+    write_json_atomic(
+        state / SCHEDULED_RECORD, {"at": iso_utc(now), "schedule": schedule, "period_s": period_s}
+    )
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -744,6 +755,11 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--peer", action="append", default=[], metavar="NAME", help="sync this edge (repeat)")
     which.add_argument("--all-peers", action="store_true", help="every active peer (the default)")
     parser.add_argument("--delay", type=float, default=0.0, metavar="SECONDS", help="wait first (cron splay)")
+    parser.add_argument(
+        "--scheduled",
+        metavar="CRON",
+        help="this is the scheduler's round, on this 5-field schedule: record that it ran (the cron job's)",
+    )
     parser.add_argument("--dry-run", action="store_true", help="print what would run; run and change nothing")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument(
@@ -766,6 +782,11 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else 2
     if args.delay < 0:
         print("replimesh-sync: --delay must not be negative", file=sys.stderr)
+        return 2
+    try:
+        period_s = longest_gap_s(args.scheduled) if args.scheduled is not None else None
+    except ScheduleError as exc:
+        print(f"replimesh-sync: --scheduled: {exc}", file=sys.stderr)
         return 2
     try:
         config = load_config(args.config)
@@ -793,6 +814,11 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"replimesh-sync: cannot create the state or log directories: {exc}", file=sys.stderr)
         return 2
+    if period_s is not None:
+        try:
+            record_scheduled_round(runner.state, args.scheduled, period_s, time.time())
+        except OSError as exc:  # the round itself still runs
+            print(f"replimesh-sync: cannot record the scheduled round: {exc}", file=sys.stderr)
     edges = runner.run(peers)
     try:
         runner.write_metrics()

@@ -15,7 +15,9 @@ description:
   - With O(nodes), runs on the controller and judges the mesh from the registered results of every node
     (an unreachable node's result too), with the same core that C(meshctl status) uses. Healthy means every
     node reachable, every folder marker present, the cron job installed, and every edge's freshest record
-    (from either end) an C(ok) or C(conflict) run with a last success within O(max_lag) seconds.
+    (from either end) an C(ok) or C(conflict) run with a last success within O(max_lag) seconds. A node
+    whose installed cron job has started no round within twice its schedule's longest wait is degraded
+    (the mesh is then not healthy either), with the reason.
 options:
   config:
     description: The node's peer list and settings, as written by the control node.
@@ -37,6 +39,11 @@ options:
     description: How the node syncs; with V(cron) a missing cron job makes the node unhealthy.
     type: str
     default: cron
+  schedule:
+    description:
+      - The node's sync schedule (5 cron fields, C(mesh_sync_schedule)), whose longest wait between rounds
+        judges a node whose scheduler has never started a round since the cron job was installed.
+    type: str
   nodes:
     description:
       - Node name -> the registered result of this module's node run on that node (an empty one or an
@@ -98,6 +105,20 @@ cron:
   description: Whether the cron file holds an active sync job.
   returned: without nodes
   type: bool
+cron_since:
+  description: When the cron file last changed (Unix time, the node's clock), or null without one.
+  returned: without nodes
+  type: float
+scheduled:
+  description: >-
+    The last round the scheduler started (at, schedule, period_s: the schedule's longest wait between
+    rounds), as the runner recorded it; null before the first.
+  returned: without nodes
+  type: dict
+schedule_period_s:
+  description: The longest wait between two rounds of O(schedule) in seconds, or null without it.
+  returned: without nodes
+  type: int
 watcher:
   description: >-
     On a watch-mode node, whether its watcher is alive (a live process with a fresh heartbeat) and what it
@@ -105,7 +126,7 @@ watcher:
   returned: without nodes
   type: dict
 report:
-  description: The mesh's health (healthy, nodes, edges, conflicts, problems, max_lag).
+  description: The mesh's health (healthy, nodes, edges, conflicts, problems, degraded, max_lag).
   returned: with nodes
   type: dict
 healthy:
@@ -129,6 +150,7 @@ from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.mesh_health import mesh_health, render_lines
+from ansible.module_utils.mesh_schedule import ScheduleError, longest_gap_s
 from ansible.module_utils.mesh_watchstate import read_small, watcher_state
 
 VERSION_RE = re.compile(r"version\s+(\S+)")
@@ -156,6 +178,13 @@ def _cron_present(path: str) -> bool:
     except OSError:
         return False
     return any(CRON_JOB in line and not line.lstrip().startswith("#") for line in lines)
+
+
+def _mtime(path: str) -> float | None:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return None
 
 
 def node_status(module: AnsibleModule) -> dict[str, Any]:
@@ -190,6 +219,17 @@ def node_status(module: AnsibleModule) -> dict[str, Any]:
             continue
         if isinstance(record, dict):
             edges.append(record)
+    scheduled, record = None, os.path.join(params["state_dir"], "scheduled.json")
+    if os.path.lexists(record):  # none yet: the scheduler has not started a round since bootstrap
+        try:
+            scheduled = _read_state(record)
+        except (OSError, ValueError) as exc:
+            module.warn(f"{record} is not readable JSON ({exc}); it is left out")
+    try:
+        period = longest_gap_s(params["schedule"]) if params["schedule"] else None
+    except ScheduleError as exc:
+        module.warn(f"schedule: {exc}")
+        period = None
     version = None
     if os.access(params["unison"], os.X_OK):
         rc, out, err = module.run_command([params["unison"], "-version"])
@@ -204,6 +244,9 @@ def node_status(module: AnsibleModule) -> dict[str, Any]:
         "unison_version": version,
         "mode": params["mode"],
         "cron": _cron_present(params["cron_file"]),
+        "cron_since": _mtime(params["cron_file"]),
+        "scheduled": scheduled if isinstance(scheduled, dict) else None,
+        "schedule_period_s": period,
         "watcher": watcher_state(params["state_dir"]),
         "now": time.time(),
     }
@@ -225,6 +268,7 @@ def main() -> None:
             "unison": {"type": "path", "default": "/usr/bin/unison"},
             "cron_file": {"type": "path", "default": "/etc/cron.d/replimesh"},
             "mode": {"type": "str", "default": "cron"},
+            "schedule": {"type": "str"},
             "nodes": {"type": "dict"},
             "max_lag": {"type": "int", "default": 86400},
             "output": {"type": "path"},

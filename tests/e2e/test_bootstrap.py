@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import subprocess
 import time
 
 import pytest
 
-from tests.conftest import wait_until
+from tests.conftest import run_tool, wait_until
 from tests.e2e.conftest import FOLDER, MESH_USER, Mesh, sha
+from tests.reliability import record
 
 pytestmark = pytest.mark.lab
 
@@ -99,6 +101,9 @@ def test_runner_never_runs_one_edge_twice_at_once(mesh: Mesh) -> None:
         ), (edge1, edge2)
 
 
+SCHEDULED = "/var/lib/replimesh/state/scheduled.json"
+
+
 def test_cron_schedule_converges_without_any_ad_hoc_run(mesh: Mesh) -> None:
     # Every minute, with at most 5 s of splay; only the cron tasks are re-applied.
     every_minute = ["-e", "mesh_sync_schedule='* * * * *'", "-e", "mesh_sync_splay_max=5"]
@@ -110,6 +115,27 @@ def test_cron_schedule_converges_without_any_ad_hoc_run(mesh: Mesh) -> None:
         mesh.write("node4", "by-cron.txt", data)
         want = {"./by-cron.txt": sha(data)}
         assert wait_until(lambda: all(mesh.digest(n) == want for n in mesh.nodes), timeout=150, interval=3)
+        # Each of those rounds recorded that the scheduler ran it, with its schedule's longest wait.
+        for node in mesh.nodes:
+            ran = json.loads(mesh.lab.sh(node, f"cat {SCHEDULED}"))
+            assert (ran["schedule"], ran["period_s"]) == ("* * * * *", 60), (node, ran)
+        # node4's cron stops running jobs; 40 minutes on (its record made that much older), status says so,
+        # by the mesh file's schedule (every 15 min: the longer of the two waits is allowed).
+        mesh.lab.sh("node4", "/etc/init.d/cron stop >/dev/null")
+        backdate = f"import json,time; p='{SCHEDULED}'; r=json.load(open(p)); r['at']=time.strftime("
+        backdate += "'%Y-%m-%dT%H:%M:%SZ', time.gmtime(time.time() - 2400)); json.dump(r, open(p, 'w'))"
+        mesh.lab.sh("node4", f"runuser -u {MESH_USER} -- python3 -c {shlex.quote(backdate)}")
+        proc = run_tool("meshctl", "status", "-i", str(mesh.inventory), "--json", timeout=300)
+        report = json.loads(proc.stdout)
+        rows = {row["node"]: row for row in report["nodes"]}
+        assert proc.returncode == 1 and not report["healthy"], proc.stdout[-3000:]
+        assert [r for r in report["degraded"] if not r.startswith("node4: ")] == [], report["degraded"]
+        (reason,) = rows["node4"]["degraded"]
+        assert reason.startswith("no scheduled round for 40 min (its schedule allows 15 min"), reason
+        assert reason.endswith("is cron running jobs?"), reason
+        record("fault", "a node whose cron runs no job: degraded in status, with the reason", nodes=5)
     finally:
+        # The backdated record goes (the next round writes a true one): later tests see no stale alarm.
+        mesh.lab.sh("node4", f"rm -f {SCHEDULED}; /etc/init.d/cron start >/dev/null")
         restore = mesh.playbook("bootstrap.yml", "--tags", "mesh_sync_cron")
         assert restore.returncode == 0, restore.stdout[-3000:]

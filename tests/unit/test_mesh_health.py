@@ -17,7 +17,7 @@ from ansible.module_utils import basic
 from prometheus_client.parser import text_string_to_metric_families
 
 from mesh_plugins.module_utils import mesh_health as health_core
-from mesh_plugins.module_utils import mesh_runner, mesh_watchstate
+from mesh_plugins.module_utils import mesh_runner, mesh_schedule, mesh_watchstate
 from mesh_plugins.module_utils.mesh_health import headline, mesh_health, render_lines
 from mesh_plugins.module_utils.mesh_metrics import EDGE_FAMILIES, FOLDER_FAMILY, render_metrics
 from mesh_plugins.module_utils.mesh_status import iso_utc, timestamp
@@ -25,6 +25,7 @@ from tests.unit.module_harness import patch_module_args
 
 sys.modules.setdefault("ansible.module_utils.mesh_health", health_core)
 sys.modules.setdefault("ansible.module_utils.mesh_watchstate", mesh_watchstate)
+sys.modules.setdefault("ansible.module_utils.mesh_schedule", mesh_schedule)
 node_status_module = importlib.import_module("mesh_plugins.modules.mesh_node_status")
 
 NOW = 1_800_000_000.0
@@ -359,6 +360,13 @@ def test_the_module_reads_a_node(tmp_path: Path, check: bool) -> None:
     assert [(f["name"], f["marker"]) for f in result["folders"]] == [("shared", True), ("gone", False)]
     assert result["edges"] == [record("node2")] and result["peers"][0]["name"] == "node2"
     assert run_module({**args, "cron_file": str(tmp_path / "nocron")})["cron"] is False
+    assert result["scheduled"] is None and result["schedule_period_s"] is None
+    assert abs(result["cron_since"] - (tmp_path / "cron").stat().st_mtime) < 1e-6
+    # The runner's record of the scheduler's last round, and the schedule it judges a missing one by.
+    mesh_runner.record_scheduled_round(tmp_path / "state", "*/15 * * * *", 900, 1_700_000_000.0)
+    again = run_module({**args, "cron_file": str(tmp_path / "cron"), "schedule": "*/15 * * * *"})
+    assert again["scheduled"] == {"at": iso_utc(1_700_000_000.0), "schedule": "*/15 * * * *", "period_s": 900}
+    assert again["schedule_period_s"] == 900
 
 
 def test_the_module_fails_clearly_without_mesh_json(tmp_path: Path) -> None:
@@ -374,3 +382,51 @@ def test_the_module_judges_the_mesh_and_writes_the_report(tmp_path: Path) -> Non
     assert result["healthy"] is False and result["lines"][0].startswith("UNHEALTHY")
     assert json.loads(out.read_text())["problems"] == result["report"]["problems"]
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
+
+
+def _scheduled(now: float, at: float | None, **extra: Any) -> dict[str, Any]:
+    record = {"at": iso_utc(at), "schedule": "*/15 * * * *", "period_s": 900} if at is not None else None
+    return {"now": now, "scheduled": record, **extra}
+
+
+@pytest.mark.parametrize(
+    ("extra", "reason"),
+    [
+        (_scheduled(10_000.0, 10_000.0 - 1_000), None),  # the last round 17 min ago: on time
+        (_scheduled(10_000.0, 10_000.0 - 1_850), None),  # two periods and the slack: still on time
+        (_scheduled(10_000.0, 10_000.0 - 2_900), "no scheduled round for 48 min"),
+        # Never ran: judged from when the cron job was installed, by the schedule the control node passed.
+        (_scheduled(10_000.0, None, cron_since=9_500.0, schedule_period_s=900), None),
+        (_scheduled(10_000.0, None, cron_since=7_000.0, schedule_period_s=900), "since the cron job was"),
+        (_scheduled(10_000.0, 10_000.0 - 9_000, cron=False), None),  # no cron job: a problem of its own
+        # The schedule became hourly after a round of the old one: the hourly wait is allowed.
+        (_scheduled(10_000.0, 10_000.0 - 2_900, schedule_period_s=3600), None),
+    ],
+)
+def test_a_node_whose_scheduler_runs_no_round_is_degraded_with_the_reason(
+    extra: dict[str, Any], reason: str | None
+) -> None:
+    facts = triangle()
+    facts["node2"] = {**facts["node2"], **extra}
+    report = mesh_health(facts, NOW)
+    row = report["nodes"][1]
+    if reason is None:
+        assert row["degraded"] == [] and report["degraded"] == []
+        return
+    assert reason in row["degraded"][0] and "is cron running jobs?" in row["degraded"][0]
+    assert "15 min between rounds" in row["degraded"][0]
+    assert not report["healthy"] and not row["healthy"] and report["problems"] == []
+    assert headline(report).startswith("DEGRADED (1 nodes)")
+    assert render_lines(report)[-1] == f"degraded: node2: {row['degraded'][0]}"
+
+
+def test_the_metrics_carry_the_scheduled_round_and_its_period() -> None:
+    text = render_metrics([], {}, None, {"at": iso_utc(1_700_000_000.0), "period_s": 900, "schedule": "x"})
+    values = {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+    assert values["replimesh_scheduled_round_timestamp_seconds"] == 1_700_000_000.0
+    assert values["replimesh_scheduled_round_period_seconds"] == 900.0
+    assert "replimesh_scheduled_round" not in render_metrics([], {}, None, None)

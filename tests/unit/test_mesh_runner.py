@@ -24,6 +24,7 @@ import yaml
 
 from mesh_plugins.module_utils import mesh_runner
 from mesh_plugins.module_utils.mesh_runner import main
+from mesh_plugins.module_utils.mesh_status import timestamp
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = Path(__file__).parent / "fixtures" / "unison"
@@ -413,6 +414,29 @@ def test_unreadable_or_invalid_config_and_bad_usage_exit_2(tmp_path: Path, capsy
     assert main(["--config", str(mesh.config_path), "--delay", "-1"]) == 2
     assert main(["--no-such-flag"]) == 2
     assert mesh.calls() == []
+
+
+def test_the_schedulers_round_records_itself_and_a_bad_schedule_runs_nothing(
+    tmp_path: Path, capsys: Capsys
+) -> None:
+    mesh = Mesh(tmp_path, {"node2": True})
+    mesh.fake("node2")
+    mesh.save(metrics_file=str(tmp_path / "metrics" / "replimesh.prom"))
+    assert main(["--config", str(mesh.config_path), "--scheduled", "*/15 * *"]) == 2
+    assert "--scheduled: '*/15 * *' is not a 5-field cron expression" in capsys.readouterr().err
+    assert mesh.calls() == [] and not (mesh.state_dir / "scheduled.json").exists()
+    code, _ = mesh.run(capsys)  # an ad-hoc run is not the scheduler's
+    assert code == 0 and not (mesh.state_dir / "scheduled.json").exists()
+    before = time.time()
+    code, report = mesh.run(capsys, "--scheduled", "*/15 * * * *")
+    record = json.loads((mesh.state_dir / "scheduled.json").read_text())
+    assert code == 0 and report["edges"][0]["result"] == "ok"
+    assert record["schedule"] == "*/15 * * * *" and record["period_s"] == 900
+    assert before - 1 <= timestamp(record["at"]) <= time.time()
+    assert (
+        "replimesh_scheduled_round_period_seconds 900"
+        in (tmp_path / "metrics" / "replimesh.prom").read_text()
+    )
 
 
 def role_files() -> list[str]:
