@@ -138,13 +138,13 @@ def _lock_names(mesh: Mesh, node: str, peer: str) -> list[str]:
     return mesh.lab.sh(node, f"cd {UNISON_DIR}/{peer} && ls | grep '^lk' || true").split()
 
 
-def _plant_lock(mesh: Mesh, node: str, peer: str) -> str:
+def _plant_lock(mesh: Mesh, node: str, peer: str, age_s: int = 0) -> str:
     """A lock file named as Unison names the pair's archive lock (what a run killed while committing its
-    archives leaves): lk + the hash of the edge's archive."""
+    archives leaves): lk + the hash of the edge's archive, made `age_s` seconds ago."""
     archive = mesh.lab.sh(node, f"cd {UNISON_DIR}/{peer} && ls ar* | head -1").strip()
     assert archive.startswith("ar"), f"{node}: no archive for {peer}"
     lock = f"{UNISON_DIR}/{peer}/lk{archive[2:]}"
-    mesh.lab.sh(node, as_user(f"echo 4242 > {lock}"))
+    mesh.lab.sh(node, as_user(f"echo 4242 > {lock} && touch -d @$(($(date +%s) - {age_s})) {lock}"))
     return lock
 
 
@@ -177,11 +177,15 @@ def test_locks_of_a_killed_run_are_recovered_and_a_live_run_is_respected(mesh: M
         mesh.lab.sh("node2", f"kill -9 {' '.join(pids.split())} 2>/dev/null; true")
     finally:
         run.wait(timeout=60)
-    planted = [_plant_lock(mesh, "node1", "node2"), _plant_lock(mesh, "node2", "node1")]
+    # The locks as that run left them, found by the rounds that follow minutes later. A peer pulling at the
+    # moment a node checks (Unison servers of the edge are alive then) started after the lock was made, so
+    # cannot be its holder: the lock goes all the same.
+    planted = [_plant_lock(mesh, "node1", "node2", 600), _plant_lock(mesh, "node2", "node1", 600)]
     assert _lock_names(mesh, "node1", "node2") and _lock_names(mesh, "node2", "node1")
 
     rounds = converge(mesh, rounds=3)
-    assert not _lock_names(mesh, "node1", "node2") and not _lock_names(mesh, "node2", "node1")
+    left = {n: _lock_names(mesh, n, p) for n, p in (("node1", "node2"), ("node2", "node1"))}
+    assert not any(left.values()), f"{left}: {mesh.lab.sh('node1', 'tail -n 30 /var/log/replimesh/sync.log')}"
     logs = mesh.lab.sh("node1", "cat /var/log/replimesh/sync.log") + mesh.lab.sh(
         "node2", "cat /var/log/replimesh/sync.log"
     )
@@ -189,8 +193,7 @@ def test_locks_of_a_killed_run_are_recovered_and_a_live_run_is_respected(mesh: M
     assert mesh.digest("node2")["./mid.bin"] == mesh.digest("node1")["./mid.bin"]
 
     # A live Unison of the edge (here a stand-in process named unison, working in the edge's directory)
-    # holding the lock: the lock stays, the edge reports busy, the other edges sync.
-    lock = _plant_lock(mesh, "node1", "node2")
+    # holding the lock it made after it started: the lock stays, the edge reports busy, the others sync.
     container = mesh.lab.lab.resolve("node1").container
     mesh.lab.sh("node1", "cp /bin/sleep /tmp/unison")
     holder = f"env UNISON={UNISON_DIR}/node2 /tmp/unison 60"
@@ -199,6 +202,7 @@ def test_locks_of_a_killed_run_are_recovered_and_a_live_run_is_respected(mesh: M
     )
     try:
         assert wait_until(lambda: "/tmp/unison 60" in mesh.lab.sh("node1", "ps -eo args"), timeout=10)
+        lock = _plant_lock(mesh, "node1", "node2")
         report = sync_node(mesh, "node1", "--all-peers")
     finally:
         live.kill()
