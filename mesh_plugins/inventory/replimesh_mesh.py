@@ -156,6 +156,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
         # The nodes' public keys and host keys, as the control node collected them: next to the mesh
         # file, one store per mesh (prod.mesh.yml -> prod.keys/).
         keystore = re.sub(r"\.mesh\.ya?ml$", ".keys", str(Path(path).resolve()))
+        self._refuse_a_second_mesh(path, keystore)
         self.inventory.add_group("mesh")
         for node in mesh.nodes:
             self.inventory.add_host(node.name, group="mesh")
@@ -174,6 +175,24 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
             # Keyed groups are named by values (prefix_value): checked once made, before any play runs.
             for group in sorted({group.name for group in host.get_groups()} - before):
                 check_group_name(f"keyed_groups ({node.name} joins {group})", group)
+
+    def _refuse_a_second_mesh(self, path: str, keystore: str) -> None:
+        """One inventory, one mesh: a second mesh file (a directory of them, or -i twice) would merge two
+        meshes into one, or overwrite one's nodes with the other's."""
+        group = self.inventory.groups.get("mesh")
+        others = sorted(
+            {
+                str(host.vars.get("mesh_keystore"))
+                for host in (group.get_hosts() if group else [])
+                if host.vars.get("mesh_keystore") != keystore
+            }
+        )
+        if others:
+            first = re.sub(r"\.keys$", ".mesh.yml", others[0])
+            raise AnsibleParserError(
+                f"{path}: a second mesh file in one inventory (the first: {first}); pass one mesh file "
+                "with -i, or keep one *.mesh.yml in the inventory directory"
+            )
 
     @staticmethod
     def _host_vars(mesh: Mesh, node: Node, peers: list[dict[str, Any]], keystore: str) -> dict[str, Any]:

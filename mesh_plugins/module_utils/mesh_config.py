@@ -464,9 +464,8 @@ def _check_keys(
         if name not in allowed:
             close = difflib.get_close_matches(name, allowed, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
-            raise MeshConfigError(
-                _join(key, name), f"unknown key {name!r}; {hint}allowed keys: {', '.join(sorted(allowed))}"
-            )
+            known = ", ".join(sorted(set(allowed)))
+            raise MeshConfigError(_join(key, name), f"unknown key {name!r}; {hint}allowed keys: {known}")
     for name in required:
         if mapping.get(name) is None:
             raise MeshConfigError(_join(key, name), "required, but missing or empty")

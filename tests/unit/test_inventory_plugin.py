@@ -207,6 +207,13 @@ def test_bad_file_raises_parser_error_with_file_and_key(tmp_path: Path, data: ob
     assert fragment in info.value.message
 
 
+def test_an_unknown_key_lists_each_allowed_key_once(tmp_path: Path) -> None:
+    with pytest.raises(AnsibleParserError) as info:
+        parse_direct(write(tmp_path, mesh_data(colour="blue")))
+    allowed = info.value.message.split("allowed keys: ")[1].split(", ")
+    assert allowed == sorted(set(allowed)) and {"folders", "nodes", "compose", "keyed_groups"} <= set(allowed)
+
+
 def test_bad_file_stops_the_manager(tmp_path: Path) -> None:
     # The project's ansible.cfg sets unparsed_is_failed: a bad mesh file is fatal, never an empty mesh.
     with pytest.raises(AnsibleError, match="Completely failed to parse inventory source"):
