@@ -224,10 +224,11 @@ def headline(report: Mapping[str, Any]) -> str:
         if degraded
         else "healthy"
     )
-    return (
-        f"{state}: {up}/{len(nodes)} nodes reachable, {good}/{len(edges)} edges in sync, "
-        f"{report['conflicts']} conflicts in the last runs"
-    )
+    down = [row["node"] for row in nodes if not row["reachable"]]
+    reach = f"{up}/{len(nodes)} nodes reachable" + (f" ({', '.join(down)} not)" if down else "")
+    # Edges are known from the peer lists of the nodes that answered: with none, there is nothing to count.
+    synced = f"{good}/{len(edges)} edges in sync" if up else "edges not known (no node answered)"
+    return f"{state}: {reach}, {synced}, {report['conflicts']} conflicts in the last runs"
 
 
 def render_lines(report: Mapping[str, Any]) -> list[str]:

@@ -98,6 +98,16 @@ def test_an_unreachable_node_makes_the_mesh_unhealthy_but_its_edges_are_judged(u
     assert not report["healthy"] and report["problems"][0].startswith("node3: unreachable")
     # node1 and node2 still list node3 as a peer and hold their pulls' records; node3's are not known.
     assert all(row["healthy"] for row in report["edges"]) and len(report["edges"]) == 3
+    assert headline(report).startswith("UNHEALTHY (1 problems): 2/3 nodes reachable (node3 not), 3/3 edges")
+
+
+def test_with_no_node_reached_the_headline_names_them_and_counts_no_edge() -> None:
+    report = mesh_health(dict.fromkeys(["node1", "node2", "node3"]), NOW, 3600)
+    assert not report["healthy"] and report["edges"] == []
+    assert headline(report) == (
+        "UNHEALTHY (3 problems): 0/3 nodes reachable (node1, node2, node3 not), edges not known (no node"
+        " answered), 0 conflicts in the last runs"
+    )
 
 
 def test_both_directions_must_be_well_and_the_row_shows_the_worse() -> None:
