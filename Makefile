@@ -25,7 +25,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/yamllint --strict .
-	# ansible.cfg's default inventory is the demo lab's, absent on a fresh clone: lint with the example.
+	# ansible.cfg's default inventory (inventory/) has no mesh on a fresh clone: lint with the example.
 	PATH="$(CURDIR)/$(BIN):$$PATH" ANSIBLE_INVENTORY=inventory/example.mesh.yml $(BIN)/ansible-lint --strict
 
 # pytest exits 5 when it collected no test: that is a failure here, never a pass.

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import yaml
 from ansible.errors import AnsibleError, AnsibleParserError
 from ansible.plugins.inventory import BaseInventoryPlugin, Constructable
 
@@ -116,6 +117,21 @@ keyed_groups:
 """
 
 
+def syntax_error_at(path: str) -> str:
+    """Where a YAML syntax error in the file is ("line L, column C: what"), which ansible-core's own
+    message leaves out; empty when the file is not broken YAML."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            yaml.safe_load(handle)
+    except (yaml.scanner.ScannerError, yaml.parser.ParserError) as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
+        return f"{where} ({exc.problem or exc.context})"
+    except (OSError, yaml.YAMLError, RecursionError, ValueError):
+        return ""  # not a syntax error, or one too deep or too big to place: ansible-core's message alone
+    return ""
+
+
 class InventoryModule(BaseInventoryPlugin, Constructable):
     NAME = "replimesh_mesh"
 
@@ -141,6 +157,8 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
             return self._read_config_data(path)
         except AnsibleParserError as err:
             message = str(err.message)
+            if where := syntax_error_at(path):
+                message = f"{where}: {message}"  # ending as ansible-core's own message does
             raise AnsibleParserError(message if path in message else f"{path}: {message}") from err
         except AttributeError:
             # ansible-core calls config.get() before it checks that the file holds a mapping.

@@ -35,6 +35,8 @@ CASES = {
     # The mesh file cannot weaken a node: no role variable, no run-by-run input, no group of the plays.
     "role variable": (GOOD + "vars: {mesh_ssh_peers_group: sudo}\n", "vars.mesh_ssh_peers_group"),
     "playbook input": (GOOD + "vars: {wipe_data: true}\n", "vars.wipe_data"),
+    # Broken YAML: where it is (ansible-core's own message says only what), and no other plugin's noise.
+    "yaml syntax": (GOOD.replace("shared}", "shared"), "line 4, column 6 (expected ',' or '}', but got ':')"),
     "keyed localhost": (
         GOOD + "keyed_groups: [{key: \"'localhost'\", separator: ''}]\n",
         "node1 joins localhost",
@@ -53,6 +55,8 @@ def test_bad_mesh_file_fails_before_any_host(tmp_path: Path, case: str) -> None:
     assert str(mesh_file) in output, output
     assert key in output, output
     assert "TASK [" not in output and "PLAY [" not in output, "no play may start on a bad mesh file"
+    noise = [name for name in ("yaml", "ini", "auto") if f"with '{name}' plugin" in output]
+    assert noise == [], f"only the mesh plugin's message, not {noise}'s: {output}"
 
 
 def test_good_mesh_file_parses(tmp_path: Path) -> None:
