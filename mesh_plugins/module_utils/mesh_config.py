@@ -92,6 +92,8 @@ PLAYBOOK_INPUTS = frozenset(
         "status_output",
         "verify_allow_unreachable",
         "verify_output",
+        "remove_versions",
+        "data_owner",
     }
 )
 

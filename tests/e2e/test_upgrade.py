@@ -1,4 +1,5 @@
-"""Upgrade in place: bootstrap.yml turns a mesh made by the two-way layout into the pull-only one.
+"""Upgrade in place: bootstrap.yml turns a mesh made by the two-way layout into the pull-only one; then
+uninstall.yml takes replimesh off, leaving the data, and bootstrap.yml takes the nodes back.
 
 A 3-node lab of its own is bootstrapped and synced by the last commit of the two-way layout (its own
 playbooks and roles, from git), with versions kept in the jails by the peers' server ends. Then this
@@ -19,7 +20,7 @@ import pytest
 
 from replimesh.lab.lab import Lab
 from tests.conftest import ROOT, SessionLab, run_tool, slot_lab_config, tool
-from tests.e2e.conftest import BACKUPS, JAILS, Mesh, changed_tasks, recap, sha
+from tests.e2e.conftest import BACKUPS, JAILS, MESH_USER, Mesh, changed_tasks, recap, sha
 
 pytestmark = pytest.mark.lab
 
@@ -142,3 +143,87 @@ def test_bootstrap_upgrades_a_two_way_mesh_in_place(lab: Lab, old_tree: Path) ->
     for node in mesh.nodes:
         assert mesh.digest(node) == {**ledger, "./new.txt": sha(data)}, node
     mesh.verify()
+
+
+def _login(mesh: Mesh, key: str, src: str, dst: str) -> str:
+    """An SSH login from `src` to `dst` as src's edge login, with `key` (a copy of src's mesh key), from
+    src's own address (each key is accepted only from its node's address). Returns ssh's messages and
+    exit code; what the far end sends (the jailed Unison server's binary greeting) is dropped."""
+    address = mesh.lab.lab.resolve(dst).address
+    return mesh.lab.sh(
+        src,
+        f"ssh -i {key} -o BatchMode=yes -o IdentitiesOnly=yes -o ConnectTimeout=10"
+        " -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
+        f" {MESH_USER}-{src}@{address} true </dev/null 2>&1 >/dev/null; echo rc=$?",  # stdout: Unison's
+        check=False,
+    )
+
+
+GONE = [
+    "/etc/cron.d/replimesh", "/etc/cron.d/replimesh-watch", "/etc/ssh/sshd_config.d/replimesh.conf",
+    "/usr/local/sbin/replimesh-sync", "/usr/local/lib/replimesh", "/etc/replimesh", "/var/log/replimesh",
+    "/etc/logrotate.d/replimesh", "/var/lib/replimesh/.ssh", "/var/lib/replimesh/jail", JAILS,
+    "/var/lib/replimesh/unison", "/var/lib/replimesh/state",
+]  # fmt: skip
+
+
+def test_uninstall_leaves_the_data_and_bootstrap_takes_it_back(lab: Lab) -> None:
+    """The mesh the upgrade left: uninstall.yml takes replimesh off every node and keeps the folders and
+    the versions byte for byte; a peer's key is refused; a second run changes nothing; bootstrap.yml then
+    makes it a mesh again."""
+    inventory = lab.inventory_path
+    mesh = Mesh(SessionLab(lab), inventory, [f"node{i}" for i in range(1, NODES + 1)], "")
+    if mesh.lab.sh("node1", "test -e /etc/cron.d/replimesh && echo yes || true").strip() != "yes":
+        run_tool("ansible-playbook", "-i", str(inventory), "bootstrap.yml", timeout=900, check=True)
+    keystore = inventory.with_suffix("").with_suffix(".keys")
+    assert all((keystore / f"{node}.json").exists() for node in mesh.nodes), keystore
+    folders = {node: mesh.digest(node) for node in mesh.nodes}
+    versions_of = f"cd {BACKUPS} && find . -type f -print0 | sort -z | xargs -0 -r sha256sum"
+    versions = {node: mesh.lab.sh(node, versions_of) for node in mesh.nodes}
+    key = "/root/node1-mesh-key"  # a copy outlives the uninstall: what a thief who took it would hold
+    mesh.lab.sh("node1", f"install -m 0600 /var/lib/replimesh/.ssh/id_ed25519 {key}")
+    before = _login(mesh, key, "node1", "node2")
+    assert "Permission denied" not in before, before  # the key gets in (to its Unison jail)
+
+    for extra, message in (([], "was not confirmed"), (["-e", "skip_confirmation=true", "-e",
+                            "data_owner=nosuchaccount"], "No account nosuchaccount on node")):  # fmt: skip
+        refused = run_tool("ansible-playbook", "-i", str(inventory), "uninstall.yml", *extra, timeout=300)
+        assert refused.returncode != 0 and message in refused.stdout, refused.stdout[-3000:]
+        assert all(recap(refused.stdout).get(n, {}).get("changed", 0) == 0 for n in mesh.nodes)
+        for node in mesh.nodes:
+            assert mesh.lab.sh(node, "test -e /etc/cron.d/replimesh && echo kept").strip() == "kept"
+
+    started = time.monotonic()
+    args = ("-i", str(inventory), "uninstall.yml", "-e", "skip_confirmation=true")
+    proc = run_tool("ansible-playbook", *args, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
+    log(f"uninstall.yml took {time.monotonic() - started:.1f} s on {NODES} nodes")
+    again = run_tool("ansible-playbook", *args, timeout=600)
+    assert again.returncode == 0 and all(recap(again.stdout)[n]["changed"] == 0 for n in mesh.nodes), (
+        changed_tasks(again.stdout)
+    )
+
+    refused_login = _login(mesh, key, "node1", "node2")
+    assert "Permission denied" in refused_login and "rc=255" in refused_login, refused_login
+    mesh.lab.sh("node1", f"rm -f {key}")
+    for node in mesh.nodes:
+        assert mesh.digest(node) == folders[node], node  # every file, byte for byte
+        assert mesh.lab.sh(node, versions_of) == versions[node], node  # and every version kept
+        left = mesh.lab.sh(node, f"for p in {' '.join(GONE)}; do [ -e $p ] && echo $p; done; true").split()
+        assert left == [], (node, left)
+        users = mesh.lab.sh(node, f"getent passwd | cut -d: -f1 | grep '^{MESH_USER}' || true").split()
+        assert users == [], (node, users)
+        assert mesh.lab.sh(node, "grep -c replimesh /etc/fstab /proc/mounts || true").split() == [
+            "/etc/fstab:0", "/proc/mounts:0"
+        ], node  # fmt: skip
+        assert mesh.lab.sh(node, "sshd -t && echo ok").strip() == "ok"
+        assert not (keystore / f"{node}.json").exists(), node  # its mesh key is gone: so is the stored one
+
+    proc = run_tool("ansible-playbook", "-i", str(inventory), "bootstrap.yml", timeout=900)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
+    data = b"written after a reinstall, pulled by every node\n"
+    mesh.write("node3", "again.txt", data)
+    proc = run_tool("ansible-playbook", "-i", str(inventory), "sync.yml", timeout=600)
+    assert proc.returncode == 0 and "edges synced: 6 of 6" in proc.stdout, proc.stdout[-3000:]
+    for node in mesh.nodes:
+        assert mesh.digest(node) == {**folders[node], "./again.txt": sha(data)}, node
