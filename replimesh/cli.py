@@ -5,15 +5,18 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
-import sys
 import tomllib
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 
+from replimesh.cli_common import Check, Diff, ExtraVars, Inventory, LabDir, Limit
+from replimesh.cli_common import fail as _fail
+from replimesh.cli_common import log as _log
+from replimesh.cli_lab import lab_app
 from replimesh.lab.errors import LabError
-from replimesh.lab.lab import FAULTS, MAX_NODES, Lab, LabConfig, down_all, down_named
+from replimesh.lab.lab import Lab
 
 EXIT_CODES = (
     "Exit codes: 0 success (healthy); 1 unhealthy (status or verify found a problem, a playbook failed on a"
@@ -22,33 +25,7 @@ EXIT_CODES = (
 )
 app = typer.Typer(help="Operate a replimesh mesh.", epilog=EXIT_CODES, no_args_is_help=True,
                   pretty_exceptions_enable=False)  # fmt: skip
-lab_app = typer.Typer(help="A lab of real SSH hosts on this machine (Docker), for tests and the demo.",
-                      no_args_is_help=True)  # fmt: skip
 app.add_typer(lab_app, name="lab")
-
-Inventory = Annotated[
-    Path | None,
-    typer.Option(
-        "-i",
-        "--inventory",
-        envvar="REPLIMESH_INVENTORY",
-        help="The mesh file. Default: .lab/lab.mesh.yml while a lab is up here, else the one"
-        " *.mesh.yml in inventory/ (example.mesh.yml aside).",
-    ),
-]
-ExtraVars = Annotated[
-    list[str] | None,
-    typer.Option("-e", "--extra-vars", help="KEY=VALUE handed to the playbook, as with ansible-playbook."),
-]
-LabDir = Annotated[
-    Path,
-    typer.Option("--lab-dir", envvar="REPLIMESH_LAB_DIR", help="Where the lab keeps its key and inventory."),
-]
-
-
-def _fail(message: str, code: int = 1) -> NoReturn:
-    typer.echo(f"meshctl: error: {message}", err=True)
-    raise typer.Exit(code)
 
 
 def package_version() -> str:
@@ -75,91 +52,6 @@ def _options(
     ] = False,
 ) -> None:
     """Operate a replimesh mesh."""
-
-
-def _log(message: str) -> None:
-    typer.echo(message, err=True)
-
-
-@lab_app.command("up")
-def lab_up(
-    count: Annotated[int, typer.Argument(help=f"How many hosts (1..{MAX_NODES}); an up lab only grows.")],
-    lab_dir: LabDir = Path(".lab"),
-    name: Annotated[str | None, typer.Option(help="Docker name prefix of this lab.")] = None,
-    subnet: Annotated[str | None, typer.Option(help="The lab's /24, inside 172.31.0.0/16.")] = None,
-) -> None:
-    """Start (or grow) the lab and write LAB_DIR/lab.mesh.yml."""
-    try:
-        config = None
-        if name or subnet:
-            defaults = LabConfig()
-            config = LabConfig(name=name or defaults.name, subnet=subnet or defaults.subnet)
-        lab = Lab(lab_dir, config, log=_log)
-        hosts = lab.up(count)
-    except LabError as exc:
-        _fail(str(exc))
-    for host in hosts:
-        typer.echo(f"{host.name}\t{host.address}")
-    typer.echo(f"inventory: {lab.inventory_path}")
-
-
-@lab_app.command("down")
-def lab_down(
-    lab_dir: LabDir = Path(".lab"),
-    all_labs: Annotated[bool, typer.Option("--all", help="Every replimesh lab here, leftovers too.")] = False,
-    names: Annotated[list[str] | None, typer.Option("--name", help="A lab by name (repeatable).")] = None,
-) -> None:
-    """Remove every host and network of the lab, and the dockerd it started."""
-    try:
-        if all_labs:
-            down_all(_log)
-        elif names:
-            down_named(names, _log)
-        else:
-            Lab(lab_dir, log=_log).down()
-    except LabError as exc:
-        _fail(str(exc))
-
-
-@lab_app.command("exec", context_settings={"allow_interspersed_args": False})
-def lab_exec(
-    node: Annotated[str, typer.Argument(help="node1, node2, ...")],
-    command: Annotated[list[str], typer.Argument(help="The command, after --.")],
-    lab_dir: LabDir = Path(".lab"),
-) -> None:
-    """Run a command on a lab host; exits with its exit code, prints its output."""
-    if command[:1] == ["--"]:
-        command = command[1:]
-    try:
-        proc = Lab(lab_dir, log=_log).exec(node, command)
-    except LabError as exc:
-        _fail(str(exc))
-    sys.stdout.buffer.write(proc.stdout)
-    sys.stderr.buffer.write(proc.stderr)
-    raise typer.Exit(proc.returncode)
-
-
-@lab_app.command("fault")
-def lab_fault(
-    action: Annotated[str, typer.Argument(help=" | ".join(FAULTS))],
-    node: Annotated[str, typer.Argument(help="node1, node2, ...")],
-    lab_dir: LabDir = Path(".lab"),
-) -> None:
-    """Inject a fault: pause/unpause (freeze), kill/start (crash), partition/heal (network cut)."""
-    try:
-        Lab(lab_dir, log=_log).fault(action, node)
-    except LabError as exc:
-        _fail(str(exc))
-
-
-@lab_app.command("ls")
-def lab_ls(lab_dir: LabDir = Path(".lab")) -> None:
-    """List the lab's hosts."""
-    try:
-        for host in Lab(lab_dir, log=_log).hosts():
-            typer.echo(f"{host.name}\t{host.address}\t{host.container}")
-    except LabError as exc:
-        _fail(str(exc))
 
 
 @app.command("soak")
@@ -205,15 +97,22 @@ def demo(
     raise typer.Exit(0 if ok else 1)
 
 
-def _step(playbook: str, inventory: Path | None, extravars: dict[str, str], limit: str | None = None) -> None:
+def _step(
+    playbook: str,
+    inventory: Path | None,
+    extravars: dict[str, str],
+    limit: str | None = None,
+    check: bool = False,
+    diff: bool = False,
+) -> None:
     from replimesh.operate import run_step
     from replimesh.playbooks import PlaybookError
 
     try:
-        result = run_step(playbook, inventory, extravars, limit)
+        result = run_step(playbook, inventory, extravars, limit, check=check, diff=diff)
     except PlaybookError as exc:
         _fail(str(exc), exc.exit_code)
-    typer.echo(f"{playbook}: done; full log: {result.log}")
+    typer.echo(f"{playbook}: {'checked, nothing changed' if check else 'done'}; full log: {result.log}")
 
 
 def _extravars(pairs: list[str] | None, **fixed: str) -> dict[str, str]:
@@ -227,9 +126,15 @@ def _extravars(pairs: list[str] | None, **fixed: str) -> dict[str, str]:
 
 
 @app.command("up")
-def up(inventory: Inventory = None, extra_vars: ExtraVars = None) -> None:
+def up(
+    inventory: Inventory = None,
+    extra_vars: ExtraVars = None,
+    limit: Limit = None,
+    check: Check = False,
+    diff: Diff = False,
+) -> None:
     """Bootstrap (or re-converge) every node of the mesh: bootstrap.yml. Safe to re-run."""
-    _step("bootstrap.yml", inventory, _extravars(extra_vars))
+    _step("bootstrap.yml", inventory, _extravars(extra_vars), limit, check, diff)
 
 
 @app.command("add")
@@ -237,9 +142,11 @@ def add(
     node: Annotated[str, typer.Argument(help="The node to join, as already written in the mesh file.")],
     inventory: Inventory = None,
     extra_vars: ExtraVars = None,
+    check: Check = False,
+    diff: Diff = False,
 ) -> None:
     """Join one node without disturbing the others: add-node.yml."""
-    _step("add-node.yml", inventory, _extravars(extra_vars, node=node))
+    _step("add-node.yml", inventory, _extravars(extra_vars, node=node), check=check, diff=diff)
 
 
 @app.command("remove")
@@ -251,14 +158,41 @@ def remove(
         bool, typer.Option("--ungraceful", help="The node is dead or gone: remove it without reaching it.")
     ] = False,
     extra_vars: ExtraVars = None,
+    check: Check = False,
+    diff: Diff = False,
 ) -> None:
     """Cut one node off everywhere at once: remove-node.yml (its data stays unless -e wipe_data=true)."""
-    if not yes:
+    if not yes and not check:
         typer.confirm(f"Remove {node} from the mesh, revoking its key on every other node?", abort=True)
     fixed = {"node": node, "skip_confirmation": "true"}
     if ungraceful:
         fixed["allow_ungraceful_removal"] = "true"
-    _step("remove-node.yml", inventory, _extravars(extra_vars, **fixed))
+    _step("remove-node.yml", inventory, _extravars(extra_vars, **fixed), check=check, diff=diff)
+
+
+@app.command("uninstall")
+def uninstall(
+    inventory: Inventory = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    remove_versions: Annotated[
+        bool, typer.Option("--remove-versions", help="Also remove the versions each node kept.")
+    ] = False,
+    data_owner: Annotated[
+        str | None,
+        typer.Option("--data-owner", help="Hand the mesh user's files in the folders to this account."),
+    ] = None,
+    limit: Limit = None,
+    extra_vars: ExtraVars = None,
+    check: Check = False,
+    diff: Diff = False,
+) -> None:
+    """Take replimesh off the nodes, leaving the synced folders (and the kept versions): uninstall.yml."""
+    if not yes and not check:
+        typer.confirm("Remove replimesh from the mesh's nodes? The synced folders stay.", abort=True)
+    fixed = {"skip_confirmation": "true", "remove_versions": str(remove_versions).lower()}
+    if data_owner:
+        fixed["data_owner"] = data_owner
+    _step("uninstall.yml", inventory, _extravars(extra_vars, **fixed), limit, check, diff)
 
 
 @app.command("rotate-keys")
@@ -293,10 +227,13 @@ def sync(
         ),
     ] = None,
     extra_vars: ExtraVars = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the round as JSON, every pull in it.")
+    ] = False,
 ) -> None:
     """A full-mesh round now (sync.yml): every node pulls from its peers; shows every edge's result. Exit 1
     when an edge did not sync (a brake included), 3 when no node reported a pull."""
-    from replimesh.operate import show_sync, sync_edges
+    from replimesh.operate import show_sync, sync_edges, sync_summary
     from replimesh.playbooks import NOT_CHECKED, UNHEALTHY, PlaybookError, mesh_file, run_playbook
 
     fixed = {"allow_deletions": ",".join(allow_deletions)} if allow_deletions else {}
@@ -306,7 +243,10 @@ def sync(
     except PlaybookError as exc:
         _fail(str(exc), exc.exit_code)
     edges = sync_edges(result)
-    show_sync(edges, typer.echo)
+    if as_json:
+        typer.echo(json.dumps(sync_summary(edges), indent=2))
+    else:
+        show_sync(edges, typer.echo)
     if not result.ok:
         _fail(result.failure("sync.yml"), UNHEALTHY if edges else NOT_CHECKED)
 

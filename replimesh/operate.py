@@ -35,9 +35,13 @@ def run_step(
     inventory: Path | None,
     extravars: dict[str, Any],
     limit: str | None = None,
+    check: bool = False,
+    diff: bool = False,
 ) -> PlaybookResult:
     """Run one operator playbook; raise PlaybookError with a short reason when it failed."""
-    result = run_playbook(playbook, mesh_file(inventory), extravars=extravars, limit=limit)
+    result = run_playbook(
+        playbook, mesh_file(inventory), extravars=extravars, limit=limit, check=check, diff=diff
+    )
     if not result.ok:
         raise result.error(playbook)
     return result
@@ -52,14 +56,24 @@ def sync_edges(result: PlaybookResult) -> list[dict[str, Any]]:
     return rows
 
 
+def sync_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The round in numbers, and every pull: what `meshctl sync --json` prints."""
+    return {
+        "edges": rows,
+        "edges_synced": sum(1 for row in rows if row.get("result") in GOOD_EDGE_RESULTS),
+        "edges_total": len(rows),
+        "files_moved": sum(int(row.get("files_changed") or 0) for row in rows),
+        "conflicts": sum(len(row.get("conflicts") or []) for row in rows),
+    }
+
+
 def show_sync(rows: list[dict[str, Any]], echo: Callable[[str], Any]) -> None:
     """The edges of a round: a table on a terminal, one line per edge otherwise."""
     console = Console()
-    bad = [row for row in rows if row.get("result") not in GOOD_EDGE_RESULTS]
-    files = sum(int(row.get("files_changed") or 0) for row in rows)
-    conflicts = sum(len(row.get("conflicts") or []) for row in rows)
-    synced = f"edges synced: {len(rows) - len(bad)} of {len(rows)}"
-    headline = f"{synced}; files moved: {files}; conflicts: {conflicts}"
+    summary = sync_summary(rows)
+    bad = summary["edges_total"] - summary["edges_synced"]
+    synced = f"edges synced: {summary['edges_synced']} of {summary['edges_total']}"
+    headline = f"{synced}; files moved: {summary['files_moved']}; conflicts: {summary['conflicts']}"
     if not console.is_terminal:
         echo(headline)
         for row in rows:

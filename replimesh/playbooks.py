@@ -208,8 +208,11 @@ def run_playbook(
     extravars: dict[str, Any] | None = None,
     limit: str | None = None,
     progress: bool = True,
+    check: bool = False,
+    diff: bool = False,
 ) -> PlaybookResult:
-    """Run `playbook` (a root-level entry point) through ansible-runner and return its result.
+    """Run `playbook` (a root-level entry point) through ansible-runner and return its result; `check`
+    and `diff` are ansible-playbook's --check and --diff.
 
     A live per-host view goes to stderr while it runs (see replimesh.progress); the full Ansible output
     is kept in a log file under log_root(), named in every failure message.
@@ -224,6 +227,7 @@ def run_playbook(
             inventory=str(inventory.resolve()),
             extravars=extravars or {},
             limit=limit,
+            cmdline=" ".join(flag for flag, on in (("--check", check), ("--diff", diff)) if on) or None,
             quiet=True,
             event_handler=view,
             envvars={

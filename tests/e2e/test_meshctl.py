@@ -34,6 +34,12 @@ def test_up_is_bootstrap_with_progress_a_log_and_nothing_to_change(mesh: Mesh, t
     logs = list(tmp_path.glob("*-bootstrap.log"))
     assert len(logs) == 1 and "PLAY RECAP" in logs[0].read_text()
     assert f"full log: {logs[0]}" in proc.stdout
+    # Check mode on one node, with diffs: the same playbook runs to the end and changes nothing.
+    checked = meshctl(mesh, tmp_path / "check", "up", "--check", "--diff", "--limit", mesh.nodes[0])
+    assert checked.returncode == 0, checked.stdout[-3000:] + checked.stderr[-3000:]
+    assert "bootstrap.yml: checked, nothing changed" in checked.stdout
+    rows = re.findall(r"(node\d) ok=(\d+) changed=(\d+) failed=(\d+) unreachable=(\d+)", checked.stderr)
+    assert [r[0] for r in rows] == [mesh.nodes[0]] and rows[0][2:] == ("0", "0", "0"), checked.stderr[-3000:]
 
 
 def test_sync_moves_a_file_and_shows_every_edge(mesh: Mesh, tmp_path: Path) -> None:

@@ -445,3 +445,76 @@ def test_sync_exits_1_when_a_pull_failed_and_3_when_no_node_reported(
     result = _meshctl("sync", "-i", str(mesh))
     assert result.exit_code == 3
     assert "edges synced: 0 of 0" in result.stdout
+
+
+def _recorded(monkeypatch: pytest.MonkeyPatch, result: PlaybookResult | None = None) -> list[dict[str, Any]]:
+    """run_playbook replaced: each call's playbook and keyword arguments, returning `result`."""
+    calls: list[dict[str, Any]] = []
+
+    def fake(playbook: str, inventory: Path, **kwargs: Any) -> PlaybookResult:
+        calls.append({"playbook": playbook, **kwargs})
+        return result or PlaybookResult("successful", 0, {}, Path("/l/x.log"), ())
+
+    monkeypatch.setattr(playbooks, "run_playbook", fake)
+    monkeypatch.setattr(operate, "run_playbook", fake)
+    return calls
+
+
+def test_up_add_and_remove_take_check_diff_and_up_a_limit(
+    mesh: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = _recorded(monkeypatch)
+    result = _meshctl("up", "-i", str(mesh), "--check", "--diff", "--limit", "store-a1")
+    assert result.exit_code == 0 and "bootstrap.yml: checked, nothing changed" in result.stdout
+    assert (calls[-1]["check"], calls[-1]["diff"], calls[-1]["limit"]) == (True, True, "store-a1")
+    assert _meshctl("add", "store-a2", "-i", str(mesh), "--check").exit_code == 0
+    assert (calls[-1]["playbook"], calls[-1]["check"], calls[-1]["diff"]) == ("add-node.yml", True, False)
+    # A check changes nothing, so it asks nothing.
+    assert _meshctl("remove", "store-a2", "-i", str(mesh), "--check", "--diff").exit_code == 0
+    assert (calls[-1]["playbook"], calls[-1]["check"], calls[-1]["diff"]) == ("remove-node.yml", True, True)
+
+
+def test_uninstall_passes_its_choices_and_asks_first(
+    mesh: Path, monkeypatch: pytest.MonkeyPatch, runs: list[str]
+) -> None:
+    declined = CliRunner().invoke(app, ["uninstall", "-i", str(mesh)], input="n\n")
+    assert declined.exit_code == 1 and runs == []
+    calls = _recorded(monkeypatch)
+    result = _meshctl("uninstall", "-i", str(mesh), "--yes", "--remove-versions", "--data-owner", "alice")
+    assert result.exit_code == 0, result.output
+    assert calls[-1]["playbook"] == "uninstall.yml"
+    assert calls[-1]["extravars"] == {
+        "skip_confirmation": "true",
+        "remove_versions": "true",
+        "data_owner": "alice",
+    }
+
+
+def test_sync_json_has_every_pull_and_the_counts(mesh: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _recorded(monkeypatch, _sync_result())
+    result = _meshctl("sync", "-i", str(mesh), "--json")
+    assert result.exit_code == 1  # one pull failed
+    report = json.loads(result.stdout)
+    assert (report["edges_synced"], report["edges_total"], report["files_moved"]) == (1, 2, 3)
+    assert [(e["node"], e["peer"], e["result"]) for e in report["edges"]] == [
+        ("node1", "node2", "ok"),
+        ("node2", "node3", "unreachable"),
+    ]
+
+
+def test_check_and_diff_reach_ansible_playbook(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: dict[str, Any] = {}
+
+    class Done:
+        status, rc, stats, events, stdout = "successful", 0, {}, (), None
+
+    def run(**kwargs: Any) -> Done:
+        seen.update(kwargs)
+        return Done()
+
+    monkeypatch.setenv("REPLIMESH_LOG_DIR", str(tmp_path))
+    monkeypatch.setattr(playbooks.ansible_runner, "run", run)
+    playbooks.run_playbook("bootstrap.yml", tmp_path / "x.mesh.yml", check=True, diff=True, progress=False)
+    assert seen["cmdline"] == "--check --diff"
+    playbooks.run_playbook("bootstrap.yml", tmp_path / "x.mesh.yml", progress=False)
+    assert seen["cmdline"] is None
