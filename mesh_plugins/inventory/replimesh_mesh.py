@@ -118,7 +118,7 @@ keyed_groups:
 
 
 def syntax_error_at(path: str) -> str:
-    """Where a YAML syntax error in the file is ("line L, column C: what"), which ansible-core's own
+    """Where a YAML syntax error in the file is ("line L, column C (what)"), which ansible-core's own
     message leaves out; empty when the file is not broken YAML."""
     try:
         with open(path, encoding="utf-8") as handle:
