@@ -18,6 +18,7 @@ from tests.conftest import SessionLab, run_tool
 FOLDER = "/srv/replimesh/shared"
 MARKER = ".replimesh-folder"
 MESH_USER = "replimesh"
+MESH_KEY = "/var/lib/replimesh/.ssh/id_ed25519"  # a node's mesh key
 BACKUPS = "/var/lib/replimesh/backups"  # mesh_sync_backup_dir: old versions, BACKUPS/FOLDER/PATH
 # One jail per peer (JAILS/replimesh-PEER): in each, that edge's Unison directory (the same path as on
 # the host, inside the jail), the folders read-only, and a notice directory.
@@ -99,6 +100,18 @@ def changed_tasks(output: str) -> list[str]:
         elif match := re.match(r"^changed: \[([^\]]+)\]", line):
             found.append(f"{task}: {match.group(1)}")
     return found
+
+
+def mesh_login(mesh: Mesh, src: str, dst: str, key: str = MESH_KEY) -> subprocess.CompletedProcess[bytes]:
+    """ssh from src to dst as src's login there, with src's mesh key (or a copy of it at `key`), from src's
+    own address (a key is accepted only from its node's): the jailed Unison server's banner on stdout,
+    or ssh's refusal on stderr (exit 255)."""
+    address = mesh.lab.lab.resolve(dst).address
+    ssh = (
+        f"ssh -F none -i {key} -o BatchMode=yes -o IdentitiesOnly=yes -o ConnectTimeout=10"
+        f" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null {MESH_USER}-{src}@{address} true"
+    )
+    return mesh.lab.lab.exec(src, ["sh", "-c", f"{ssh} </dev/null"])
 
 
 def sha(data: bytes) -> str:

@@ -10,7 +10,7 @@ import yaml
 
 from replimesh.lab import system
 from tests.conftest import run_tool
-from tests.e2e.conftest import FOLDER, MESH_USER, Mesh, recap, sha
+from tests.e2e.conftest import FOLDER, MESH_USER, Mesh, mesh_login, recap, sha
 
 pytestmark = pytest.mark.lab
 
@@ -35,17 +35,6 @@ def _conflict_copies(mesh: Mesh, nodes: list[str]) -> dict[str, list[str]]:
         if names:
             found[node] = names
     return found
-
-
-def _mesh_ssh(mesh: Mesh, src: str, dst: str) -> bytes:
-    """What `ssh` with src's mesh key to dst answers (the Unison banner, or a refusal)."""
-    address = mesh.lab.lab.resolve(dst).address
-    ssh = (
-        "ssh -F none -i /var/lib/replimesh/.ssh/id_ed25519 -o BatchMode=yes -o ConnectTimeout=5 "
-        f"-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null {MESH_USER}-{src}@{address} true"
-    )
-    proc = mesh.lab.lab.exec(src, ["runuser", "-u", MESH_USER, "--", "sh", "-c", f"{ssh} </dev/null"])
-    return proc.stdout + proc.stderr
 
 
 @pytest.mark.reshapes_mesh  # run last: the mesh it leaves is re-bootstrapped only if a test follows
@@ -124,7 +113,8 @@ def test_grow_to_five_then_remove_a_paused_node(mesh: Mesh, tmp_path: Path) -> N
 
     # node2 is back: every survivor refuses its mesh key, and nothing it writes reaches anyone.
     for node in survivors:
-        answer = _mesh_ssh(mesh, "node2", node)
+        login = mesh_login(mesh, "node2", node)
+        answer = login.stdout + login.stderr
         assert b"Permission denied" in answer and not answer.startswith(b"Unison"), (node, answer)
     mesh.write("node2", "from-the-removed.txt", b"nobody should get this\n")
     mesh.lab.lab.exec("node2", ["runuser", "-u", MESH_USER, "--", "replimesh-sync", "--all-peers"])

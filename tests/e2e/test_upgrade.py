@@ -20,7 +20,7 @@ import pytest
 
 from replimesh.lab.lab import Lab
 from tests.conftest import ROOT, SessionLab, run_tool, slot_lab_config, tool
-from tests.e2e.conftest import BACKUPS, JAILS, MESH_USER, Mesh, changed_tasks, recap, sha
+from tests.e2e.conftest import BACKUPS, JAILS, MESH_USER, Mesh, changed_tasks, mesh_login, recap, sha
 
 pytestmark = pytest.mark.lab
 
@@ -145,20 +145,6 @@ def test_bootstrap_upgrades_a_two_way_mesh_in_place(lab: Lab, old_tree: Path) ->
     mesh.verify()
 
 
-def _login(mesh: Mesh, key: str, src: str, dst: str) -> str:
-    """An SSH login from `src` to `dst` as src's edge login, with `key` (a copy of src's mesh key), from
-    src's own address (each key is accepted only from its node's address). Returns ssh's messages and
-    exit code; what the far end sends (the jailed Unison server's binary greeting) is dropped."""
-    address = mesh.lab.lab.resolve(dst).address
-    return mesh.lab.sh(
-        src,
-        f"ssh -i {key} -o BatchMode=yes -o IdentitiesOnly=yes -o ConnectTimeout=10"
-        " -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
-        f" {MESH_USER}-{src}@{address} true </dev/null 2>&1 >/dev/null; echo rc=$?",  # stdout: Unison's
-        check=False,
-    )
-
-
 GONE = [
     "/etc/cron.d/replimesh", "/etc/cron.d/replimesh-watch", "/etc/ssh/sshd_config.d/replimesh.conf",
     "/usr/local/sbin/replimesh-sync", "/usr/local/lib/replimesh", "/etc/replimesh", "/var/log/replimesh",
@@ -182,8 +168,8 @@ def test_uninstall_leaves_the_data_and_bootstrap_takes_it_back(lab: Lab) -> None
     versions = {node: mesh.lab.sh(node, versions_of) for node in mesh.nodes}
     key = "/root/node1-mesh-key"  # a copy outlives the uninstall: what a thief who took it would hold
     mesh.lab.sh("node1", f"install -m 0600 /var/lib/replimesh/.ssh/id_ed25519 {key}")
-    before = _login(mesh, key, "node1", "node2")
-    assert "Permission denied" not in before, before  # the key gets in (to its Unison jail)
+    before = mesh_login(mesh, "node1", "node2", key)
+    assert b"Permission denied" not in before.stderr, before.stderr  # the key gets in (to its Unison jail)
 
     for extra, message in (([], "was not confirmed"), (["-e", "skip_confirmation=true", "-e",
                             "data_owner=nosuchaccount"], "No account nosuchaccount on node")):  # fmt: skip
@@ -203,8 +189,8 @@ def test_uninstall_leaves_the_data_and_bootstrap_takes_it_back(lab: Lab) -> None
         changed_tasks(again.stdout)
     )
 
-    refused_login = _login(mesh, key, "node1", "node2")
-    assert "Permission denied" in refused_login and "rc=255" in refused_login, refused_login
+    thief = mesh_login(mesh, "node1", "node2", key)
+    assert thief.returncode == 255 and b"Permission denied" in thief.stderr, thief.stderr
     mesh.lab.sh("node1", f"rm -f {key}")
     for node in mesh.nodes:
         assert mesh.digest(node) == folders[node], node  # every file, byte for byte
