@@ -28,8 +28,9 @@ import ipaddress
 import json
 import posixpath
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .mesh_jail import NOTIFY_DIR, JailLayout, edge_user, parents
@@ -152,6 +153,9 @@ class PeerSpec:
     active: bool = True
     # During a key rotation (rotate-keys.yml) the peer's new key, accepted beside its current one.
     next_public_key: str | None = None
+    # The IP addresses sshd may see the peer connect from (with_sources: a host name resolved on the node);
+    # empty: the address itself, an IP address.
+    sources: tuple[str, ...] = ()
 
     def public_keys(self) -> list[str]:
         """The keys this peer may log in with: its current one, and the new one while it rotates."""
@@ -468,8 +472,9 @@ def render_authorized_keys(spec: MemberSpec, peer: PeerSpec) -> str:
         f"REPLIMESH_MARKER={spec.settings.marker} exec {SERVE}"
     )
     # Two lines while the peer rotates its key, with the same restrictions: either key works.
+    sources = ",".join(peer.sources or (peer.address,))
     lines = [HEADER] + [
-        f'restrict,from="{peer.address}",command="{command}" {key} {spec.user}@{peer.name}'
+        f'restrict,from="{sources}",command="{command}" {key} {spec.user}@{peer.name}'
         for key in peer.public_keys()
     ]
     return "\n".join(lines) + "\n"
@@ -686,6 +691,39 @@ def plan(spec: MemberSpec, existing: Existing) -> Plan:
         peers_kept=tuple(sorted(desired & had)),
         before=before,
     )
+
+
+def resolve_address(
+    address: str, getaddrinfo: Callable[..., list[Any]] = socket.getaddrinfo
+) -> tuple[str, ...]:
+    """The IP addresses a host connects from, as far as this node can tell: the address itself when it is an
+    IP address, else every address its host name resolves to here. sshd matches authorized_keys' from= against
+    the client's IP address (UseDNS is off by default), so a host name there would never match."""
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        infos = getaddrinfo(address, None, 0, socket.SOCK_STREAM)
+        return tuple(dict.fromkeys(str(info[4][0]) for info in infos))
+    return (address,)
+
+
+def with_sources(spec: MemberSpec, resolve: Callable[[str], tuple[str, ...]] = resolve_address) -> MemberSpec:
+    """The spec with each peer's source addresses (its host name resolved on this node)."""
+    peers = []
+    for peer in spec.peers:
+        try:
+            sources = resolve(peer.address)
+        except (OSError, UnicodeError) as exc:
+            raise MemberError(
+                f"peer {peer.name}: host name {peer.address} does not resolve on {spec.node} ({exc}): fix "
+                "DNS or /etc/hosts there, or write the peer's IP address in the mesh file"
+            ) from exc
+        if not sources:
+            raise MemberError(
+                f"peer {peer.name}: host name {peer.address} resolves to no address on {spec.node}"
+            )
+        peers.append(replace(peer, sources=sources))
+    return replace(spec, peers=tuple(peers))
 
 
 def spec_from_params(params: Mapping[str, Any]) -> MemberSpec:

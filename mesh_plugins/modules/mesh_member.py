@@ -59,7 +59,10 @@ options:
     suboptions:
       name: {description: The peer's mesh name., type: str, required: true}
       address:
-        description: Host name or IP address the peer is reached at and connects from.
+        description:
+          - Host name or IP address the peer is reached at and connects from.
+          - A host name is resolved on the node, and its addresses go into the peer's C(from=) (sshd matches
+            it against the client's IP address); one that does not resolve there fails the module.
         type: str
         required: true
       port: {description: The peer's ssh port., type: int, default: 22}
@@ -288,6 +291,7 @@ from ansible.module_utils.mesh_member import (
     desired_entries,
     plan,
     spec_from_params,
+    with_sources,
 )
 
 FOLDER = {"name": {"type": "str", "required": True}, "path": {"type": "str", "required": True},
@@ -486,7 +490,7 @@ def _missing_folders(spec: MemberSpec) -> list[str]:
 def main() -> None:
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
     try:
-        spec = spec_from_params(module.params)
+        spec = with_sources(spec_from_params(module.params))
     except MemberError as exc:
         module.fail_json(msg=str(exc))
     ids = _ids(module, spec.user)

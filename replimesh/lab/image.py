@@ -30,10 +30,11 @@ PACKAGES = (
     "logrotate",
     "rsync",
 )
-# What the lab's apt repository serves: what the roles install that the image lacks on purpose, and
-# Debian's Syncthing, the peer `meshctl bench` measures replimesh against on the same hosts (it needs
-# nothing beyond libc and init-system-helpers, both in the image).
-REPO_PACKAGES = ("unison", "unison-2.52", "syncthing")
+# What the lab's apt repository serves: what the roles install that the image lacks on purpose; Debian's
+# Syncthing, the peer `meshctl bench` measures replimesh against on the same hosts (it needs nothing
+# beyond libc and init-system-helpers, both in the image); and for the preflight test, a Unison too old
+# to talk to other versions (2.51) and libfaketime (a node whose clock is off).
+REPO_PACKAGES = ("unison", "unison-2.52", "syncthing", "unison-2.51+4.13.1", "libfaketime")
 LAB_USER = "lab"
 
 INIT_SCRIPT = f"""#!/bin/sh
@@ -49,6 +50,9 @@ mkdir -p /run/sshd
 # What a booting host does with its fstab (the sync folders' bind mounts into the SSH jail).
 mount -a >/dev/null 2>&1 || true
 /etc/init.d/cron start >/dev/null 2>&1 || true
+# A test may preload libfaketime on a host (/etc/ld.so.preload: its clock is off). sshd keeps the real
+# time, or its sandboxed children die in the library's calls; the sessions it starts get the false clock.
+export FAKETIME_SKIP_CMDS=sshd,sshd-session
 exec /usr/sbin/sshd -D -e
 """
 

@@ -13,7 +13,7 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -102,7 +102,9 @@ class Lab:
         raise LabError(f"unknown lab node {node!r}; lab nodes: {known}")
 
     # --- up -----------------------------------------------------------------------------------------
-    def up(self, count: int) -> list[Host]:
+    def up(self, count: int, no_mount: Collection[str] = ()) -> list[Host]:
+        """Start hosts node1..nodeCOUNT. Those named in ``no_mount`` are containers whose root may not mount
+        (no CAP_SYS_ADMIN), like a container host replimesh did not build; the others' root may."""
         if not 1 <= count <= MAX_NODES:
             raise LabError(f"a lab has 1 to {MAX_NODES} hosts, not {count}")
         system.require_root()
@@ -119,7 +121,8 @@ class Lab:
             system.ensure_forward_accept(self.bridge)
         self._ensure_apt_server(repo)
         self._ensure_key()
-        started = [h for h in (self.host(i) for i in range(1, count + 1)) if self._ensure_container(h, tag)]
+        wanted = [self.host(i) for i in range(1, count + 1)]
+        started = [h for h in wanted if self._ensure_container(h, tag, mount=h.name not in no_mount)]
         hosts = self.hosts()
         self._wait_ssh(started, timeout=90)
         self._write_known_hosts(hosts)
@@ -164,14 +167,16 @@ class Lab:
             system.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "replimesh-lab", "-f",
                         str(self.key_path)])  # fmt: skip
 
-    def _ensure_container(self, host: Host, tag: str) -> bool:
-        """Create the host's container unless it already runs this image. True when (re)started."""
+    def _ensure_container(self, host: Host, tag: str, mount: bool = True) -> bool:
+        """Create the host's container unless it already runs this image with this right to mount. True when
+        (re)started."""
         state = docker(
-            "ps", "-a", "--filter", f"name=^{host.container}$", "--format", "{{.State}} {{.Image}}"
-        )
+            "ps", "-a", "--filter", f"name=^{host.container}$",
+            "--format", '{{.State}} {{.Image}} {{.Label "replimesh.mount"}}',
+        )  # fmt: skip
         if state:
-            status, current = state.split(maxsplit=1)
-            if status in ("running", "paused") and current == tag:
+            status, current, *can_mount = state.split()
+            if status in ("running", "paused") and current == tag and can_mount == [str(mount).lower()]:
                 return False
             self.log(f"removing leftover container {host.container} ({status}, {current})")
             docker("rm", "-f", host.container)
@@ -181,8 +186,9 @@ class Lab:
             "run", "-d", "--init", "--name", host.container, "--hostname", host.name,
             "--network", self.config.name, "--ip", host.address,
             "--label", f"{LABEL}={self.config.name}", "--label", f"replimesh.node={host.name}",
+            "--label", f"replimesh.mount={str(mount).lower()}",
             # A real host's root may mount (bind mounts into the SSH jail); the lab's users stay unprivileged.
-            "--cap-add", "SYS_ADMIN",
+            *(["--cap-add", "SYS_ADMIN"] if mount else []),
             "-e", f"LAB_APT_URL=http://{self.gateway}:{APT_PORT}",
             "-v", f"{self.key_path}.pub:/lab/authorized_keys:ro",
             tag,

@@ -291,7 +291,12 @@ def test_top_level_must_be_a_mapping(data: object) -> None:
         ("vars", {"wipe_data": True}, "vars.wipe_data", "pass -e wipe_data=... on the control node"),
         ("nodes.node1.vars", {"skip_confirmation": True}, "nodes.node1.vars.skip_confirmation", "run by run"),
         ("nodes.node1.vars", {"mesh_sync_watch_delay": 1}, "nodes.node1.vars.mesh_sync_watch_delay", "-e"),
-        ("nodes.node1.vars", {"unison_peer_hosts": []}, "nodes.node1.vars.unison_peer_hosts", "own roles"),
+        (
+            "nodes.node1.vars",
+            {"unison_min_version": "2.51"},
+            "nodes.node1.vars.unison_min_version",
+            "own roles",
+        ),
     ],
 )
 def test_bad_value_names_its_key(path: str, value: object, key: str, fragment: str) -> None:

@@ -31,10 +31,12 @@ from mesh_plugins.module_utils.mesh_member import (
     render_config,
     render_known_hosts,
     render_profile,
+    resolve_address,
     spec_from_params,
     ssh_options,
     url_host,
     validate,
+    with_sources,
 )
 
 U = "/var/lib/replimesh/unison"
@@ -884,3 +886,40 @@ def test_any_change_of_peers_and_folders_converges(
         else:
             assert name in before - after
     assert not plan(new, settled(new)).changed
+
+
+def test_a_host_name_goes_into_from_as_the_addresses_it_resolves_to_on_the_node() -> None:
+    # sshd matches from= against the client's IP address (UseDNS no): a host name there never matches.
+    spec = make_spec(peers=(peer("node2", "node2.lan"), peer("node3", "10.0.0.13")))
+    answers = {"node2.lan": ("10.1.0.2", "fd00::2")}
+
+    resolved = with_sources(spec, lambda address: answers.get(address) or resolve_address(address))
+
+    assert 'from="10.1.0.2,fd00::2"' in render_authorized_keys(resolved, resolved.peers[0])
+    assert 'from="10.0.0.13"' in render_authorized_keys(resolved, resolved.peers[1])
+
+
+def test_resolve_address_keeps_an_ip_address_as_written_and_asks_the_resolver_for_a_name() -> None:
+    asked = []
+
+    def getaddrinfo(host: str, *args: object) -> list[tuple]:
+        asked.append(host)
+        return [
+            (2, 1, 6, "", ("10.1.0.2", 0)),
+            (2, 1, 6, "", ("10.1.0.2", 0)),
+            (10, 1, 6, "", ("fd00::2", 0, 0, 0)),
+        ]
+
+    assert resolve_address("fd00:0::2", getaddrinfo) == ("fd00:0::2",)
+    assert resolve_address("node2.lan", getaddrinfo) == ("10.1.0.2", "fd00::2")
+    assert asked == ["node2.lan"]
+
+
+def test_a_host_name_that_does_not_resolve_on_the_node_is_a_clear_error() -> None:
+    spec = make_spec(peers=(peer("node2", "node2.lan"),))
+
+    def fail(address: str) -> tuple[str, ...]:
+        raise OSError(-2, "Name or service not known")
+
+    with pytest.raises(MemberError, match=r"peer node2: host name node2.lan does not resolve on node1"):
+        with_sources(spec, fail)
