@@ -21,7 +21,6 @@ import hashlib
 import os
 import pwd
 import re
-import shutil
 import signal
 import stat
 import tempfile
@@ -30,6 +29,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from .mesh_disks import mount_points, mounts_inside, unescape_mountinfo
+from .mesh_jailbins import mirror_template
 from .mesh_prune import RETIRED  # BACKUP_DIR/.retired/EDGE_USER-TIME: what a removed edge's server end kept
 
 # A name in /etc/passwd: the peer's node name after the mesh user's, while it fits in 32 characters.
@@ -64,12 +64,6 @@ class JailLayout:
 
     def backup_root(self, login: str) -> str:
         return f"{self.root(login)}{self.backup_dir}"
-
-
-def parents(path: str) -> list[str]:
-    """``/a/b/c`` -> ``["/a", "/a/b"]``: the directories above a path, top first."""
-    parts = path.strip("/").split("/")[:-1]
-    return ["/" + "/".join(parts[: i + 1]) for i in range(len(parts))]
 
 
 # What every mount in a jail must carry: a peer reads the folders, never writes or runs anything there.
@@ -135,40 +129,6 @@ def template_files(template: str, skip: Iterable[str], is_mount: Callable[[str],
         dirs[:] = sorted(d for d in dirs if f"{top}/{d}" not in skipped and not is_mount(f"{top}/{d}"))
         found += [f"{top}/{f}"[len(template) :] for f in sorted(files) if os.path.isfile(f"{top}/{f}")]
     return found
-
-
-def mirror_template(template: str, jail: str, files: Sequence[str], dry_run: bool = False) -> list[str]:
-    """Hard-link the template's files into the jail (root-owned, same inode); returns what changed (or,
-    with ``dry_run``, what would)."""
-    changed = []
-    for rel in files:
-        src, dst = template + rel, jail + rel
-        for directory in parents(rel):
-            if not os.path.isdir(jail + directory):
-                if not dry_run:
-                    os.mkdir(jail + directory, 0o755)
-                changed.append(jail + directory)
-        src_st = os.stat(src)
-        try:
-            dst_st = os.lstat(dst)
-            if (dst_st.st_ino, dst_st.st_dev) == (src_st.st_ino, src_st.st_dev):
-                continue
-        except FileNotFoundError:
-            pass
-        if dry_run:
-            changed.append(dst)
-            continue
-        tmp = f"{dst}.replimesh-new"
-        if os.path.lexists(tmp):
-            os.unlink(tmp)
-        try:
-            os.link(src, tmp)
-        except OSError:  # another file system: a copy, owned and moded like the template's
-            shutil.copy2(src, tmp)
-            os.chown(tmp, src_st.st_uid, src_st.st_gid)
-        os.replace(tmp, dst)
-        changed.append(dst)
-    return changed
 
 
 def remove_jail(

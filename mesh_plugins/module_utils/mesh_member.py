@@ -33,7 +33,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .mesh_jail import NOTIFY_DIR, JailLayout, edge_user, parents
+from .mesh_jail import NOTIFY_DIR, JailLayout, edge_user
+from .mesh_jailbins import parents
 
 HEADER = "# Managed by replimesh (mesh_member): do not edit, the control node rewrites it."
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")

@@ -148,6 +148,7 @@ def test_bootstrap_upgrades_a_two_way_mesh_in_place(lab: Lab, old_tree: Path) ->
 GONE = [
     "/etc/cron.d/replimesh", "/etc/cron.d/replimesh-watch", "/etc/ssh/sshd_config.d/replimesh.conf",
     "/usr/local/sbin/replimesh-sync", "/usr/local/lib/replimesh", "/etc/replimesh", "/var/log/replimesh",
+    "/usr/local/sbin/replimesh-jail-refresh", "/etc/dpkg/dpkg.cfg.d/replimesh",
     "/etc/logrotate.d/replimesh", "/var/lib/replimesh/.ssh", "/var/lib/replimesh/jail", JAILS,
     "/var/lib/replimesh/unison", "/var/lib/replimesh/state",
 ]  # fmt: skip

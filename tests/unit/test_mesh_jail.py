@@ -25,9 +25,7 @@ from mesh_plugins.module_utils.mesh_jail import (
     end_processes,
     fstab_binds,
     jailed_pids,
-    mirror_template,
     mount_points,
-    parents,
     plan_jails,
     remove_jail,
     retired_path,
@@ -36,6 +34,7 @@ from mesh_plugins.module_utils.mesh_jail import (
     writable_points,
 )
 from mesh_plugins.module_utils.mesh_jail import render_fstab as render
+from mesh_plugins.module_utils.mesh_jailbins import mirror_template, parents
 
 J = "/var/lib/replimesh/jails"
 LAYOUT = JailLayout(J, "/var/lib/replimesh/jail", "/var/lib/replimesh/unison", "/var/lib/replimesh/backups")
