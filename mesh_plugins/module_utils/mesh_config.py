@@ -94,6 +94,9 @@ PLAYBOOK_INPUTS = frozenset(
         "verify_output",
         "remove_versions",
         "data_owner",
+        "versions_path",
+        "versions_folder",
+        "restore_version",
     }
 )
 
