@@ -61,9 +61,11 @@ def test_paused_node_blocks_nobody(mesh: Mesh) -> None:
     assert elapsed < 60, f"sync.yml took {elapsed:.0f}s with node3 paused"
     assert proc.returncode != 0, "a round with an unreachable node must not report success"
     assert re.search(r"unreachable node3", proc.stdout), proc.stdout[-3000:]
-    # Every other node pulls from node3 too: each of those pulls failed fast as unreachable.
+    # Every other node pulls from node3 too: each of those pulls failed fast as unreachable, unless the
+    # node's scheduled round happened to be pulling from node3 then (the edge is busy: not pulled twice).
     for peer in ("node1", "node2", "node4", "node5"):
-        assert re.search(rf"failed\s+{peer} <- node3: unreachable", proc.stdout), peer
+        pattern = rf"(failed\s+{peer} <- node3: unreachable|busy\s+{peer} <- node3 )"
+        assert re.search(pattern, proc.stdout), peer
     healthy = ["node1", "node2", "node4", "node5"]
     for node in healthy:
         assert mesh.digest(node) == {"./during-pause.txt": sha(data)}, node
