@@ -20,7 +20,7 @@ CONFIG = (
     LabConfig(name="rmmol", subnet="172.31.81.0/24")
     if SLOT == 0
     # The same subnets as tests/conftest.py's slot_lab_config("mol", 3).
-    else LabConfig(name=f"rmmol{SLOT}", subnet=f"172.31.{30 + 7 * (SLOT - 1) + 3}.0/24")
+    else LabConfig(name=f"rmmol{SLOT}", subnet=f"172.31.{28 + 8 * (SLOT - 1) + 3}.0/24")
 )
 # One fixed directory per slot: a lab left behind by any interrupted scenario is found and removed.
 LAB_DIR = Path("/tmp/replimesh-molecule" + (f"-{SLOT}" if SLOT else ""))

@@ -17,16 +17,16 @@ from tests.reliability import stamp_outcome
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 # The test labs have their own names and /24s, so they never collide with a demo lab (`.lab/`,
-# 172.31.77.0/24) or with each other (the suite's two workers run labs side by side): offsets 0-6, one
+# 172.31.77.0/24) or with each other (the suite's two workers run labs side by side): offsets 0-7, one
 # per role. REPLIMESH_TEST_SLOT=N (1-6) moves every lab of a run to its own names and subnets
-# (172.31.(30+7(N-1)+offset).0/24; slot 0 is 172.31.(78+offset).0/24), so two runs of the suite (two work
+# (172.31.(28+8(N-1)+offset).0/24; slot 0 is 172.31.(78+offset).0/24), so two runs of the suite (two work
 # trees) can share one Docker engine.
 TEST_SLOT = int(os.environ.get("REPLIMESH_TEST_SLOT", "0"))
 if not 0 <= TEST_SLOT <= 6:
     raise SystemExit(f"REPLIMESH_TEST_SLOT must be 0..6, not {TEST_SLOT}")
 
 
-LAB_OFFSETS = 7  # test, down, nobody, mol, ovl, upg, pre
+LAB_OFFSETS = 8  # test, down, nobody, mol, ovl, upg, pre, mbr
 
 
 def slot_lab_config(role: str, offset: int) -> LabConfig:
@@ -35,7 +35,7 @@ def slot_lab_config(role: str, offset: int) -> LabConfig:
         raise ValueError(f"a lab's offset is 0..{LAB_OFFSETS - 1}, not {offset}")
     if TEST_SLOT == 0:
         return LabConfig(name=f"rm{role}", subnet=f"172.31.{78 + offset}.0/24")
-    subnet = f"172.31.{30 + LAB_OFFSETS * (TEST_SLOT - 1) + offset}.0/24"
+    subnet = f"172.31.{28 + LAB_OFFSETS * (TEST_SLOT - 1) + offset}.0/24"
     return LabConfig(name=f"rm{role}{TEST_SLOT}", subnet=subnet)
 
 
@@ -120,7 +120,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 # against each test's fixtures in the workers.
 SESSION_LAB_DIRS = ("tests/e2e/", "tests/integration/")
 OWN_LAB_MODULES = frozenset(
-    {"tests/e2e/test_overlay.py", "tests/e2e/test_upgrade.py", "tests/e2e/test_preflight.py"}
+    {
+        "tests/e2e/test_overlay.py",
+        "tests/e2e/test_upgrade.py",
+        "tests/e2e/test_preflight.py",
+        "tests/e2e/test_membership.py",
+    }
 )
 
 

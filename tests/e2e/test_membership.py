@@ -1,18 +1,34 @@
-"""add-node.yml and remove-node.yml on the lab: a mesh of 4 grows to 5, then loses a paused node."""
+"""add-node.yml and remove-node.yml on a lab of its own (it makes its own meshes, so it runs beside the
+shared lab's tests): a mesh of 4 grows to 5, then loses a paused node."""
 
 from __future__ import annotations
 
 import shlex
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
 from replimesh.lab import system
-from tests.conftest import run_tool
+from replimesh.lab.lab import Lab
+from tests.conftest import SessionLab, run_tool, slot_lab_config
 from tests.e2e.conftest import FOLDER, MESH_USER, Mesh, mesh_login, recap, sha
 
 pytestmark = pytest.mark.lab
+
+MEMBERSHIP_LAB = slot_lab_config("mbr", 7)
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+    """Five fresh lab hosts, not bootstrapped: the test makes its meshes itself."""
+    lab = Lab(tmp_path_factory.mktemp("membership"), MEMBERSHIP_LAB, log=lambda m: print(f"[lab] {m}"))
+    try:
+        hosts = lab.up(5)
+        yield Mesh(SessionLab(lab), lab.inventory_path, [h.name for h in hosts], "")
+    finally:
+        lab.down()
 
 
 def _write_mesh_file(mesh: Mesh, path: Path, nodes: list[str]) -> None:
@@ -37,9 +53,7 @@ def _conflict_copies(mesh: Mesh, nodes: list[str]) -> dict[str, list[str]]:
     return found
 
 
-@pytest.mark.reshapes_mesh  # run last: the mesh it leaves is re-bootstrapped only if a test follows
 def test_grow_to_five_then_remove_a_paused_node(mesh: Mesh, tmp_path: Path) -> None:
-    mesh.dirty = True  # this test re-shapes the mesh; the next test gets the 5-node mesh back
     # node5 comes as a freshly installed host: new container, new keys, nothing of the old mesh.
     system.docker("rm", "-f", mesh.lab.lab.resolve("node5").container)
     mesh.lab.lab.up(5)
