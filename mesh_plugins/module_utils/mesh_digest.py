@@ -182,7 +182,8 @@ def walk(root: str, rules: IgnoreRules) -> Iterator[tuple[str, os.stat_result]]:
                 yield rel, st  # fifos, sockets and devices: Unison does not sync them either
 
 
-def _sha256(path: str, st: os.stat_result) -> str:
+def file_sha256(path: str, st: os.stat_result) -> str:
+    """sha256 of a file's content (of a symbolic link's target text, for a link), read in chunks."""
     if stat.S_ISLNK(st.st_mode):
         return hashlib.sha256(os.fsencode(os.readlink(path))).hexdigest()
     digest = hashlib.sha256()
@@ -216,7 +217,7 @@ def digest_folder(
                 sha = str(cached[4])
             else:
                 try:
-                    sha = _sha256(os.path.join(path, rel), st)
+                    sha = file_sha256(os.path.join(path, rel), st)
                 except FileNotFoundError:
                     continue  # deleted since the walk saw it
                 result.hashed += 1

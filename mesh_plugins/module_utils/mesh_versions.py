@@ -9,13 +9,14 @@ the other versions, so a restore never loses a version either.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import posixpath
 import re
 import time
 from collections.abc import Sequence
 from typing import Any
+
+from .mesh_digest import file_sha256
 
 # Unison's temporary-file form: Unison never syncs a file so named, so a restore half written is never
 # pulled by a peer.
@@ -44,11 +45,7 @@ def _version_re(name: str) -> re.Pattern[str]:
 
 def _describe(path: str) -> dict[str, Any]:
     st = os.stat(path)
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return {"path": path, "size": st.st_size, "mtime": st.st_mtime, "sha256": digest.hexdigest()}
+    return {"path": path, "size": st.st_size, "mtime": st.st_mtime, "sha256": file_sha256(path, st)}
 
 
 def current(folder_path: str, rel: str) -> dict[str, Any] | None:
