@@ -55,21 +55,23 @@ def _lag(seconds: float | None) -> str:
     return f"{seconds:.0f} s"
 
 
-def _cron_cell(row: dict[str, Any]) -> str:
-    """The cron job, and whether the scheduler runs it: the time of its last round, or NO ROUNDS."""
+def _rounds_cell(row: dict[str, Any]) -> str:
+    """What schedules the rounds (cron or a systemd timer), and whether it runs them: the time of the last
+    round, or NO ROUNDS."""
     if not row["cron"]:
         return _mark(row["mode"] != "cron", "MISSING")
+    scheduler = "timer" if row.get("scheduler") == "timer" else "cron"
     if row.get("degraded"):
-        return "[yellow]present, NO ROUNDS[/]"
+        return f"[yellow]{scheduler}, NO ROUNDS[/]"
     last = row.get("scheduled_round")
-    return "present" + (f", last round {escape(str(last)).replace('T', ' ')}" if last else "")
+    return scheduler + (f", last round {escape(str(last)).replace('T', ' ')}" if last else "")
 
 
 def render_table(report: dict[str, Any], console: Console) -> None:
     """Nodes, then edges, with what needs attention in red, then the problems."""
     style = "green" if report["healthy"] else "bold red" if report["problems"] else "bold yellow"
     console.print(headline(report), style=style, markup=False, highlight=False)
-    nodes = Table("node", "reachable", "unison", "folder markers", "cron", "watcher", title="nodes")
+    nodes = Table("node", "reachable", "unison", "folder markers", "rounds", "watcher", title="nodes")
     for row in report["nodes"]:
         if not row["reachable"]:
             nodes.add_row(escape(row["node"]), _mark(False, "no"), "-", "-", "-", "-")
@@ -82,7 +84,7 @@ def render_table(report: dict[str, Any], console: Console) -> None:
             _mark(True, "yes"),
             _mark(bool(row["unison"]), row["unison"] or "missing"),
             markers or "-",
-            _cron_cell(row),
+            _rounds_cell(row),
             _mark(row.get("watcher") != "down", row.get("watcher") or "-"),
         )
     console.print(nodes)

@@ -41,17 +41,17 @@ def scheduler_problem(fact: Mapping[str, Any]) -> str | None:
         return None
     period = max(periods)
     limit, every = 2 * period + SCHEDULER_SLACK_S, f"its schedule allows {period / 60:g} min between rounds"
+    timer = fact.get("scheduler") == "timer"
+    question = "is its systemd timer running?" if timer else "is cron running jobs?"
     at = timestamp(record.get("at"))
     if at is not None:
         if now - at > limit:
-            return f"no scheduled round for {(now - at) / 60:.0f} min ({every}): is cron running jobs?"
+            return f"no scheduled round for {(now - at) / 60:.0f} min ({every}): {question}"
         return None
     since = fact.get("cron_since")
     if isinstance(since, int | float) and now - since > limit:
-        return (
-            f"no scheduled round since the cron job was installed {(now - since) / 60:.0f} min ago ({every}):"
-            " is cron running jobs?"
-        )
+        installed = "the timer was enabled" if timer else "the cron job was installed"
+        return f"no scheduled round since {installed} {(now - since) / 60:.0f} min ago ({every}): {question}"
     return None
 
 
@@ -73,6 +73,7 @@ def node_health(name: str, fact: Mapping[str, Any] | None) -> dict[str, Any]:
         "mode": "watch" if watcher_row else fact.get("mode", "cron"),
         "watcher": watcher_row,
         "cron": bool(fact.get("cron")),
+        "scheduler": fact.get("scheduler") or ("cron" if fact.get("cron") else None),
         "folders": {f["name"]: bool(f.get("marker")) for f in fact.get("folders") or []},
     }
     problems = []
@@ -82,7 +83,7 @@ def node_health(name: str, fact: Mapping[str, Any] | None) -> dict[str, Any]:
         problems.append("unison not found")
     problems += [f"folder {folder}: marker missing" for folder, ok in row["folders"].items() if not ok]
     if row["mode"] == "cron" and not row["cron"] and not fact.get("failed"):
-        problems.append("cron job missing")
+        problems.append("scheduled rounds missing (no cron job, no timer)")
     if watcher_row == "down":
         problems.append("watcher not running")
     scheduler = scheduler_problem(fact)
@@ -239,10 +240,10 @@ def render_lines(report: Mapping[str, Any]) -> list[str]:
             lines.append(f"node {row['node']}: UNREACHABLE")
             continue
         markers = ",".join(f"{name}={'ok' if ok else 'MISSING'}" for name, ok in row["folders"].items())
-        cron = "present" if row["cron"] else "MISSING"
+        rounds = {"timer": "systemd timer", "cron": "cron"}.get(row.get("scheduler") or "", "MISSING")
         watcher = {"alive": ", watcher alive", "down": ", watcher DOWN"}.get(row.get("watcher") or "", "")
         lines.append(
-            f"node {row['node']}: unison {row['unison'] or '-'}, markers {markers or '-'}, cron {cron}"
+            f"node {row['node']}: unison {row['unison'] or '-'}, markers {markers or '-'}, rounds {rounds}"
             + watcher
         )
     for row in report["edges"]:

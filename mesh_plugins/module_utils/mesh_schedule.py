@@ -61,16 +61,22 @@ def expand(text: str, low: int, high: int, names: tuple[str, ...]) -> set[int]:
     return values
 
 
-def longest_gap_s(schedule: str) -> int:
-    """The longest time (seconds) between two consecutive rounds of `schedule`, over four years."""
+def parse_schedule(schedule: str) -> tuple[list[str], list[set[int]]]:
+    """The 5 fields of `schedule` and the values each matches (day of week 7 read as 0, Sunday)."""
     fields = schedule.split()
     if len(fields) != len(CRON_FIELDS):
         raise ScheduleError(f"{schedule!r} is not a 5-field cron expression")
-    minutes, hours, days, months, weekdays = (
+    values = [
         expand(text, low, high, names)
         for text, (_, low, high, names) in zip(fields, CRON_FIELDS, strict=True)
-    )
-    weekdays = {0 if day == 7 else day for day in weekdays}
+    ]
+    values[4] = {0 if day == 7 else day for day in values[4]}
+    return fields, values
+
+
+def longest_gap_s(schedule: str) -> int:
+    """The longest time (seconds) between two consecutive rounds of `schedule`, over four years."""
+    fields, (minutes, hours, days, months, weekdays) = parse_schedule(schedule)
     times = sorted(hour * 60 + minute for hour in hours for minute in minutes)
     # Cron's rule: with both day fields restricted, a day matching either runs.
     either = not fields[2].startswith("*") and not fields[4].startswith("*")
@@ -86,3 +92,26 @@ def longest_gap_s(schedule: str) -> int:
     for day, following in itertools.pairwise(matching):
         gap = max(gap, (following - day) * 1440 - times[-1] + times[0])
     return gap * 60
+
+
+def oncalendar(schedule: str) -> list[str]:
+    """The systemd `OnCalendar=` expressions that fire exactly when cron would run `schedule`.
+
+    Each field becomes `*` or the list of values it matches (systemd's `..` ranges and `/` steps differ
+    from cron's in corner cases; a list does not). Cron runs a job on a day matching *either* day field
+    when both are restricted, systemd on a day matching both: that case takes two expressions.
+    """
+    fields, values = parse_schedule(schedule)
+    minute, hour, day, month = (
+        "*" if text == "*" else ",".join(f"{v:02d}" for v in sorted(matched))
+        for text, matched in zip(fields[:4], values[:4], strict=True)
+    )
+    weekdays = "*" if fields[4] == "*" else ",".join(WEEKDAYS[d].capitalize() for d in sorted(values[4]))
+
+    def expression(weekday: str, dom: str) -> str:
+        prefix = "" if weekday == "*" else f"{weekday} "
+        return f"{prefix}*-{month}-{dom} {hour}:{minute}:00"
+
+    if not fields[2].startswith("*") and not fields[4].startswith("*"):
+        return [expression("*", day), expression(weekdays, "*")]
+    return [expression(weekdays, day)]

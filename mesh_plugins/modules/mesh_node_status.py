@@ -10,14 +10,15 @@ short_description: Read a replimesh node's sync status, or judge the health of t
 description:
   - Without O(nodes), runs on a node (as root) and reads what its sync runner recorded - every edge's
     status file (C(STATE_DIR/status/PEER.json)), the node's peer list and folders (O(config)), the Unison
-    version, whether each folder's marker file is present, and whether the cron job is installed.
+    version, whether each folder's marker file is present, and whether the scheduled rounds are installed
+    (the cron job, or the enabled systemd timer).
     It only reads, so it reports C(changed=false) and works in check mode.
   - With O(nodes), runs on the controller and judges the mesh from the registered results of every node
     (an unreachable node's result too), with the same core that C(meshctl status) uses. Healthy means every
-    node reachable, every folder marker present, the cron job installed, and every edge's freshest record
-    (from either end) an C(ok) or C(conflict) run with a last success within O(max_lag) seconds. A node
-    whose installed cron job has started no round within twice its schedule's longest wait is degraded
-    (the mesh is then not healthy either), with the reason.
+    node reachable, every folder marker present, the scheduled rounds installed, and every edge's freshest
+    record (from either end) an C(ok) or C(conflict) run with a last success within O(max_lag) seconds. A
+    node whose scheduler (cron or the timer) has started no round within twice its schedule's longest wait
+    is degraded (the mesh is then not healthy either), with the reason.
 options:
   config:
     description: The node's peer list and settings, as written by the control node.
@@ -32,17 +33,21 @@ options:
     type: path
     default: /usr/bin/unison
   cron_file:
-    description: The cron file that holds the node's sync job.
+    description: The cron file that holds the node's sync job (nodes without systemd).
     type: path
     default: /etc/cron.d/replimesh
+  timer_link:
+    description: The link that enables the node's round timer (nodes with systemd).
+    type: path
+    default: /etc/systemd/system/timers.target.wants/replimesh-sync.timer
   mode:
-    description: How the node syncs; with V(cron) a missing cron job makes the node unhealthy.
+    description: How the node syncs; with V(cron) missing scheduled rounds make the node unhealthy.
     type: str
     default: cron
   schedule:
     description:
       - The node's sync schedule (5 cron fields, C(mesh_sync_schedule)), whose longest wait between rounds
-        judges a node whose scheduler has never started a round since the cron job was installed.
+        judges a node whose scheduler has never started a round since the rounds were installed.
     type: str
   nodes:
     description:
@@ -102,11 +107,16 @@ unison_version:
   returned: without nodes
   type: str
 cron:
-  description: Whether the cron file holds an active sync job.
+  description: Whether the scheduled rounds are installed (a job in the cron file, or the timer enabled).
   returned: without nodes
   type: bool
+scheduler:
+  description: What runs the scheduled rounds, V(timer) (systemd) or V(cron); null when neither does.
+  returned: without nodes
+  type: str
 cron_since:
-  description: When the cron file last changed (Unix time, the node's clock), or null without one.
+  description: When the rounds were installed (the cron file's or the timer link's change, Unix time, the
+    node's clock), or null without them.
   returned: without nodes
   type: float
 scheduled:
@@ -182,7 +192,7 @@ def _cron_present(path: str) -> bool:
 
 def _mtime(path: str) -> float | None:
     try:
-        return os.stat(path).st_mtime
+        return os.lstat(path).st_mtime
     except OSError:
         return None
 
@@ -230,6 +240,9 @@ def node_status(module: AnsibleModule) -> dict[str, Any]:
     except ScheduleError as exc:
         module.warn(f"schedule: {exc}")
         period = None
+    # An enabled timer runs the rounds where systemd does (a link in timers.target.wants), cron elsewhere.
+    timer = os.path.lexists(params["timer_link"])
+    scheduler = "timer" if timer else "cron" if _cron_present(params["cron_file"]) else None
     version = None
     if os.access(params["unison"], os.X_OK):
         rc, out, err = module.run_command([params["unison"], "-version"])
@@ -243,8 +256,9 @@ def node_status(module: AnsibleModule) -> dict[str, Any]:
         "folders": folders,
         "unison_version": version,
         "mode": params["mode"],
-        "cron": _cron_present(params["cron_file"]),
-        "cron_since": _mtime(params["cron_file"]),
+        "cron": scheduler is not None,
+        "scheduler": scheduler,
+        "cron_since": _mtime(params["timer_link"] if scheduler == "timer" else params["cron_file"]),
         "scheduled": scheduled if isinstance(scheduled, dict) else None,
         "schedule_period_s": period,
         "watcher": watcher_state(params["state_dir"]),
@@ -267,6 +281,10 @@ def main() -> None:
             "state_dir": {"type": "path", "default": "/var/lib/replimesh/state"},
             "unison": {"type": "path", "default": "/usr/bin/unison"},
             "cron_file": {"type": "path", "default": "/etc/cron.d/replimesh"},
+            "timer_link": {
+                "type": "path",
+                "default": "/etc/systemd/system/timers.target.wants/replimesh-sync.timer",
+            },
             "mode": {"type": "str", "default": "cron"},
             "schedule": {"type": "str"},
             "nodes": {"type": "dict"},

@@ -13,7 +13,8 @@ description:
     works in check mode); the bind-mount check mounts an empty directory of its own and unmounts it.
   - Checks that root may make the read-only bind mounts the peers' jails are built of; that
     C(/etc/ssh/sshd_config) includes C(sshd_config.d/*.conf) before any C(Match) block; that cron would run
-    the mesh user's job (a cron with a login uid it may not change refuses every job, silently); that each
+    the mesh user's job on a host without systemd (a cron with a login uid it may not change refuses every
+    job, silently; with systemd a timer runs the rounds); that each
     file system of the folders and of the state has O(min_free_mib) free; and that each peer's host name
     resolves on this node.
   - The clock is judged by the caller, who knows its own time; this module returns the node's (RV(node_time)).
@@ -87,7 +88,7 @@ ahead_at_most:
   returned: always
   type: float
 systemd:
-  description: Whether systemd is the node's init (it starts cron without a login uid).
+  description: Whether systemd is the node's init (a systemd timer runs the rounds there, not cron).
   returned: always
   type: bool
 cron_running:
@@ -168,8 +169,9 @@ def main() -> None:
         problems.append(problem)
     systemd = _read("/proc/1/comm").strip() == "systemd"
     daemons = _cron_daemons()
-    if "cron" not in skip:
-        starter = None if systemd else _process("self")
+    # With systemd as PID 1 a timer runs the rounds (mesh_sync_scheduler), not cron.
+    if "cron" not in skip and not systemd:
+        starter = _process("self")
         problem = cron_problem(daemons, starter, _read("/etc/pam.d/cron"), _uid(params["job_user"]))
         if problem:
             problems.append(problem)

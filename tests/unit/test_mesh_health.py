@@ -205,7 +205,7 @@ def test_an_inactive_peer_is_not_expected_yet() -> None:
             {"folders": [{"name": "shared", "path": "/srv/shared", "marker": False}]},
             "folder shared: marker missing",
         ),
-        ({"cron": False}, "cron job missing"),
+        ({"cron": False}, "scheduled rounds missing (no cron job, no timer)"),
         ({"unison_version": None}, "unison not found"),
         ({"failed": True, "msg": "cannot read mesh.json"}, "status not read: cannot read mesh.json"),
     ],
@@ -359,6 +359,7 @@ def test_the_module_reads_a_node(tmp_path: Path, check: bool) -> None:
         "config": str(tmp_path / "mesh.json"),
         "state_dir": str(tmp_path / "state"),
         "unison": str(unison),
+        "timer_link": str(tmp_path / "timers.target.wants" / "replimesh-sync.timer"),
     }
     result = run_module({**args, "cron_file": str(tmp_path / "cron")}, check)
     assert (result["changed"], result["node"], result["unison_version"], result["cron"]) == (
@@ -372,6 +373,15 @@ def test_the_module_reads_a_node(tmp_path: Path, check: bool) -> None:
     assert run_module({**args, "cron_file": str(tmp_path / "nocron")})["cron"] is False
     assert result["scheduled"] is None and result["schedule_period_s"] is None
     assert abs(result["cron_since"] - (tmp_path / "cron").stat().st_mtime) < 1e-6
+    assert result["scheduler"] == "cron"
+    # Where systemd runs the rounds: the enabled timer (its link, judged by the link's own time).
+    link = Path(args["timer_link"])
+    link.parent.mkdir()
+    link.symlink_to("/nonexistent/replimesh-sync.timer")
+    timer = run_module({**args, "cron_file": str(tmp_path / "nocron")})
+    assert (timer["cron"], timer["scheduler"]) == (True, "timer")
+    assert abs(timer["cron_since"] - link.lstat().st_mtime) < 1e-6
+    link.unlink()
     # The runner's record of the scheduler's last round, and the schedule it judges a missing one by.
     mesh_runner.record_scheduled_round(tmp_path / "state", "*/15 * * * *", 900, 1_700_000_000.0)
     again = run_module({**args, "cron_file": str(tmp_path / "cron"), "schedule": "*/15 * * * *"})
@@ -409,6 +419,12 @@ def _scheduled(now: float, at: float | None, **extra: Any) -> dict[str, Any]:
         (_scheduled(10_000.0, None, cron_since=9_500.0, schedule_period_s=900), None),
         (_scheduled(10_000.0, None, cron_since=7_000.0, schedule_period_s=900), "since the cron job was"),
         (_scheduled(10_000.0, 10_000.0 - 9_000, cron=False), None),  # no cron job: a problem of its own
+        # A systemd timer runs the rounds: the same judgement, a question about the timer.
+        (_scheduled(10_000.0, 10_000.0 - 2_900, scheduler="timer"), "is its systemd timer running?"),
+        (
+            _scheduled(10_000.0, None, cron_since=7_000.0, schedule_period_s=900, scheduler="timer"),
+            "since the timer was enabled",
+        ),
         # The schedule became hourly after a round of the old one: the hourly wait is allowed.
         (_scheduled(10_000.0, 10_000.0 - 2_900, schedule_period_s=3600), None),
     ],
@@ -423,7 +439,9 @@ def test_a_node_whose_scheduler_runs_no_round_is_degraded_with_the_reason(
     if reason is None:
         assert row["degraded"] == [] and report["degraded"] == []
         return
-    assert reason in row["degraded"][0] and "is cron running jobs?" in row["degraded"][0]
+    timer = extra.get("scheduler") == "timer"
+    question = "is its systemd timer running?" if timer else "is cron running jobs?"
+    assert reason in row["degraded"][0] and question in row["degraded"][0]
     assert "15 min between rounds" in row["degraded"][0]
     assert not report["healthy"] and not row["healthy"] and report["problems"] == []
     assert headline(report).startswith("DEGRADED (1 nodes)")

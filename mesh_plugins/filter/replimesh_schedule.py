@@ -1,0 +1,30 @@
+"""Filters on the mesh's sync schedule: the systemd timer's `OnCalendar=` lines of a cron expression."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from ansible.errors import AnsibleFilterError
+
+try:
+    from mesh_plugins.module_utils.mesh_schedule import ScheduleError, oncalendar
+except ImportError:
+    # Run from a checkout without `pip install`: the project root is three levels above this file.
+    _PROJECT_ROOT = str(Path(__file__).resolve().parents[2])
+    if _PROJECT_ROOT not in sys.path:
+        sys.path.insert(0, _PROJECT_ROOT)
+    from mesh_plugins.module_utils.mesh_schedule import ScheduleError, oncalendar
+
+
+def replimesh_oncalendar(schedule: str) -> list[str]:
+    """`'*/15 * * * *' | replimesh_oncalendar` -> `['*-*-* *:00,15,30,45:00']`: when cron would run it."""
+    try:
+        return oncalendar(str(schedule))
+    except ScheduleError as exc:
+        raise AnsibleFilterError(f"replimesh_oncalendar: {exc}") from exc
+
+
+class FilterModule:
+    def filters(self) -> dict[str, object]:
+        return {"replimesh_oncalendar": replimesh_oncalendar}
