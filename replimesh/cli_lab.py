@@ -11,8 +11,10 @@ import typer
 from replimesh.cli_common import LabDir
 from replimesh.cli_common import fail as _fail
 from replimesh.cli_common import log as _log
+from replimesh.lab.cleanup import down_all, down_named
 from replimesh.lab.errors import LabError
-from replimesh.lab.lab import FAULTS, MAX_NODES, Lab, LabConfig, down_all, down_named
+from replimesh.lab.kinds import HostKind
+from replimesh.lab.lab import FAULTS, MAX_NODES, Lab, LabConfig
 
 lab_app = typer.Typer(help="A lab of real SSH hosts on this machine (Docker), for tests and the demo.",
                       no_args_is_help=True)  # fmt: skip
@@ -24,15 +26,21 @@ def lab_up(
     lab_dir: LabDir = Path(".lab"),
     name: Annotated[str | None, typer.Option(help="Docker name prefix of this lab.")] = None,
     subnet: Annotated[str | None, typer.Option(help="The lab's /24, inside 172.31.0.0/16.")] = None,
+    init: Annotated[
+        str, typer.Option(help="The new hosts' init: none (a bare container) or systemd (PID 1, as a VM).")
+    ] = "none",
+    release: Annotated[
+        str, typer.Option(help="The new hosts' Debian: bookworm (12) or trixie (13).")
+    ] = "bookworm",
 ) -> None:
-    """Start (or grow) the lab and write LAB_DIR/lab.mesh.yml."""
+    """Start (or grow) the lab and write LAB_DIR/lab.mesh.yml. A host keeps the kind it was started as."""
     try:
         config = None
         if name or subnet:
             defaults = LabConfig()
             config = LabConfig(name=name or defaults.name, subnet=subnet or defaults.subnet)
         lab = Lab(lab_dir, config, log=_log)
-        hosts = lab.up(count)
+        hosts = lab.up(count, default=HostKind(init, release))
     except LabError as exc:
         _fail(str(exc))
     for host in hosts:
@@ -91,9 +99,11 @@ def lab_fault(
 
 @lab_app.command("ls")
 def lab_ls(lab_dir: LabDir = Path(".lab")) -> None:
-    """List the lab's hosts."""
+    """List the lab's hosts: name, address, container, Debian release, init."""
     try:
-        for host in Lab(lab_dir, log=_log).hosts():
-            typer.echo(f"{host.name}\t{host.address}\t{host.container}")
+        lab = Lab(lab_dir, log=_log)
+        for host in lab.hosts():
+            kind = f"{lab.release_of(host.name)}\t{lab.init_of(host.name)}"
+            typer.echo(f"{host.name}\t{host.address}\t{host.container}\t{kind}")
     except LabError as exc:
         _fail(str(exc))

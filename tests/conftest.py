@@ -40,6 +40,10 @@ def slot_lab_config(role: str, offset: int) -> LabConfig:
 
 
 TEST_LAB = slot_lab_config("test", 0)
+# The hosts of a test lab that boot systemd as PID 1, as a VM or a server does (a timer runs their rounds,
+# a unit their watcher); the others are bare containers with no init system (cron, a supervisor). Every
+# scenario on the shared mesh runs on both kinds at once.
+SYSTEMD_NODES = ("node5",)
 
 
 class SessionLab:
@@ -51,7 +55,7 @@ class SessionLab:
     def ensure(self, count: int) -> list[Host]:
         hosts = self.lab.hosts()
         if len(hosts) < count:
-            hosts = self.lab.up(count)
+            hosts = self.lab.up(count, systemd=SYSTEMD_NODES)
         return hosts[:count]
 
     def sh(self, node: str, script: str, check: bool = True) -> str:

@@ -21,13 +21,14 @@ import yaml
 
 from replimesh.lab import image, system
 from replimesh.lab.errors import LabError
+from replimesh.lab.kinds import HostKind
 from replimesh.lab.system import Log, docker
 
 MAX_NODES = 16
 GUARD = "172.31.0.0/16"  # every lab /24 lies inside; nothing for it may leave this machine
 APT_PORT = 8642
 LABEL = "replimesh.lab"
-FAULTS = ("pause", "unpause", "kill", "start", "partition", "heal")
+FAULTS = ("pause", "unpause", "kill", "shutdown", "start", "partition", "heal", "reboot")
 SSH_OPTIONS = ("-o", "BatchMode=yes", "-o", "ConnectTimeout=5", "-o", "ServerAliveInterval=5")
 
 
@@ -94,6 +95,48 @@ class Lab:
         indexes = sorted(int(n.rsplit("-node", 1)[1]) for n in names.split() if "-node" in n)
         return [self.host(i) for i in indexes]
 
+    def _kinds(self) -> dict[str, HostKind]:
+        """node -> what its container runs: its init system and its Debian release."""
+        labels = "|".join(f'{{{{.Label "replimesh.{key}"}}}}' for key in ("node", "init", "release"))
+        out = docker("ps", "-a", "--filter", f"label={LABEL}={self.config.name}", "--format", labels)
+        kinds = {}
+        for line in out.splitlines():
+            node, init, release = [*line.split("|"), "", ""][:3]
+            kinds[node] = HostKind(init or "none", release or "bookworm")
+        return kinds
+
+    def init_of(self, node: str) -> str:
+        return self._kinds().get(self.resolve(node).name, HostKind()).init
+
+    def release_of(self, node: str) -> str:
+        """The Debian release the host runs now (an upgrade in place changes it)."""
+        proc = self.exec(node, ["sh", "-c", ". /etc/os-release; echo $VERSION_CODENAME"])
+        return proc.stdout.decode().strip() or self._kinds().get(self.resolve(node).name, HostKind()).release
+
+    def upgrade_release(self, node: str, release: str) -> None:
+        """Upgrade the host in place to Debian `release` (`apt full-upgrade` from the lab's copy of that
+        release's archive), then reboot it, as Debian's release notes say; back when SSH answers."""
+        host, kind = self.resolve(node), self._kinds().get(self.resolve(node).name, HostKind())
+        HostKind(kind.init, release).check()
+        if kind.init == "systemd" and not system.cgroup2():
+            raise LabError(f"{release}'s systemd needs the unified cgroup hierarchy (v2) on this machine")
+        tag = image.ensure_image(self.log, kind.init, release)
+        repo = image.ensure_upgrade_repo(self.log, release, tag)
+        served = f"{release}-upgrade"
+        self._ensure_apt_server({served: repo})
+        script = (
+            f"echo 'deb [trusted=yes] {self._apt_url(served)} ./' > {image.LAB_APT_LIST}"
+            " && apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get full-upgrade -y -q"
+            " -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold"
+        )
+        proc = self.exec(node, ["sh", "-c", script], timeout=900)
+        if proc.returncode != 0:
+            raise LabError(f"upgrading {node} to {release} failed:\n{proc.stdout.decode()[-3000:]}"
+                           f"{proc.stderr.decode()[-2000:]}")  # fmt: skip
+        docker("restart", "--time", "60", host.container, timeout=180)
+        self._wait_ssh([host], timeout=90)
+        self._write_known_hosts(self.hosts())  # waiting wrote only this host's key
+
     def resolve(self, node: str) -> Host:
         for host in self.hosts():
             if node in (host.name, host.container, host.address):
@@ -102,27 +145,57 @@ class Lab:
         raise LabError(f"unknown lab node {node!r}; lab nodes: {known}")
 
     # --- up -----------------------------------------------------------------------------------------
-    def up(self, count: int, no_mount: Collection[str] = ()) -> list[Host]:
+    def up(
+        self,
+        count: int,
+        no_mount: Collection[str] = (),
+        systemd: Collection[str] = (),
+        trixie: Collection[str] = (),
+        default: HostKind | None = None,
+    ) -> list[Host]:
         """Start hosts node1..nodeCOUNT. Those named in ``no_mount`` are containers whose root may not mount
-        (no CAP_SYS_ADMIN), like a container host replimesh did not build; the others' root may."""
+        (no CAP_SYS_ADMIN), like a container host replimesh did not build; the others' root may. Those named
+        in ``systemd`` boot systemd as PID 1, as a VM or a server does, those in ``trixie`` run Debian 13; a
+        host already up keeps its kind, and the other new ones are ``default`` (Debian 12 with no init
+        system: sshd and cron started by a script)."""
         if not 1 <= count <= MAX_NODES:
             raise LabError(f"a lab has 1 to {MAX_NODES} hosts, not {count}")
+        default = default or HostKind()
+        wanted = [self.host(i) for i in range(1, count + 1)]
+        running = self._kinds() if system.docker_ready() else {}
+        # A host keeps its kind (`lab up` only grows a lab); a new one gets what was asked.
+        kinds = {
+            h.name: HostKind(
+                "systemd" if h.name in systemd else running.get(h.name, default).init,
+                "trixie" if h.name in trixie else running.get(h.name, default).release,
+            )
+            for h in wanted
+        }
+        for kind in set(kinds.values()):
+            kind.check()
         system.require_root()
         with system.shared_lock():  # until this lab's network exists: no other lab's down stops dockerd
             system.ensure_packages(self.log)
             system.ensure_dockerd(self.log)
-            tag = image.ensure_image(self.log)
-            repo = image.ensure_apt_repo(self.log)
+            tags = {
+                kind: image.ensure_image(self.log, kind.init, kind.release) for kind in set(kinds.values())
+            }
+            repos = {rel: image.ensure_apt_repo(self.log, rel) for rel in {k.release for k in kinds.values()}}
             self.state_dir.mkdir(parents=True, exist_ok=True)
             self._write_if_changed(self.state_dir / "lab.json", json.dumps(asdict(self.config)) + "\n")
             if system.ensure_guard_route(GUARD):
                 self.log(f"added guard route: unreachable {GUARD} metric 4000")
             self._ensure_network()
             system.ensure_forward_accept(self.bridge)
-        self._ensure_apt_server(repo)
+        self._ensure_apt_server(repos)
         self._ensure_key()
-        wanted = [self.host(i) for i in range(1, count + 1)]
-        started = [h for h in wanted if self._ensure_container(h, tag, mount=h.name not in no_mount)]
+        for release in repos:
+            self._write_if_changed(self._env_path(release), f"LAB_APT_URL={self._apt_url(release)}\n")
+        started = [
+            h
+            for h in wanted
+            if self._ensure_container(h, tags[kinds[h.name]], h.name not in no_mount, kinds[h.name])
+        ]
         hosts = self.hosts()
         self._wait_ssh(started, timeout=90)
         self._write_known_hosts(hosts)
@@ -148,16 +221,40 @@ class Lab:
             "--label", f"{LABEL}={self.config.name}", self.config.name,
         )  # fmt: skip
 
+    def _apt_url(self, release: str) -> str:
+        return f"http://{self.gateway}:{APT_PORT}/{release}"
+
+    def _env_path(self, release: str) -> Path:
+        """The lab's settings for hosts whose setup runs as a systemd unit (no container environment)."""
+        return self.state_dir / f"host-{release}.env"
+
     @property
     def _apt_pidfile(self) -> Path:
         return system.RUN_DIR / f"apt-{self.config.name}.pid"
 
-    def _ensure_apt_server(self, repo: Path) -> None:
+    def _ensure_apt_server(self, repos: dict[str, Path]) -> None:
+        """One HTTP server on the lab's bridge: RELEASE/ is that release's repository."""
+        served = self.state_dir / "apt"
+        served.mkdir(parents=True, exist_ok=True)
+        for release, repo in repos.items():
+            link = served / release
+            if not link.is_symlink() or link.readlink() != repo:
+                link.unlink(missing_ok=True)
+                link.symlink_to(repo)
         if system.process_running(self._apt_pidfile):
             return
         system.RUN_DIR.mkdir(parents=True, exist_ok=True)
         system.start_detached(
-            ["python3", "-m", "http.server", str(APT_PORT), "--bind", self.gateway, "--directory", str(repo)],
+            [
+                "python3",
+                "-m",
+                "http.server",
+                str(APT_PORT),
+                "--bind",
+                self.gateway,
+                "--directory",
+                str(served),
+            ],
             self.state_dir / "apt-http.log",
             self._apt_pidfile,
         )
@@ -167,7 +264,7 @@ class Lab:
             system.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "replimesh-lab", "-f",
                         str(self.key_path)])  # fmt: skip
 
-    def _ensure_container(self, host: Host, tag: str, mount: bool = True) -> bool:
+    def _ensure_container(self, host: Host, tag: str, mount: bool, kind: HostKind) -> bool:
         """Create the host's container unless it already runs this image with this right to mount. True when
         (re)started."""
         state = docker(
@@ -182,14 +279,15 @@ class Lab:
             docker("rm", "-f", host.container)
         # A new host has new keys: forget what the control node stored for the old one.
         (self.keystore / f"{host.name}.json").unlink(missing_ok=True)
+        options = kind.run_options(self._env_path(kind.release), self._apt_url(kind.release))
         docker(
-            "run", "-d", "--init", "--name", host.container, "--hostname", host.name,
+            "run", "-d", *options, "--name", host.container, "--hostname", host.name,
             "--network", self.config.name, "--ip", host.address,
             "--label", f"{LABEL}={self.config.name}", "--label", f"replimesh.node={host.name}",
-            "--label", f"replimesh.mount={str(mount).lower()}",
+            "--label", f"replimesh.mount={str(mount).lower()}", "--label", f"replimesh.init={kind.init}",
+            "--label", f"replimesh.release={kind.release}",
             # A real host's root may mount (bind mounts into the SSH jail); the lab's users stay unprivileged.
             *(["--cap-add", "SYS_ADMIN"] if mount else []),
-            "-e", f"LAB_APT_URL=http://{self.gateway}:{APT_PORT}",
             "-v", f"{self.key_path}.pub:/lab/authorized_keys:ro",
             tag,
         )  # fmt: skip
@@ -288,6 +386,13 @@ class Lab:
         host = self.resolve(node)
         if action == "partition":
             docker("network", "disconnect", self.config.name, host.container)
+        elif action == "shutdown":
+            # A clean power-off (systemd stops its units and unmounts): `start` boots the host again.
+            docker("stop", "--time", "60", host.container, timeout=180)
+        elif action == "reboot":
+            # A clean shutdown (systemd stops its units and unmounts; elsewhere sshd gets SIGTERM), then a
+            # boot: the host comes back with what it keeps on disk, as after `systemctl reboot`.
+            docker("restart", "--time", "60", host.container, timeout=180)
         elif action == "heal":
             docker("network", "connect", "--ip", host.address, self.config.name, host.container)
         else:
@@ -309,50 +414,8 @@ class Lab:
         system.stop_pidfile(self._apt_pidfile)
         for name in ("lab.mesh.yml", "known_hosts", "lab.json", "apt-http.log"):
             (self.state_dir / name).unlink(missing_ok=True)
+        for release in image.RELEASES:
+            self._env_path(release).unlink(missing_ok=True)
+        shutil.rmtree(self.state_dir / "apt", ignore_errors=True)
         shutil.rmtree(self.keystore, ignore_errors=True)
-        _stop_shared_if_unused(self.log)
-
-
-def _stop_shared_if_unused(log: Log) -> None:
-    """The engine and the guard route serve every lab: they go only with the last one."""
-    with system.shared_lock():
-        if system.docker_ready():
-            if docker("ps", "-aq", "--filter", f"label={LABEL}") or docker(
-                "network", "ls", "-q", "--filter", f"label={LABEL}"
-            ):
-                return
-            system.stop_dockerd(log)
-        system.remove_guard_route(GUARD)
-
-
-def down_named(names: Sequence[str], log: Log) -> None:
-    """Remove the named labs (hosts, network, rules, apt server), leftovers of interrupted runs too."""
-    system.require_root()
-    if system.docker_ready():
-        subnets = {}
-        for net in docker("network", "ls", "--filter", f"label={LABEL}", "--format", "{{.Name}}").split():
-            subnets[net] = json.loads(docker("network", "inspect", net))[0]["IPAM"]["Config"][0]["Subnet"]
-        for name in names:
-            if name in subnets:
-                state = Path(f"/run/replimesh/state-{name}")
-                Lab(state, LabConfig(name=name, subnet=subnets[name]), log=log).down()
-            if not system.docker_ready():  # that was the last lab: its down() stopped the engine
-                break
-            ids = docker("ps", "-aq", "--filter", f"label={LABEL}={name}").split()
-            if ids:
-                docker("rm", "-f", *ids)
-                log(f"removed {len(ids)} leftover hosts of {name}")
-    for name in names:
-        system.stop_pidfile(system.RUN_DIR / f"apt-{name}.pid")
-    _stop_shared_if_unused(log)
-
-
-def down_all(log: Log) -> None:
-    """Remove every replimesh lab on this machine, including leftovers of interrupted runs."""
-    system.require_root()
-    names: set[str] = {p.stem.removeprefix("apt-") for p in system.RUN_DIR.glob("apt-*.pid")}
-    if system.docker_ready():
-        names |= set(docker("network", "ls", "--filter", f"label={LABEL}", "--format", "{{.Name}}").split())
-        for labels in docker("ps", "-a", "--filter", f"label={LABEL}", "--format", "{{.Labels}}").split():
-            names |= {kv.split("=", 1)[1] for kv in labels.split(",") if kv.startswith(f"{LABEL}=")}
-    down_named(sorted(names), log)
+        system.stop_shared_if_unused(LABEL, GUARD, self.log)

@@ -73,6 +73,11 @@ def ensure_packages(log: Log) -> None:
             raise LabError(f"{' '.join(args[:2])} failed: {' '.join(tail)}")
 
 
+def cgroup2() -> bool:
+    """Whether /sys/fs/cgroup is the unified (v2) hierarchy."""
+    return Path("/sys/fs/cgroup/cgroup.controllers").exists()
+
+
 def docker_ready() -> bool:
     proc = subprocess.run(["docker", "info", "--format", "{{json .ID}}"], capture_output=True, timeout=30)
     return proc.returncode == 0
@@ -223,3 +228,16 @@ def stop_pidfile(pid_path: Path, timeout: float = 10) -> None:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
     pid_path.unlink(missing_ok=True)
+
+
+def stop_shared_if_unused(label: str, guard: str, log: Log) -> None:
+    """The engine and the guard route serve every lab (containers and networks labelled `label`): they go
+    only with the last one."""
+    with shared_lock():
+        if docker_ready():
+            if docker("ps", "-aq", "--filter", f"label={label}") or docker(
+                "network", "ls", "-q", "--filter", f"label={label}"
+            ):
+                return
+            stop_dockerd(log)
+        remove_guard_route(guard)

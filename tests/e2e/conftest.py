@@ -65,6 +65,15 @@ class Mesh:
         assert proc.returncode == 0 and report["identical"], proc.stdout[-3000:] + proc.stderr[-2000:]
         return report
 
+    def rounds_on(self, node: str) -> bool:
+        """Whether the node's scheduled rounds are on: with systemd its timer is enabled and waiting, else
+        its cron file holds the job."""
+        if self.lab.lab.init_of(node) == "systemd":
+            state = self.lab.sh(node, "systemctl is-enabled replimesh-sync.timer; systemctl is-active "
+                                "replimesh-sync.timer; true")  # fmt: skip
+            return state.split() == ["enabled", "active"]
+        return "replimesh-sync" in self.lab.sh(node, "cat /etc/cron.d/replimesh 2>/dev/null || true")
+
     def converged(self, nodes: list[str] | None = None) -> bool:
         digests = [self.digest(n) for n in nodes or self.nodes]
         return all(d == digests[0] for d in digests)

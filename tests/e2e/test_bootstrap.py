@@ -121,23 +121,31 @@ def test_cron_schedule_converges_without_any_ad_hoc_run(mesh: Mesh) -> None:
         for node in mesh.nodes:
             ran = json.loads(mesh.lab.sh(node, f"cat {SCHEDULED}"))
             assert (ran["schedule"], ran["period_s"]) == ("* * * * *", 60), (node, ran)
-        # node4's cron stops running jobs; 40 minutes on (its record made that much older), status says so,
-        # by the mesh file's schedule (every 15 min: the longer of the two waits is allowed).
+        # node4's cron stops running jobs, node5's timer (systemd) stops; 40 minutes on (their records made
+        # that much older), status says so, by the mesh file's schedule (every 15 min: the longer of the
+        # two waits is allowed).
         mesh.lab.sh("node4", "/etc/init.d/cron stop >/dev/null")
+        mesh.lab.sh("node5", "systemctl stop replimesh-sync.timer")
         backdate = f"import json,time; p='{SCHEDULED}'; r=json.load(open(p)); r['at']=time.strftime("
         backdate += "'%Y-%m-%dT%H:%M:%SZ', time.gmtime(time.time() - 2400)); json.dump(r, open(p, 'w'))"
-        mesh.lab.sh("node4", f"runuser -u {MESH_USER} -- python3 -c {shlex.quote(backdate)}")
+        for node in ("node4", "node5"):
+            mesh.lab.sh(node, f"runuser -u {MESH_USER} -- python3 -c {shlex.quote(backdate)}")
         proc = run_tool("meshctl", "status", "-i", str(mesh.inventory), "--json", timeout=300)
         report = json.loads(proc.stdout)
         rows = {row["node"]: row for row in report["nodes"]}
         assert proc.returncode == 1 and not report["healthy"], proc.stdout[-3000:]
-        assert [r for r in report["degraded"] if not r.startswith("node4: ")] == [], report["degraded"]
-        (reason,) = rows["node4"]["degraded"]
-        assert reason.startswith("no scheduled round for 40 min (its schedule allows 15 min"), reason
-        assert reason.endswith("is cron running jobs?"), reason
-        record("fault", "a node whose cron runs no job: degraded in status, with the reason", nodes=5)
+        others = [r for r in report["degraded"] if not r.startswith(("node4: ", "node5: "))]
+        assert others == [], report["degraded"]
+        questions = {"node4": "is cron running jobs?", "node5": "is its systemd timer running?"}
+        for node, question in questions.items():
+            (reason,) = rows[node]["degraded"]
+            assert reason.startswith("no scheduled round for 40 min (its schedule allows 15 min"), reason
+            assert reason.endswith(question), reason
+        assert (rows["node4"]["scheduler"], rows["node5"]["scheduler"]) == ("cron", "timer")
+        record("fault", "a node whose cron or timer runs no round: degraded, with the reason", nodes=5)
     finally:
-        # The backdated record goes (the next round writes a true one): later tests see no stale alarm.
+        # The backdated records go (the next round writes a true one): later tests see no stale alarm.
         mesh.lab.sh("node4", f"rm -f {SCHEDULED}; /etc/init.d/cron start >/dev/null")
+        mesh.lab.sh("node5", f"rm -f {SCHEDULED}")
         restore = mesh.playbook("bootstrap.yml", "--tags", "mesh_sync_cron")
         assert restore.returncode == 0, restore.stdout[-3000:]

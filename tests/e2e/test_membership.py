@@ -1,5 +1,7 @@
 """add-node.yml and remove-node.yml on a lab of its own (it makes its own meshes, so it runs beside the
-shared lab's tests): a mesh of 4 grows to 5, then loses a paused node."""
+shared lab's tests): a mesh of 4 grows to 5, then loses a paused node. The mesh is mixed, as users run
+theirs: a Debian 13 node (Unison 2.53) among Debian 12 ones (2.52), and the node that joins boots
+systemd (a timer runs its rounds)."""
 
 from __future__ import annotations
 
@@ -12,12 +14,15 @@ import yaml
 
 from replimesh.lab import system
 from replimesh.lab.lab import Lab
-from tests.conftest import SessionLab, run_tool, slot_lab_config
+from tests.conftest import SYSTEMD_NODES, SessionLab, run_tool, slot_lab_config
 from tests.e2e.conftest import FOLDER, MESH_USER, Mesh, mesh_login, recap, sha
 
 pytestmark = pytest.mark.lab
 
 MEMBERSHIP_LAB = slot_lab_config("mbr", 7)
+# A mixed mesh, as during a rolling upgrade: node4 runs Debian 13 (Unison 2.53), the others Debian 12
+# (2.52); node5 boots systemd.
+TRIXIE_NODES = ("node4",)
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +30,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     """Five fresh lab hosts, not bootstrapped: the test makes its meshes itself."""
     lab = Lab(tmp_path_factory.mktemp("membership"), MEMBERSHIP_LAB, log=lambda m: print(f"[lab] {m}"))
     try:
-        hosts = lab.up(5)
+        hosts = lab.up(5, systemd=SYSTEMD_NODES, trixie=TRIXIE_NODES)
         yield Mesh(SessionLab(lab), lab.inventory_path, [h.name for h in hosts], "")
     finally:
         lab.down()
@@ -54,13 +59,16 @@ def _conflict_copies(mesh: Mesh, nodes: list[str]) -> dict[str, list[str]]:
 
 
 def test_grow_to_five_then_remove_a_paused_node(mesh: Mesh, tmp_path: Path) -> None:
-    # node5 comes as a freshly installed host: new container, new keys, nothing of the old mesh.
+    # node5 comes as a freshly installed host (systemd as PID 1): new container, new keys, nothing of the
+    # old mesh.
     system.docker("rm", "-f", mesh.lab.lab.resolve("node5").container)
-    mesh.lab.lab.up(5)
+    mesh.lab.lab.up(5, systemd=SYSTEMD_NODES, trixie=TRIXIE_NODES)
     mesh_file = tmp_path / "members.mesh.yml"
     four = ["node1", "node2", "node3", "node4"]
     _write_mesh_file(mesh, mesh_file, four)
     _run(mesh_file, "bootstrap.yml")
+    versions = {n: mesh.lab.sh(n, "unison -version").split()[2] for n in four}  # unison version X (ocaml Y)
+    assert versions["node4"].startswith("2.53.") and versions["node1"].startswith("2.52."), versions
 
     # 200 files written across the four nodes, one round: the mesh of four agrees.
     for i, node in enumerate(four):
@@ -76,6 +84,9 @@ def test_grow_to_five_then_remove_a_paused_node(mesh: Mesh, tmp_path: Path) -> N
     _write_mesh_file(mesh, mesh_file, five)
     _run(mesh_file, "add-node.yml", "-e", "node=node5")
     assert mesh.digest("node5") == reference
+    # Seeded, its scheduled rounds are on: a systemd timer on this host, cron on the others.
+    assert mesh.lab.lab.init_of("node5") == "systemd" and all(mesh.rounds_on(n) for n in five)
+    assert "replimesh-sync" not in mesh.lab.sh("node5", "cat /etc/cron.d/replimesh 2>/dev/null || true")
     mesh.verify(mesh_file)
     mesh.write("node5", "from-node5.txt", b"the newcomer writes\n")
     _run(mesh_file, "sync.yml")

@@ -46,7 +46,7 @@ def watch_mode(mesh_session: Mesh) -> Iterator[dict[str, bool]]:
         switch(mesh_session)  # cron mode again: watchers stopped and removed, the cron job back
         for node in mesh_session.nodes:
             assert not watcher_pids(mesh_session, node), f"{node}: a watcher still runs"
-            assert "replimesh-sync" in mesh_session.lab.sh(node, "cat /etc/cron.d/replimesh")
+            assert mesh_session.rounds_on(node), f"{node}: its scheduled rounds are not back"
 
 
 @pytest.fixture
@@ -83,8 +83,12 @@ def write_and_time(mesh: Mesh, node: str, rel: str, data: bytes) -> float:
 def test_watch_mode_delivers_without_rounds_and_a_killed_watcher_comes_back(watching: Mesh) -> None:
     mesh = watching
     for node in mesh.nodes:
-        assert "replimesh-sync" not in mesh.lab.sh(node, "cat /etc/cron.d/replimesh 2>/dev/null || true")
+        assert not mesh.rounds_on(node), f"{node}: scheduled rounds are on"
         assert len(watcher_pids(mesh, node)) == 1, f"{node}: not exactly one watcher"
+    # Where systemd runs, the watcher is its unit (elsewhere a supervisor that cron keeps alive).
+    for node in mesh.nodes:
+        if mesh.lab.lab.init_of(node) == "systemd":
+            assert mesh.lab.sh(node, "systemctl is-active replimesh-watch").strip() == "active", node
 
     first = write_and_time(mesh, "node1", "watched/first.txt", b"written on node1\n" * 64)
     log(f"a 1 KiB file written on node1 was on all {len(mesh.nodes)} nodes after {first:.2f} s")
@@ -100,6 +104,14 @@ def test_watch_mode_delivers_without_rounds_and_a_killed_watcher_comes_back(watc
 
     assert wait_until(restarted, RESTART_TIMEOUT_S, interval=0.2), watcher_pids(mesh, "node3")
     log(f"node3's watcher was killed and back after {time.monotonic() - killed:.1f} s")
+    # The same on the systemd host, where the unit's Restart=always brings it back.
+    (old5,) = watcher_pids(mesh, "node5")
+    mesh.lab.sh("node5", f"kill -9 {old5}")
+    assert wait_until(
+        lambda: (pids := watcher_pids(mesh, "node5")) and pids[0] != old5 and len(pids) == 1,
+        RESTART_TIMEOUT_S,
+        interval=0.2,
+    ), watcher_pids(mesh, "node5")
     second = write_and_time(mesh, "node3", "watched/second.bin", bytes(range(256)) * 16)
     log(f"after the restart a file written on node3 was on all nodes after {second:.2f} s")
     assert first < DELIVERY_TIMEOUT_S and second < DELIVERY_TIMEOUT_S
