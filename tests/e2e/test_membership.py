@@ -1,7 +1,7 @@
 """add-node.yml and remove-node.yml on a lab of its own (it makes its own meshes, so it runs beside the
 shared lab's tests): a mesh of 4 grows to 5, then loses a paused node. The mesh is mixed, as users run
-theirs: a Debian 13 node (Unison 2.53) among Debian 12 ones (2.52), and the node that joins boots
-systemd (a timer runs its rounds)."""
+theirs: a Debian 13 node (Unison 2.53) among Debian 12 ones (2.52), and the node that joins, and at the
+end leaves, boots systemd (a timer runs its rounds)."""
 
 from __future__ import annotations
 
@@ -162,3 +162,15 @@ def test_grow_to_five_then_remove_a_paused_node(mesh: Mesh, tmp_path: Path) -> N
     assert _conflict_copies(mesh, five) == {}
     report = mesh.verify(mesh_file)
     assert all(folder["conflict_copies"] == {} for folder in report["folders"].values())
+
+    # node5, the systemd host, leaves while it answers: its timer, its round at boot and its runs stop,
+    # and the others refuse its key.
+    # A copy of its key outlives the removal: what a thief who took it would hold.
+    mesh.lab.sh("node5", "install -m 0600 /var/lib/replimesh/.ssh/id_ed25519 /root/node5-key")
+    _run(mesh_file, "remove-node.yml", "-e", "node=node5", "-e", "skip_confirmation=true")
+    units = mesh.lab.sh("node5", "systemctl list-unit-files 'replimesh-*' --no-legend; true").strip()
+    assert units == "" and not mesh.rounds_on("node5"), units
+    assert mesh.lab.sh("node5", "pgrep -u replimesh -a || true").strip() == ""
+    for node in ["node1", "node2", "node3", "node4"]:
+        login = mesh_login(mesh, "node5", node, key="/root/node5-key")
+        assert b"Permission denied" in login.stdout + login.stderr, (node, login.stderr)
