@@ -103,7 +103,9 @@ def lab_ls(lab_dir: LabDir = Path(".lab")) -> None:
     try:
         lab = Lab(lab_dir, log=_log)
         for host in lab.hosts():
-            kind = f"{lab.release_of(host.name)}\t{lab.init_of(host.name)}"
-            typer.echo(f"{host.name}\t{host.address}\t{host.container}\t{kind}")
+            kind = lab.kind_of(host.name)
+            typer.echo(
+                f"{host.name}\t{host.address}\t{host.container}\t{lab.release_of(host.name)}\t{kind.init}"
+            )
     except LabError as exc:
         _fail(str(exc))

@@ -54,8 +54,8 @@ if [ ! -s /etc/ssh/ssh_host_ed25519_key ]; then ssh-keygen -A >/dev/null; fi
 install -d -m 0700 -o {LAB_USER} -g {LAB_USER} /home/{LAB_USER}/.ssh
 install -m 0600 -o {LAB_USER} -g {LAB_USER} /lab/authorized_keys /home/{LAB_USER}/.ssh/authorized_keys
 # The lab's repository of the host's release; a host upgraded to another release keeps the one it has.
-if [ -n "${{LAB_APT_URL:-}}" ] && [ ! -e /etc/apt/sources.list.d/replimesh-lab.list ]; then
-  echo "deb [trusted=yes] ${{LAB_APT_URL}} ./" > /etc/apt/sources.list.d/replimesh-lab.list
+if [ -n "${{LAB_APT_URL:-}}" ] && [ ! -e {LAB_APT_LIST} ]; then
+  echo "deb [trusted=yes] ${{LAB_APT_URL}} ./" > {LAB_APT_LIST}
 fi
 """
 # A host without an init system: docker-init runs this, which does what a booting host would.

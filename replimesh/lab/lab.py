@@ -105,18 +105,22 @@ class Lab:
             kinds[node] = HostKind(init or "none", release or "bookworm")
         return kinds
 
+    def kind_of(self, node: str) -> HostKind:
+        """The kind the host's container was started as."""
+        return self._kinds().get(self.resolve(node).name, HostKind())
+
     def init_of(self, node: str) -> str:
-        return self._kinds().get(self.resolve(node).name, HostKind()).init
+        return self.kind_of(node).init
 
     def release_of(self, node: str) -> str:
         """The Debian release the host runs now (an upgrade in place changes it)."""
         proc = self.exec(node, ["sh", "-c", ". /etc/os-release; echo $VERSION_CODENAME"])
-        return proc.stdout.decode().strip() or self._kinds().get(self.resolve(node).name, HostKind()).release
+        return proc.stdout.decode().strip() or self.kind_of(node).release
 
     def upgrade_release(self, node: str, release: str) -> None:
         """Upgrade the host in place to Debian `release` (`apt full-upgrade` from the lab's copy of that
         release's archive), then reboot it, as Debian's release notes say; back when SSH answers."""
-        host, kind = self.resolve(node), self._kinds().get(self.resolve(node).name, HostKind())
+        host, kind = self.resolve(node), self.kind_of(node)
         HostKind(kind.init, release).check()  # e.g. Debian 13's systemd on a machine without cgroup v2
         tag = image.ensure_image(self.log, kind.init, release)
         repo = image.ensure_upgrade_repo(self.log, release, tag)

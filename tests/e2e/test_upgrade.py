@@ -145,6 +145,12 @@ def test_bootstrap_upgrades_a_two_way_mesh_in_place(lab: Lab, old_tree: Path) ->
     mesh.verify()
 
 
+def ensure_bootstrapped(mesh: Mesh) -> None:
+    """The mesh as the test before leaves it (bootstrapped), also when a test of this module runs alone."""
+    if mesh.lab.sh("node1", "test -e /etc/cron.d/replimesh && echo yes || true").strip() != "yes":
+        run_tool("ansible-playbook", "-i", str(mesh.inventory), "bootstrap.yml", timeout=900, check=True)
+
+
 GONE = [
     "/etc/cron.d/replimesh", "/etc/cron.d/replimesh-watch", "/etc/ssh/sshd_config.d/replimesh.conf",
     "/usr/local/sbin/replimesh-sync", "/usr/local/lib/replimesh", "/etc/replimesh", "/var/log/replimesh",
@@ -160,8 +166,7 @@ def test_uninstall_leaves_the_data_and_bootstrap_takes_it_back(lab: Lab) -> None
     makes it a mesh again."""
     inventory = lab.inventory_path
     mesh = Mesh(SessionLab(lab), inventory, [f"node{i}" for i in range(1, NODES + 1)], "")
-    if mesh.lab.sh("node1", "test -e /etc/cron.d/replimesh && echo yes || true").strip() != "yes":
-        run_tool("ansible-playbook", "-i", str(inventory), "bootstrap.yml", timeout=900, check=True)
+    ensure_bootstrapped(mesh)
     keystore = inventory.with_suffix("").with_suffix(".keys")
     assert all((keystore / f"{node}.json").exists() for node in mesh.nodes), keystore
     folders = {node: mesh.digest(node) for node in mesh.nodes}
@@ -223,8 +228,7 @@ def test_a_rolling_upgrade_to_debian_13_keeps_every_file(lab: Lab) -> None:
     the mesh ends identical everywhere with no conflict copy; bootstrap.yml then converges on Debian 13."""
     inventory = lab.inventory_path
     mesh = Mesh(SessionLab(lab), inventory, [f"node{i}" for i in range(1, NODES + 1)], "")
-    if mesh.lab.sh("node1", "test -e /etc/cron.d/replimesh && echo yes || true").strip() != "yes":
-        run_tool("ansible-playbook", "-i", str(inventory), "bootstrap.yml", timeout=900, check=True)
+    ensure_bootstrapped(mesh)
     ledger = mesh.digest("node1")
 
     def write(node: str, rel: str, data: bytes) -> None:
