@@ -390,7 +390,7 @@ def bench(
     ] = "172.31.160.0/24",
 ) -> None:
     """replimesh vs Syncthing on its own lab (made and removed here): results.json and RESULTS.md."""
-    from bench.run import run_bench
+    from replimesh.bench.run import run_bench
 
     try:
         code = run_bench(out, nodes, repeat, quick, name, subnet, _log)

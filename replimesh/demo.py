@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from mesh_plugins.module_utils.mesh_health import render_lines
+from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_health import render_lines
 from replimesh.lab.errors import LabError
 from replimesh.lab.lab import Lab
 from replimesh.operate import show_sync, sync_edges

@@ -16,10 +16,10 @@ import ansible_runner
 import yaml
 from rich.console import Console
 
-from mesh_plugins.module_utils.mesh_config import MeshConfigError, parse_mesh
+from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_config import MeshConfigError, parse_mesh
+from replimesh.collection import CollectionError, collections_root, playbook_path
 from replimesh.progress import Progress
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 LAB_INVENTORY = Path(".lab/lab.mesh.yml")  # the lab's mesh file: there while a lab is up here
 SITE_INVENTORY = Path("inventory")  # where an operator keeps the mesh file
 EXAMPLE_MESH = "example.mesh.yml"  # the documented example in inventory/, never a default
@@ -30,6 +30,15 @@ LOGS_KEPT = 50
 UNHEALTHY = 1  # status/verify found a problem, or a playbook failed on a node
 BAD_INPUT = 2  # usage or bad input (the mesh file, -e, an option): nothing was run
 NOT_CHECKED = 3  # could not check: ansible-playbook could not run, or no node answered
+
+
+def ansible_env() -> dict[str, str]:
+    """The settings every Ansible command meshctl starts runs with: the project's ansible.cfg (shipped in
+    this package) and the collection, wherever it is."""
+    return {
+        "ANSIBLE_CONFIG": str(Path(__file__).resolve().parent / "ansible.cfg"),
+        "ANSIBLE_COLLECTIONS_PATH": str(collections_root()),
+    }
 
 
 class PlaybookError(Exception):
@@ -117,8 +126,8 @@ def check_mesh_file(path: Path) -> Path:
         raise BadInputError(f"{path}: not a valid mesh file: {exc}") from None
     if data is None:
         raise BadInputError(
-            f"{path}: the mesh file is empty: it needs plugin: replimesh_mesh, folders and nodes"
-            f" (start from {SITE_INVENTORY / EXAMPLE_MESH})"
+            f"{path}: the mesh file is empty: it needs plugin: replimesh.mesh.replimesh_mesh, folders and"
+            f" nodes (start from {SITE_INVENTORY / EXAMPLE_MESH})"
         )
     try:
         parse_mesh(data, extra_keys=_constructed_options())
@@ -211,19 +220,24 @@ def run_playbook(
     check: bool = False,
     diff: bool = False,
 ) -> PlaybookResult:
-    """Run `playbook` (a root-level entry point) through ansible-runner and return its result; `check`
+    """Run `playbook` (an operator's entry point: bootstrap.yml, add-node.yml, ...; the collection's
+    playbook of that name) through ansible-runner and return its result; `check`
     and `diff` are ansible-playbook's --check and --diff.
 
     A live per-host view goes to stderr while it runs (see replimesh.progress); the full Ansible output
     is kept in a log file under log_root(), named in every failure message.
     """
+    try:
+        path = playbook_path(playbook)
+    except CollectionError as err:
+        raise NotCheckedError(str(err)) from err
     log = _new_log(playbook)
     view = Progress(f"{playbook} on {inventory}") if progress else None
     with tempfile.TemporaryDirectory(prefix="meshctl-runner-") as private:
         runner = ansible_runner.run(
             private_data_dir=private,
-            project_dir=str(PROJECT_ROOT),
-            playbook=str(PROJECT_ROOT / playbook),
+            project_dir=str(path.parent),
+            playbook=str(path),
             inventory=str(inventory.resolve()),
             extravars=extravars or {},
             limit=limit,
@@ -231,7 +245,7 @@ def run_playbook(
             quiet=True,
             event_handler=view,
             envvars={
-                "ANSIBLE_CONFIG": str(PROJECT_ROOT / "ansible.cfg"),
+                **ansible_env(),
                 "ANSIBLE_FORCE_COLOR": "0",
                 # ansible-runner starts `ansible-playbook` from PATH: this venv's, even when meshctl was
                 # started by its path with the venv not on PATH.

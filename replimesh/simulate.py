@@ -11,9 +11,19 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from mesh_plugins.module_utils.mesh_config import TOPOLOGY_KINDS
-from mesh_plugins.module_utils.mesh_graph import adjacency, churn, connectivity, degree_range, diameter
-from mesh_plugins.module_utils.mesh_topology import build_edges, default_degree, ring_certificate
+from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_config import TOPOLOGY_KINDS
+from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_graph import (
+    adjacency,
+    churn,
+    connectivity,
+    degree_range,
+    diameter,
+)
+from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_topology import (
+    build_edges,
+    default_degree,
+    ring_certificate,
+)
 
 MAX_NODES = 5000
 # Joins and leaves tried; the report gives the worst of them.

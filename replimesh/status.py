@@ -12,7 +12,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from mesh_plugins.module_utils.mesh_health import DEFAULT_MAX_LAG, headline, render_lines
+from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_health import (
+    DEFAULT_MAX_LAG,
+    headline,
+    render_lines,
+)
 from replimesh.playbooks import (
     NOT_CHECKED,
     UNHEALTHY,

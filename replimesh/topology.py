@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from replimesh.playbooks import PROJECT_ROOT, UNHEALTHY, BadInputError, PlaybookError
+from replimesh.playbooks import UNHEALTHY, BadInputError, PlaybookError, ansible_env
 
 FORMATS = ("svg", "png", "pdf", "dot")
 # Health -> Graphviz colour: what needs attention stands out, the rest stays quiet.
@@ -38,8 +38,7 @@ def mesh_graph(inventory: Path) -> dict[str, Any]:
     """{nodes: {name: address}, edges: [{a, b}]} from the mesh file, via the inventory plugin."""
     proc = subprocess.run(
         [str(Path(sys.executable).parent / "ansible-inventory"), "-i", str(inventory.resolve()), "--list"],
-        cwd=PROJECT_ROOT,
-        env={**os.environ, "ANSIBLE_CONFIG": str(PROJECT_ROOT / "ansible.cfg")},
+        env={**os.environ, **ansible_env()},
         capture_output=True,
         text=True,
         timeout=120,

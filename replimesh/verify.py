@@ -11,7 +11,13 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from mesh_plugins.module_utils.mesh_digest import cells, compare, exit_code, headline, render_lines
+from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_digest import (
+    cells,
+    compare,
+    exit_code,
+    headline,
+    render_lines,
+)
 from replimesh.playbooks import NOT_CHECKED, PlaybookError, mesh_file, print_report, run_report_playbook
 
 TABLE_ROWS = 200  # diverging paths shown; --json has them all

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mesh_plugins.module_utils.mesh_versions import VersionsError, check_path
+from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_versions import VersionsError, check_path
 from replimesh.operate import show_sync, sync_edges
 from replimesh.playbooks import BadInputError, NotCheckedError, run_playbook
 

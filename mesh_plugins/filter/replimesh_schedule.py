@@ -2,19 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 from ansible.errors import AnsibleFilterError
 
-try:
-    from mesh_plugins.module_utils.mesh_schedule import ScheduleError, oncalendar
-except ImportError:
-    # Run from a checkout without `pip install`: the project root is three levels above this file.
-    _PROJECT_ROOT = str(Path(__file__).resolve().parents[2])
-    if _PROJECT_ROOT not in sys.path:
-        sys.path.insert(0, _PROJECT_ROOT)
-    from mesh_plugins.module_utils.mesh_schedule import ScheduleError, oncalendar
+from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_schedule import ScheduleError, oncalendar
 
 
 def replimesh_oncalendar(schedule: str) -> list[str]:

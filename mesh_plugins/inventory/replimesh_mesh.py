@@ -1,46 +1,13 @@
 """Inventory plugin: a replimesh mesh file (*.mesh.yml) -> hosts, groups and per-node peer lists.
 
-All validation and topology logic lives in mesh_plugins/module_utils; this file only maps it onto Ansible.
+All validation and topology logic lives in the collection's module_utils; this file only maps it onto Ansible.
 """
 
 from __future__ import annotations
 
-import re
-import sys
-from pathlib import Path
-from typing import Any
-
-import yaml
-from ansible.errors import AnsibleError, AnsibleParserError
-from ansible.plugins.inventory import BaseInventoryPlugin, Constructable
-
-try:
-    from mesh_plugins.module_utils.mesh_config import (
-        Mesh,
-        MeshConfigError,
-        Node,
-        check_group_name,
-        check_var_name,
-        parse_mesh,
-    )
-    from mesh_plugins.module_utils.mesh_topology import host_topology
-except ImportError:
-    # Run from a checkout without `pip install`: the project root is three levels above this file.
-    _PROJECT_ROOT = str(Path(__file__).resolve().parents[2])
-    if _PROJECT_ROOT not in sys.path:
-        sys.path.insert(0, _PROJECT_ROOT)
-    from mesh_plugins.module_utils.mesh_config import (
-        Mesh,
-        MeshConfigError,
-        Node,
-        check_group_name,
-        check_var_name,
-        parse_mesh,
-    )
-    from mesh_plugins.module_utils.mesh_topology import host_topology
-
 DOCUMENTATION = r"""
 name: replimesh_mesh
+author: replimesh developers (@replimesh)
 short_description: Hosts and sync peers of a replimesh mesh
 description:
   - Reads a mesh file whose name ends in C(.mesh.yml) or C(.mesh.yaml).
@@ -57,7 +24,7 @@ options:
     description: Marks the file as a mesh file for this plugin.
     type: str
     required: true
-    choices: [replimesh_mesh]
+    choices: [replimesh.mesh.replimesh_mesh, replimesh_mesh]
   user:
     description:
       - Name of the unprivileged mesh user on every node.
@@ -102,7 +69,7 @@ options:
 
 EXAMPLES = r"""
 # inventory/lab.mesh.yml -- ansible-inventory -i inventory/lab.mesh.yml --graph
-plugin: replimesh_mesh
+plugin: replimesh.mesh.replimesh_mesh
 folders:
   - {name: shared, path: /srv/replimesh/shared, ignore: ["*.tmp"]}
 nodes:
@@ -115,6 +82,24 @@ vars:
 keyed_groups:
   - {key: mesh_sync_mode, prefix: sync}
 """
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from ansible.errors import AnsibleError, AnsibleParserError
+from ansible.plugins.inventory import BaseInventoryPlugin, Constructable
+
+from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_config import (
+    Mesh,
+    MeshConfigError,
+    Node,
+    check_group_name,
+    check_var_name,
+    parse_mesh,
+)
+from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_topology import host_topology
 
 
 def syntax_error_at(path: str) -> str:
@@ -130,6 +115,9 @@ def syntax_error_at(path: str) -> str:
     except (OSError, yaml.YAMLError, RecursionError, ValueError):
         return ""  # not a syntax error, or one too deep or too big to place: ansible-core's message alone
     return ""
+
+
+FQCN = "replimesh.mesh.replimesh_mesh"
 
 
 class InventoryModule(BaseInventoryPlugin, Constructable):
@@ -153,6 +141,10 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
             raise AnsibleParserError(f"{path}: {err}") from err
 
     def _read_mesh_file(self, path: str) -> dict[str, Any]:
+        # ansible-core takes the file as ours when its `plugin` is a name this plugin was loaded by; mesh
+        # files written before the collection existed say `plugin: replimesh_mesh`, and stay ours.
+        loaded_as = getattr(self, "_redirected_names", None) or [FQCN]
+        self._redirected_names = [*loaded_as, *(name for name in (FQCN, self.NAME) if name not in loaded_as)]
         try:
             return self._read_config_data(path)
         except AnsibleParserError as err:

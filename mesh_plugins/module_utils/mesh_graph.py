@@ -107,7 +107,7 @@ class _FlowNetwork:
         self.index = {name: i for i, name in enumerate(graph)}
         self.graph = graph
         # residual[x][y]: remaining capacity of arc x -> y.
-        self.residual: list[dict[int, int]] = [{} for _ in range(2 * len(self.index))]
+        self.residual: list[dict[int, int]] = [{} for _slot in range(2 * len(self.index))]
         for name, i in self.index.items():
             self.residual[2 * i][2 * i + 1] = 1
             self.residual[2 * i + 1].setdefault(2 * i, 0)

@@ -128,7 +128,7 @@ def edge_health(
             problems=[f"no record ({', '.join(silent)} unreachable)" if silent else "never synced"],
         )
         return row
-    holders = {node for node, _ in records}
+    holders = {node for node, _record in records}
     problems: list[str] = []
     judged = []
     for node, record in sorted(records, key=lambda item: item[0]):
@@ -141,7 +141,7 @@ def edge_health(
             problems.append(f"{node} <- {pair[1] if node == pair[0] else pair[0]}: never pulled")
     bad = [(node, record) for failing, node, record in judged if failing]
     node, record = bad[0] if bad else found
-    lags = [lag for _, rec in records if (lag := _lag(rec, now)) is not None]
+    lags = [lag for _node, rec in records if (lag := _lag(rec, now)) is not None]
     conflicts = record.get("conflicts")
     row.update(
         reported_by=node,

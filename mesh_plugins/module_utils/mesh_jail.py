@@ -154,7 +154,7 @@ def remove_jail(
         os.makedirs(os.path.dirname(keep[1]), mode=0o750, exist_ok=True)
         os.rename(keep[0], keep[1])
     # Every file is checked before the first is removed, so a refused jail is left whole.
-    for top, _, files in os.walk(jail):
+    for top, _dirs, files in os.walk(jail):
         for name in files:
             path = f"{top}/{name}"
             st = os.lstat(path)
@@ -310,7 +310,7 @@ def plan_jails(
     }
     lines = [line for bind in binds for line in (bind, *inner[bind[1]])]
     new_fstab = render_fstab(fstab, lines, layout.jails_dir)
-    points = {dst for _, dst in lines}
+    points = {dst for _src, dst in lines}
     kept = tuple(layout.root(login) + "/" for login in sorted(wanted))
     # Only binds replimesh made (its fstab lines) of folders no longer synced, in jails that stay.
     unmount = [

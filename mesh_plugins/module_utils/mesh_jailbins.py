@@ -3,20 +3,18 @@
 The jail template holds copies of the node's shell, Unison and their libraries (sshd's chroot can reach
 nothing else), and every peer's jail hard-links them. Copies go stale when a package changes them: an apt
 upgrade, unattended-upgrades. ``refresh`` copies what differs into the template, then links the new files
-into every jail; the mesh_ssh role runs it at each bootstrap, and a dpkg hook after every package change.
+into every jail; the mesh_ssh role runs it (replimesh-jail-refresh, the role's mesh_jailrefresh) at each
+bootstrap, and a dpkg hook after every package change.
 
 Standard library only: it runs on the node (``replimesh_node``), as root.
 """
 
 from __future__ import annotations
 
-import argparse
 import filecmp
 import os
 import re
 import shutil
-import subprocess
-import sys
 from collections.abc import Callable, Mapping, Sequence
 
 LIB_RE = re.compile(r"^\s+(?:\S+ => )?(/\S+) \(0x", re.MULTILINE)
@@ -122,33 +120,3 @@ def refresh_jails(template: str, jails_dir: str, files: Sequence[str], dry_run: 
         if os.path.isdir(jail) and not os.path.islink(jail):
             changed += mirror_template(template, jail, files, dry_run)
     return changed
-
-
-def _ldd(path: str) -> str:
-    proc = subprocess.run(["ldd", path], capture_output=True, text=True, timeout=60, check=False)
-    if proc.returncode != 0:
-        raise OSError(f"ldd {path} failed: {(proc.stderr or proc.stdout).strip()}")
-    return proc.stdout
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="replimesh-jail-refresh",
-        description="Copy the node's shell, Unison and their libraries into the jail template where they "
-        "differ, and link them into every peer's jail. Prints each path it changes.",
-    )
-    parser.add_argument("--template", required=True, help="the jail template")
-    parser.add_argument("--jails-dir", required=True, help="the parent of the peers' jails")
-    parser.add_argument("--program", action="append", required=True, help="a program for the jails")
-    parser.add_argument("--check", action="store_true", help="only print what would change")
-    args = parser.parse_args(argv)
-    try:
-        sources = jail_sources(args.program, _ldd)
-        changed = refresh_template(args.template, sources, args.check)
-        changed += refresh_jails(args.template, args.jails_dir, sorted(sources), args.check)
-    except OSError as exc:  # e.g. Unison being removed: the jails keep what they had
-        print(f"replimesh-jail-refresh: {exc}", file=sys.stderr)
-        return 1
-    for path in changed:
-        print(path)
-    return 0

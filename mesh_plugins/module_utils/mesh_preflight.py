@@ -33,7 +33,7 @@ def _directives(text: str) -> Iterable[tuple[str, str]]:
         line = line.strip()
         if not line or line.startswith("#"):
             continue
-        keyword, _, rest = line.partition(" ") if " " in line else line.partition("\t")
+        keyword, _sep, rest = line.partition(" ") if " " in line else line.partition("\t")
         yield keyword.lower().rstrip("="), rest.strip()
 
 

@@ -68,7 +68,7 @@ def parse_schedule(schedule: str) -> tuple[list[str], list[set[int]]]:
         raise ScheduleError(f"{schedule!r} is not a 5-field cron expression")
     values = [
         expand(text, low, high, names)
-        for text, (_, low, high, names) in zip(fields, CRON_FIELDS, strict=True)
+        for text, (_field, low, high, names) in zip(fields, CRON_FIELDS, strict=True)
     ]
     values[4] = {0 if day == 7 else day for day in values[4]}
     return fields, values

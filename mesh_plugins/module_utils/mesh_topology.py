@@ -31,7 +31,7 @@ class Edge:
     initiator: str
 
     def __post_init__(self) -> None:
-        if not self.a < self.b:
+        if self.a >= self.b:
             raise ValueError(f"edge ends must be ordered and distinct, got {self.a!r}, {self.b!r}")
         if self.initiator not in (self.a, self.b):
             raise ValueError(f"initiator {self.initiator!r} is not an end of edge {self.a}-{self.b}")

@@ -15,7 +15,7 @@ description:
     use them - a pattern without C(/) is a C(Name) (the last path component), one with C(/) is a
     C(Path) (the whole relative path), C(*) and C(?) never match C(/) nor a name's leading dot, C({a,b})
     gives alternatives, and an ignored directory hides everything below it.
-  - Conflict copies (named V(NAME \(conflict_on_DATE\).EXT)) are digested like any other file and also
+  - Conflict copies (named V(NAME (conflict_on_DATE\).EXT)) are digested like any other file and also
     listed apart.
     A symlink is digested with mode C(link) and the hash of its target.
   - Each folder's previous digest is cached on the node (O(cache_dir)), so only files whose size, mtime,
@@ -83,7 +83,7 @@ options:
         JSON object of C(digests) (node -> folders and hashed), C(unreachable) and C(failed) (node -> reason)
         that C(meshctl verify) reads.
     type: path
-author: replimesh
+author: replimesh developers (@replimesh)
 """
 
 EXAMPLES = r"""
@@ -152,7 +152,8 @@ import tempfile
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.mesh_digest import (
+
+from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_digest import (
     CacheError,
     DigestError,
     classify,

@@ -57,7 +57,7 @@ options:
     description: Seconds to wait for the node's edges to be free of sync runs before switching.
     type: int
     default: 600
-author: replimesh
+author: replimesh developers (@replimesh)
 """
 
 EXAMPLES = r"""
@@ -119,7 +119,8 @@ import stat
 import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.mesh_key import (
+
+from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_key import (
     SWITCHED,
     UNKNOWN,
     KeyPaths,
@@ -163,7 +164,7 @@ class Node:
         return key_id(out)
 
     def fingerprint(self) -> str:
-        rc, out, _ = self.module.run_command([self.keygen, "-l", "-f", self.paths.key])
+        rc, out, _err = self.module.run_command([self.keygen, "-l", "-f", self.paths.key])
         return out.split()[1] if rc == 0 and len(out.split()) > 1 else ""
 
     def owner(self) -> tuple[int, int]:

@@ -188,7 +188,7 @@ options:
     description: Unison on the node.
     type: path
     default: /usr/bin/unison
-author: replimesh
+author: replimesh developers (@replimesh)
 """
 
 EXAMPLES = r"""
@@ -280,8 +280,9 @@ import stat
 import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.mesh_jail import JailError, Jails, apply_jails
-from ansible.module_utils.mesh_member import (
+
+from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_jail import JailError, Jails, apply_jails
+from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_member import (
     Entry,
     Existing,
     MemberError,
@@ -504,7 +505,7 @@ def main() -> None:
             module.fail_json(msg=message)
         module.warn(message)
     jails = Jails(
-        run=lambda argv: module.run_command(argv),
+        run=module.run_command,
         user=spec.user,
         group=module.params["peers_group"],
         peers={spec.login(peer.name): peer.name for peer in spec.peers},
@@ -530,7 +531,7 @@ def main() -> None:
         "migrated": list(todo.migrated),
         "logins_added": list(jail_todo.users_add),
         "logins_removed": list(jail_todo.users_remove),
-        "mounted": [dst for _, dst in jail_todo.mount],
+        "mounted": [dst for _src, dst in jail_todo.mount],
         "remounted": list(jail_todo.remount),
         "retired": list(jail_todo.retire),
     }

@@ -61,7 +61,7 @@ options:
   output:
     description: With O(nodes), also write the report as JSON to this file on the controller (mode 0600).
     type: path
-author: replimesh
+author: replimesh developers (@replimesh)
 """
 
 EXAMPLES = r"""
@@ -159,9 +159,10 @@ import time
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.mesh_health import mesh_health, render_lines
-from ansible.module_utils.mesh_schedule import ScheduleError, longest_gap_s
-from ansible.module_utils.mesh_watchstate import read_small, watcher_state
+
+from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_health import mesh_health, render_lines
+from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_schedule import ScheduleError, longest_gap_s
+from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_watchstate import read_small, watcher_state
 
 VERSION_RE = re.compile(r"version\s+(\S+)")
 CRON_JOB = "replimesh-sync"

@@ -53,7 +53,7 @@ options:
     elements: str
     choices: [bind_mount, sshd_include, cron, free_space, resolve]
     default: []
-author: replimesh
+author: replimesh developers (@replimesh)
 """
 
 EXAMPLES = r"""
@@ -103,8 +103,9 @@ import time
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.mesh_member import resolve_address
-from ansible.module_utils.mesh_preflight import (
+
+from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_member import resolve_address
+from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_preflight import (
     CRON_NAMES,
     SSHD_CONFIG,
     bind_mount_problem,

@@ -48,7 +48,7 @@ options:
     description: The node's peer list and settings, as written by the control node.
     type: path
     default: /etc/replimesh/mesh.json
-author: replimesh
+author: replimesh developers (@replimesh)
 """
 
 EXAMPLES = r"""

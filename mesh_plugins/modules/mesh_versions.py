@@ -39,7 +39,7 @@ options:
   restore:
     description: The version to put back (1 is the newest kept); without it, only list.
     type: int
-author: replimesh
+author: replimesh developers (@replimesh)
 """
 
 EXAMPLES = r"""
@@ -80,7 +80,8 @@ import pwd
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.mesh_versions import (
+
+from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_versions import (
     VersionsError,
     check_path,
     current,

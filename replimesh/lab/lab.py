@@ -354,7 +354,7 @@ class Lab:
             "ansible_python_interpreter": "/usr/bin/python3",
         }
         mesh = {
-            "plugin": "replimesh_mesh",
+            "plugin": "replimesh.mesh.replimesh_mesh",
             "folders": [{"name": "shared", "path": "/srv/replimesh/shared", "ignore": ["*.tmp"]}],
             "nodes": {h.name: {"address": h.address} for h in hosts},
             "topology": {"kind": "full"},

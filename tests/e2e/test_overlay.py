@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mesh_plugins.module_utils.mesh_config import parse_mesh
-from mesh_plugins.module_utils.mesh_topology import host_topology
+from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_config import parse_mesh
+from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_topology import host_topology
 from replimesh.lab.lab import Lab
 from tests.conftest import SessionLab, run_tool, slot_lab_config, wait_until
 from tests.e2e.conftest import Mesh, sha

@@ -1,8 +1,8 @@
 """Running one of the project's modules in-process through AnsibleModule.
 
-Ansible ships ``mesh_plugins/module_utils/NAME.py`` to a node as ``ansible.module_utils.NAME``; here the
-core is registered under that name before the module is imported, and the module's arguments are
-patched in the way ansible-core's own tests do.
+The modules import their core by its collection name (``ansible_collections.replimesh.mesh.plugins.
+module_utils.NAME``), which the tests import from collections/ (pyproject's pythonpath); the module's
+arguments are patched in the way ansible-core's own tests do.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
-import sys
 from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
@@ -27,6 +26,9 @@ except ImportError:  # ansible-core < 2.19
         payload = json.dumps({"ANSIBLE_MODULE_ARGS": args or {}}).encode()
         with mock.patch.object(basic, "_ANSIBLE_ARGS", payload):
             yield
+
+
+PLUGINS = "ansible_collections.replimesh.mesh.plugins"
 
 
 class Exited(Exception):
@@ -61,14 +63,9 @@ def run_module(
 
 
 def load_module(name: str) -> tuple[ModuleType, ModuleType]:
-    """(core, module) for mesh_plugins/module_utils/NAME.py and mesh_plugins/modules/NAME.py."""
-    for shared in ("mesh_jail",):  # module_utils a module imports beside its own
-        sys.modules.setdefault(
-            f"ansible.module_utils.{shared}", importlib.import_module(f"mesh_plugins.module_utils.{shared}")
-        )
-    core = importlib.import_module(f"mesh_plugins.module_utils.{name}")
-    sys.modules.setdefault(f"ansible.module_utils.{name}", core)
-    return core, importlib.import_module(f"mesh_plugins.modules.{name}")
+    """(core, module) for the collection's plugins/module_utils/NAME.py and plugins/modules/NAME.py."""
+    core = importlib.import_module(f"{PLUGINS}.module_utils.{name}")
+    return core, importlib.import_module(f"{PLUGINS}.modules.{name}")
 
 
 __all__ = ["Exited", "Failed", "load_module", "patch_module_args", "run_module"]

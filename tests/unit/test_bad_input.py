@@ -21,7 +21,6 @@ from hypothesis import strategies as st
 
 from tests.reliability import record
 from tests.unit.test_inventory_plugin import mesh_data, parse_direct, write
-from tests.unit.test_inventory_plugin import plugin_on_path as plugin_on_path
 from tests.unit.test_mesh_config import with_value
 
 FUZZ = settings(

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from bench.reasons import explain
-from bench.report import render, rerender
-from bench.results import KEYS, build, check, headline, targets
-from bench.stats import median, ratio, summary
-from bench.syncthing import FOLDER, FOLDER_ID, OPTIONS_OFF, Device, configure
+from replimesh.bench.reasons import explain
+from replimesh.bench.report import render, rerender
+from replimesh.bench.results import KEYS, build, check, headline, targets
+from replimesh.bench.stats import median, ratio, summary
+from replimesh.bench.syncthing import FOLDER, FOLDER_ID, OPTIONS_OFF, Device, configure
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -21,10 +21,11 @@ from ansible.vars.manager import VariableManager
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mesh_plugins.module_utils.mesh_config import COMPUTED_VARS
+from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_config import COMPUTED_VARS
 
 ROOT = Path(__file__).resolve().parents[2]
-PLUGIN_DIR = ROOT / "mesh_plugins" / "inventory"
+COLLECTIONS = ROOT / "collections"
+PLUGIN = "replimesh.mesh.replimesh_mesh"
 EXAMPLE = ROOT / "inventory" / "example.mesh.yml"
 ANSIBLE_INVENTORY = Path(sys.executable).parent / "ansible-inventory"
 
@@ -48,14 +49,9 @@ def write(directory: Path, data: object, name: str = "lab.mesh.yml") -> Path:
     return path
 
 
-@pytest.fixture(scope="module", autouse=True)
-def plugin_on_path() -> None:
-    inventory_loader.add_directory(str(PLUGIN_DIR))
-
-
 def parse_direct(path: Path) -> InventoryData:
     """Run the plugin alone, so its errors surface instead of becoming InventoryManager warnings."""
-    plugin = inventory_loader.get("replimesh_mesh")
+    plugin = inventory_loader.get(PLUGIN)
     assert plugin is not None
     inventory = InventoryData()
     plugin.parse(inventory, DataLoader(), str(path), cache=False)
@@ -71,7 +67,7 @@ def host_vars(inventory: InventoryManager, host: str) -> dict[str, Any]:
 
 
 def test_verify_file_accepts_only_mesh_files(tmp_path: Path) -> None:
-    plugin = inventory_loader.get("replimesh_mesh")
+    plugin = inventory_loader.get(PLUGIN)
     for name, wanted in [("a.mesh.yml", True), ("a.mesh.yaml", True), ("a.yml", False), ("mesh.yml", False)]:
         assert plugin.verify_file(str(write(tmp_path, mesh_data(), name))) is wanted, name
     assert plugin.verify_file(str(tmp_path / "missing.mesh.yml")) is False
@@ -226,8 +222,8 @@ def run_ansible_inventory(tmp_path: Path, *args: str, **env: str) -> subprocess.
         pytest.skip("ansible-inventory is not installed next to this Python")
     environ = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
     environ |= {
-        "ANSIBLE_INVENTORY_PLUGINS": str(PLUGIN_DIR),
-        "ANSIBLE_INVENTORY_ENABLED": "replimesh_mesh",
+        "ANSIBLE_COLLECTIONS_PATH": str(COLLECTIONS),
+        "ANSIBLE_INVENTORY_ENABLED": PLUGIN,
         "ANSIBLE_HOME": str(tmp_path / ".ansible"),
         "ANSIBLE_FORCE_COLOR": "0",
         **env,

@@ -6,7 +6,7 @@ import os
 import time
 from pathlib import Path
 
-from mesh_plugins.module_utils.mesh_cleanup import clean_stale_temps, due
+from replimesh_node.mesh_cleanup import clean_stale_temps, due
 
 HASH = "a94f8be0ff05c3800e4127a9a712ffde"
 

@@ -13,7 +13,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mesh_plugins.module_utils.mesh_config import (
+from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_config import (
     COMPUTED_VARS,
     DEFAULT_SCHEDULE,
     PLAYBOOK_INPUTS,

@@ -6,8 +6,13 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from mesh_plugins.module_utils import mesh_disks
-from mesh_plugins.module_utils.mesh_disks import disk_problem, inner_disks, mount_points, mounts_inside
+from ansible_collections.replimesh.mesh.plugins.module_utils import mesh_disks
+from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_disks import (
+    disk_problem,
+    inner_disks,
+    mount_points,
+    mounts_inside,
+)
 
 MARKER = ".replimesh-folder"
 MOUNTINFO = (

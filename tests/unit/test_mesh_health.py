@@ -7,7 +7,6 @@ import importlib
 import json
 import os
 import stat
-import sys
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -16,17 +15,23 @@ import pytest
 from ansible.module_utils import basic
 from prometheus_client.parser import text_string_to_metric_families
 
-from mesh_plugins.module_utils import mesh_health as health_core
-from mesh_plugins.module_utils import mesh_runner, mesh_schedule, mesh_watchstate
-from mesh_plugins.module_utils.mesh_health import headline, mesh_health, render_lines
-from mesh_plugins.module_utils.mesh_metrics import EDGE_FAMILIES, FOLDER_FAMILY, render_metrics
-from mesh_plugins.module_utils.mesh_status import iso_utc, timestamp
+from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_health import (
+    headline,
+    mesh_health,
+    render_lines,
+)
+from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_status import iso_utc, timestamp
+from replimesh_node import mesh_runner
+from replimesh_node.mesh_metrics import (
+    EDGE_FAMILIES,
+    FOLDER_FAMILY,
+    render_metrics,
+)
 from tests.unit.module_harness import patch_module_args
 
-sys.modules.setdefault("ansible.module_utils.mesh_health", health_core)
-sys.modules.setdefault("ansible.module_utils.mesh_watchstate", mesh_watchstate)
-sys.modules.setdefault("ansible.module_utils.mesh_schedule", mesh_schedule)
-node_status_module = importlib.import_module("mesh_plugins.modules.mesh_node_status")
+node_status_module = importlib.import_module(
+    "ansible_collections.replimesh.mesh.plugins.modules.mesh_node_status"
+)
 
 NOW = 1_800_000_000.0
 

@@ -14,8 +14,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from mesh_plugins.module_utils import mesh_jail
-from mesh_plugins.module_utils.mesh_jail import (
+from ansible_collections.replimesh.mesh.plugins.module_utils import mesh_jail
+from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_jail import (
     RETIRED,
     USER_RE,
     JailError,
@@ -33,8 +33,8 @@ from mesh_plugins.module_utils.mesh_jail import (
     template_files,
     writable_points,
 )
-from mesh_plugins.module_utils.mesh_jail import render_fstab as render
-from mesh_plugins.module_utils.mesh_jailbins import mirror_template, parents
+from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_jail import render_fstab as render
+from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_jailbins import mirror_template, parents
 
 J = "/var/lib/replimesh/jails"
 LAYOUT = JailLayout(J, "/var/lib/replimesh/jail", "/var/lib/replimesh/unison", "/var/lib/replimesh/backups")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mesh_plugins.module_utils.mesh_jailbins import (
+from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_jailbins import (
     jail_sources,
     ldd_libraries,
     refresh_jails,

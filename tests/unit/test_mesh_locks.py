@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mesh_plugins.module_utils.mesh_locks import (
+from replimesh_node.mesh_locks import (
     LOCK_AGE_MARGIN_S,
     locked_error,
     process_age_s,

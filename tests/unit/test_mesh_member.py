@@ -10,9 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mesh_plugins.module_utils import mesh_runner
-from mesh_plugins.module_utils.mesh_jail import edge_user
-from mesh_plugins.module_utils.mesh_member import (
+from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_jail import edge_user
+from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_member import (
     HEADER,
     RESERVED_PREFS,
     Entry,
@@ -38,6 +37,7 @@ from mesh_plugins.module_utils.mesh_member import (
     validate,
     with_sources,
 )
+from replimesh_node import mesh_runner
 
 U = "/var/lib/replimesh/unison"
 S = "/var/lib/replimesh/state"

@@ -1,7 +1,6 @@
 """The mesh_member module through AnsibleModule: real files under tmp_path, check mode and diff mode.
 
-Ansible ships ``mesh_plugins/module_utils/mesh_member.py`` as ``ansible.module_utils.mesh_member``; here the
-core is registered under that name before the module is imported. The files are chowned to root and to the
+The module imports its core by its collection name, as on a node. The files are chowned to root and to the
 mesh user, so these tests run as root (as ``make test`` does); ``daemon`` stands in for the mesh user.
 
 The host itself is never touched: every path is under tmp_path, and ``FakeSystem`` stands in for the
@@ -31,7 +30,7 @@ from ansible.module_utils import basic
 from tests.unit.module_harness import load_module, patch_module_args
 
 core, mesh_member = load_module("mesh_member")
-mesh_jail = sys.modules["ansible.module_utils.mesh_jail"]
+mesh_jail = sys.modules["ansible_collections.replimesh.mesh.plugins.module_utils.mesh_jail"]
 
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="chowns files to root and the mesh user")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mesh_plugins.module_utils.mesh_notify import (
+from replimesh_node.mesh_notify import (
     MAX_NOTICE_BYTES,
     NOTIFY_COMMAND,
     Notifier,
@@ -20,7 +20,7 @@ from mesh_plugins.module_utils.mesh_notify import (
     render_notice,
     safe_path,
 )
-from mesh_plugins.module_utils.mesh_runner import Config, Peer, parse_config
+from replimesh_node.mesh_runner import Config, Peer, parse_config
 
 FOLDERS = ["shared", "photos"]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mesh_plugins.module_utils.mesh_preflight import (
+from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_preflight import (
     UNSET_LOGINUID,
     bind_mount_problem,
     cron_problem,

@@ -8,9 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from mesh_plugins.module_utils import mesh_prune
-from mesh_plugins.module_utils.mesh_prune import DAY_S, Kept, kept_files, prune, size_bound, to_prune
-from mesh_plugins.module_utils.mesh_runner import Runner, load_config
+# mesh_prune as the runner imports it on a node (the same file as module_utils/mesh_prune.py).
+from replimesh_node import mesh_prune
+from replimesh_node.mesh_prune import (
+    DAY_S,
+    Kept,
+    kept_files,
+    prune,
+    size_bound,
+    to_prune,
+)
+from replimesh_node.mesh_runner import Runner, load_config
 from tests.unit.test_mesh_runner import Mesh
 
 NOW = 1_000 * DAY_S

@@ -22,13 +22,14 @@ from typing import Any
 import pytest
 import yaml
 
-from mesh_plugins.module_utils import mesh_runner
-from mesh_plugins.module_utils.mesh_runner import main
-from mesh_plugins.module_utils.mesh_status import timestamp
+from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_status import timestamp
+from replimesh_node import mesh_runner
+from replimesh_node.mesh_runner import main
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = Path(__file__).parent / "fixtures" / "unison"
-MODULE_UTILS = Path(mesh_runner.__file__).parent
+MODULE_UTILS = ROOT / "mesh_plugins" / "module_utils"
+NODE_PROGRAM = ROOT / "roles" / "mesh_sync" / "files" / "replimesh_node"  # the node-side program
 MARKER = ".replimesh-folder"
 Capsys = pytest.CaptureFixture[str]
 
@@ -440,9 +441,14 @@ def test_the_schedulers_round_records_itself_and_a_bad_schedule_runs_nothing(
 
 
 def role_files() -> list[str]:
-    """The module_utils files the mesh_sync role installs on a node (its runner.yml's loop)."""
+    """The files the mesh_sync role installs on a node (its runner.yml's loop): every file of its
+    files/replimesh_node/, where what the modules share with the node is a link into module_utils."""
     tasks = yaml.safe_load((ROOT / "roles/mesh_sync/tasks/runner.yml").read_text())
-    return next(task["loop"] for task in tasks if "module_utils" in str(task.get("ansible.builtin.copy")))
+    names = next(task["loop"] for task in tasks if "replimesh_node/" in str(task.get("ansible.builtin.copy")))
+    assert sorted(p.name for p in NODE_PROGRAM.iterdir() if p.suffix == ".py") == sorted(names)
+    for link in (p for p in NODE_PROGRAM.iterdir() if p.is_symlink()):
+        assert link.resolve().parent == MODULE_UTILS.resolve(), f"{link} links outside module_utils"
+    return names
 
 
 @pytest.mark.parametrize(("entry", "option"), [("mesh_runner", "--all-peers"), ("mesh_watch", "--supervise")])
@@ -453,7 +459,7 @@ def test_installs_as_replimesh_node_and_needs_only_the_standard_library(
     package = tmp_path / "lib" / "replimesh_node"
     package.mkdir(parents=True)
     for name in role_files():
-        shutil.copy(MODULE_UTILS / name, package / name)
+        shutil.copy(NODE_PROGRAM / name, package / name)
     python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
     script = (
         f"import sys; sys.path.insert(0, {str(package.parent)!r}); "

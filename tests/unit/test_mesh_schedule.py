@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from mesh_plugins.module_utils.mesh_schedule import (
+from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_schedule import (
     CRON_FIELDS,
     ScheduleError,
     expand,

@@ -14,8 +14,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from mesh_plugins.module_utils.mesh_config import NAME_RE, TOPOLOGY_KINDS, Mesh, parse_mesh
-from mesh_plugins.module_utils.mesh_graph import (
+from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_config import (
+    NAME_RE,
+    TOPOLOGY_KINDS,
+    Mesh,
+    parse_mesh,
+)
+from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_graph import (
     adjacency,
     churn,
     connectivity,
@@ -25,7 +30,7 @@ from mesh_plugins.module_utils.mesh_graph import (
     local_connectivity,
     vertex_connectivity,
 )
-from mesh_plugins.module_utils.mesh_topology import (
+from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_topology import (
     TOPOLOGY_BUILDERS,
     Edge,
     build_edges,

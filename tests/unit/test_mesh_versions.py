@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mesh_plugins.module_utils.mesh_versions import (
+from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_versions import (
     VersionsError,
     check_path,
     current,

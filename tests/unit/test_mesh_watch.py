@@ -15,11 +15,25 @@ from pathlib import Path
 
 import pytest
 
-from mesh_plugins.module_utils import mesh_supervise, mesh_watch
-from mesh_plugins.module_utils.mesh_inotify import IN_CLOSE_WRITE, IN_MOVED_FROM, IN_MOVED_TO, Inotify
-from mesh_plugins.module_utils.mesh_notify import parse_notice
-from mesh_plugins.module_utils.mesh_runner import ConfigError, Peer, Runner, load_config
-from mesh_plugins.module_utils.mesh_watch import (
+from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_watchstate import (
+    process_alive,
+    watcher_state,
+)
+from replimesh_node import mesh_supervise, mesh_watch
+from replimesh_node.mesh_inotify import (
+    IN_CLOSE_WRITE,
+    IN_MOVED_FROM,
+    IN_MOVED_TO,
+    Inotify,
+)
+from replimesh_node.mesh_notify import parse_notice
+from replimesh_node.mesh_runner import (
+    ConfigError,
+    Peer,
+    Runner,
+    load_config,
+)
+from replimesh_node.mesh_watch import (
     Arrivals,
     Batch,
     PathRunner,
@@ -29,7 +43,6 @@ from mesh_plugins.module_utils.mesh_watch import (
     load_options,
     targets,
 )
-from mesh_plugins.module_utils.mesh_watchstate import process_alive, watcher_state
 from tests.conftest import wait_until
 from tests.unit.test_mesh_runner import MARKER, Mesh, local_profile
 
@@ -258,11 +271,11 @@ CHILD = "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); t
 def test_the_supervisor_restarts_its_watcher_and_stops_with_it(tmp_path: Path) -> None:
     state, pidfile = tmp_path / "state", tmp_path / "child.pid"
     code = (
-        "import sys; from mesh_plugins.module_utils import mesh_supervise as s; "
+        "import sys; from replimesh_node import mesh_supervise as s; "
         f"s.supervise({str(state)!r}, [sys.executable, '-c', {CHILD!r}, {str(pidfile)!r}], "
         f"{str(tmp_path / 'watch.log')!r})"
     )
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[2] / "roles/mesh_sync/files"  # where replimesh_node is
     # Its command line names it as the entry point does: stop() signals nothing else.
     supervisor = subprocess.Popen([sys.executable, "-c", code, "replimesh-watch", "--supervise"], cwd=root)
     try:

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from mesh_plugins.module_utils import mesh_supervise
-from mesh_plugins.module_utils.mesh_watchstate import (
+from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_watchstate import (
     pid_of,
     process_matches,
     read_record,
     read_small,
     watch_dir,
 )
+from replimesh_node import mesh_supervise
 from tests.conftest import wait_until
 
 

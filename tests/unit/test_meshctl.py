@@ -15,8 +15,8 @@ from click.testing import Result
 from rich.console import Console
 from typer.testing import CliRunner
 
-from mesh_plugins.module_utils.mesh_digest import digest_folder
-from mesh_plugins.module_utils.mesh_health import mesh_health
+from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_digest import digest_folder
+from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_health import mesh_health
 from replimesh import operate, playbooks
 from replimesh.cli import app
 from replimesh.operate import parse_extravars, show_sync, sync_edges

@@ -20,6 +20,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 MODULES = sorted(path.stem for path in (ROOT / "mesh_plugins" / "modules").glob("mesh_*.py"))
 INVENTORY_PLUGIN = "replimesh_mesh"
+PLUGINS = "ansible_collections.replimesh.mesh.plugins"
 # What the docs and the spec compare: an unset key means the same in both (ansible-core's own defaults).
 COMPARED = ("type", "default", "required", "choices", "elements")
 IMPLICIT = {"type": "str", "required": False, "default": None, "choices": None, "elements": None}
@@ -35,13 +36,8 @@ class _Capture:
 
 
 def _import(name: str) -> ModuleType:
-    """mesh_plugins/modules/NAME.py, with the core it imports as ansible.module_utils.* (as on a node)."""
-    for path in sorted((ROOT / "mesh_plugins" / "module_utils").glob("mesh_*.py")):
-        sys.modules.setdefault(
-            f"ansible.module_utils.{path.stem}",
-            importlib.import_module(f"mesh_plugins.module_utils.{path.stem}"),
-        )
-    return importlib.import_module(f"mesh_plugins.modules.{name}")
+    """The collection's plugins/modules/NAME.py, importing its core by collection name as on a node."""
+    return importlib.import_module(f"{PLUGINS}.modules.{name}")
 
 
 def argument_spec(module: ModuleType, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
@@ -135,7 +131,7 @@ def _ansible_doc(plugin_type: str, name: str) -> subprocess.CompletedProcess[str
     env = {**os.environ, "PATH": os.pathsep.join([str(bin_dir), os.environ.get("PATH", "")])}
     env.pop("ANSIBLE_CONFIG", None)
     return subprocess.run(
-        [str(bin_dir / "ansible-doc"), "-t", plugin_type, "--json", name],
+        [str(bin_dir / "ansible-doc"), "-t", plugin_type, "--json", f"replimesh.mesh.{name}"],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -149,5 +145,5 @@ def _ansible_doc(plugin_type: str, name: str) -> subprocess.CompletedProcess[str
 def test_ansible_doc_reads_the_documentation(plugin_type: str, name: str) -> None:
     proc = _ansible_doc(plugin_type, name)
     assert proc.returncode == 0, proc.stderr
-    doc = json.loads(proc.stdout)[name]["doc"]
+    doc = json.loads(proc.stdout)[f"replimesh.mesh.{name}"]["doc"]
     assert doc["options"] and doc["short_description"]

@@ -11,13 +11,13 @@ from typing import TYPE_CHECKING
 
 from bench import mesh as rm
 from bench import probe
-from bench.syncthing import FOLDER as ST_FOLDER
-from bench.syncthing import STAGING as ST_STAGING
-from bench.syncthing import Syncthing
+from replimesh.bench.syncthing import FOLDER as ST_FOLDER
+from replimesh.bench.syncthing import STAGING as ST_STAGING
+from replimesh.bench.syncthing import Syncthing
 from replimesh.lab.lab import Host
 
 if TYPE_CHECKING:
-    from bench.run import Run
+    from replimesh.bench.run import Run
 
 SMALL = 1024
 SSH_KEY = "/root/.ssh/bench_ed25519"

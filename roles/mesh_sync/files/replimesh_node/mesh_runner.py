@@ -350,7 +350,7 @@ def count_files(root: str, rels: Sequence[str] = ("",), marker: str = "") -> int
         if not os.path.isdir(top) or os.path.islink(top):
             total += int(os.path.lexists(top))
             continue
-        for _, dirs, files in os.walk(top):
+        for _top, dirs, files in os.walk(top):
             dirs[:] = [name for name in dirs if not TEMP_RE.match(name)]
             total += sum(1 for name in files if not TEMP_RE.match(name))
     if marker and "" in rels and os.path.lexists(os.path.join(root, marker)):
@@ -442,7 +442,7 @@ class Runner:
     def run_unison(self, argv: list[str], unison_dir: str) -> tuple[str, int, bool]:
         """Run Unison with the edge's own UNISON dir, again while the edge's archives are locked by a live
         run of the other direction (bounded); returns (merged output, exit code, timed out)."""
-        for _ in range(LOCK_RETRIES):
+        for _attempt in range(LOCK_RETRIES):
             scrubbed = scrub_edge_dir(unison_dir)
             if scrubbed:
                 self.note(
@@ -465,7 +465,7 @@ class Runner:
             start_new_session=True,  # its own process group: a timeout kills Unison and its ssh together
         )
         try:
-            out, _ = proc.communicate(timeout=self.config.timeout)
+            out, _err = proc.communicate(timeout=self.config.timeout)
             return out.decode("utf-8", "replace"), proc.returncode, False
         except subprocess.TimeoutExpired:
             return self._kill_group(proc), proc.returncode, True
@@ -476,7 +476,7 @@ class Runner:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, sig)
             try:
-                out, _ = proc.communicate(timeout=KILL_GRACE_S)
+                out, _err = proc.communicate(timeout=KILL_GRACE_S)
                 return out.decode("utf-8", "replace")
             except subprocess.TimeoutExpired as exc:
                 partial = exc.output or partial
@@ -625,7 +625,7 @@ class Runner:
         runs of the edge, and only this node can remove it."""
         for peer in self.config.peers:
             with contextlib.suppress(OSError), edge_lock(self.state / "locks" / f"{peer.name}.lock") as held:
-                removed, _ = recover_stale_locks(edge_dir(self.config, peer.name)) if held else ([], [])
+                removed, _kept = recover_stale_locks(edge_dir(self.config, peer.name)) if held else ([], [])
                 if removed:
                     self.note(f"edge {peer.name}: removed stale Unison archive locks {', '.join(removed)}")
 

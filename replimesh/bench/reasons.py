@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from bench.stats import median
+from replimesh.bench.stats import median
 
 
 def _s(value: float | None) -> str:

@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from bench.stats import mean, median, ratio, summary
+from replimesh.bench.stats import mean, median, ratio, summary
 
 # The keys the issue asks for, in its order.
 KEYS = (

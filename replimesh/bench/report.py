@@ -8,8 +8,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.reasons import explain
-from bench.results import KEYS
+from replimesh.bench.reasons import explain
+from replimesh.bench.results import KEYS
 
 SERIES_TEXT = {
     "ssh_hop_s": "large file, raw `ssh cat` node1 -> node2 (the ceiling for a hop)",

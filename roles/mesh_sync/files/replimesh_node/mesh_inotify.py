@@ -124,7 +124,7 @@ class Inotify:
 
     def read(self, timeout: float | None) -> list[Event]:
         """The events available within `timeout` seconds (None: wait for one); keeps the watches current."""
-        ready, _, _ = select.select([self.fd], [], [], timeout)
+        ready, _writable, _errors = select.select([self.fd], [], [], timeout)
         if not ready:
             return []
         try:

@@ -25,13 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.mesh import Cancelled
-from bench.phases import Phases
-from bench.reasons import explain
-from bench.report import render
-from bench.results import build, check
+from replimesh.bench.mesh import Cancelled
+from replimesh.bench.phases import Phases
+from replimesh.bench.reasons import explain
+from replimesh.bench.report import render
+from replimesh.bench.results import build, check
+from replimesh.collection import CHECKOUT
 from replimesh.lab.lab import Lab, LabConfig
-from replimesh.playbooks import PROJECT_ROOT
 
 Log = Callable[[str], None]
 
@@ -103,7 +103,7 @@ def _machine() -> dict[str, str]:
 
 def _git_version() -> str:
     def git(*args: str) -> str:
-        proc = subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, check=False)
+        proc = subprocess.run(["git", *args], cwd=CHECKOUT, capture_output=True, text=True, check=False)
         return proc.stdout.strip()
 
     commit = git("rev-parse", "--short", "HEAD") or "unknown"
@@ -123,7 +123,7 @@ def run_bench(
     out: Path, nodes: int, repeat: int | None, quick: bool, name: str, subnet: str, log: Log
 ) -> int:
     plan = Plan.make(nodes, repeat, quick)
-    work = PROJECT_ROOT / "bench" / "work"
+    work = CHECKOUT / "bench" / "work"
     work.mkdir(parents=True, exist_ok=True)
     lab = Lab(work / f"lab-{name}", LabConfig(name=name, subnet=subnet), log=log)
     run = Run(plan, lab, work, log)

@@ -18,7 +18,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from bench.probe import ProbeError, dexec, py, sh
+from replimesh.bench.probe import ProbeError, dexec, py, sh
 from replimesh.lab.lab import Host
 
 HOME = "/var/lib/stbench"

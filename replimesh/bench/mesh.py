@@ -9,9 +9,10 @@ from typing import Any
 
 import yaml
 
-from bench.probe import ProbeError, dexec, timed
+from replimesh.bench.probe import ProbeError, dexec, timed
+from replimesh.collection import collection_dir
 from replimesh.lab.lab import Host
-from replimesh.playbooks import PROJECT_ROOT, run_playbook
+from replimesh.playbooks import run_playbook
 
 USER = "replimesh"
 FOLDER = "/srv/replimesh/shared"
@@ -35,7 +36,7 @@ class Cancelled(Exception):
 
 def watch_supported() -> bool:
     """Does this checkout's mesh_sync role accept `mode: watch`? (Watch mode lands separately.)"""
-    specs = yaml.safe_load((PROJECT_ROOT / "roles/mesh_sync/meta/argument_specs.yml").read_text())
+    specs = yaml.safe_load((collection_dir() / "roles/mesh_sync/meta/argument_specs.yml").read_text())
     options = specs["argument_specs"]["main"]["options"]
     return "watch" in (options.get("mesh_sync_mode", {}).get("choices") or [])
 

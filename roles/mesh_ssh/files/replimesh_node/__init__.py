@@ -1,0 +1,1 @@
+../../../../mesh_plugins/module_utils/__init__.py
