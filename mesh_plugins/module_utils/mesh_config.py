@@ -18,6 +18,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .mesh_names import MESH_USER_RE, NAME_RE, Folder
 from .mesh_paths import UnsafePathError, check_folder_path, check_ignore_pattern
 from .mesh_schedule import CRON_FIELDS as _CRON_FIELDS
 from .mesh_schedule import CRON_ITEM_RE as _CRON_ITEM_RE
@@ -46,10 +47,7 @@ SYNC_KEYS = (
     "backups_max_percent", "max_deletions",
 )  # fmt: skip
 
-# 21 characters at most: each peer logs in as USER-PEER (32 at most; a hash stands in for a long PEER).
-USER_RE = re.compile(r"[a-z_][a-z0-9_-]{0,20}")
 # Node and folder names end up in file names (keys, Unison profiles, status files), hence the narrow alphabet.
-NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 IDENTIFIER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 MAX_DELETIONS_RE = re.compile(r"[0-9]{1,9}|(?:100|[0-9]{1,2})%")
 HOST_LABEL_RE = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
@@ -108,13 +106,6 @@ class MeshConfigError(Exception):
         super().__init__(f"{key}: {message}" if key else message)
         self.key = key
         self.message = message
-
-
-@dataclass(frozen=True, slots=True)
-class Folder:
-    name: str
-    path: str
-    ignore: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +175,7 @@ def parse_mesh(data: object, *, extra_keys: Collection[str] = ()) -> Mesh:
 
 
 def _parse_user(value: object) -> str:
-    user = _named("user", value, USER_RE, "a POSIX user name like 'replimesh', 21 characters at most")
+    user = _named("user", value, MESH_USER_RE, "a POSIX user name like 'replimesh', 21 characters at most")
     if user == "root":
         # The mesh user runs Unison and owns the folders; root would bypass the SSH jails.
         raise MeshConfigError("user", "must be an unprivileged user, not root")

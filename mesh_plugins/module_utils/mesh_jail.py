@@ -30,10 +30,8 @@ from dataclasses import dataclass
 
 from .mesh_disks import mount_points, mounts_inside, unescape_mountinfo
 from .mesh_jailbins import mirror_template
+from .mesh_names import LOGIN_RE
 from .mesh_prune import RETIRED  # BACKUP_DIR/.retired/EDGE_USER-TIME: what a removed edge's server end kept
-
-# A name in /etc/passwd: the peer's node name after the mesh user's, while it fits in 32 characters.
-USER_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 
 
 class JailError(RuntimeError):
@@ -325,7 +323,7 @@ def plan_jails(
     return JailPlan(
         users_add=tuple(sorted(wanted - have)),
         users_remove=tuple(sorted(have - wanted)),
-        jails_remove=tuple(sorted(name for name in jail_names - wanted if USER_RE.fullmatch(name))),
+        jails_remove=tuple(sorted(name for name in jail_names - wanted if LOGIN_RE.fullmatch(name))),
         binds=binds,
         mount=tuple(bind for bind in binds if bind[1] not in mounted) + tuple(missing),
         remount=tuple(

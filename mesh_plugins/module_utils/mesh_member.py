@@ -35,11 +35,9 @@ from typing import Any
 
 from .mesh_jail import NOTIFY_DIR, JailLayout, edge_user
 from .mesh_jailbins import parents
+from .mesh_names import MESH_USER_RE, NAME_RE, Folder
 
 HEADER = "# Managed by replimesh (mesh_member): do not edit, the control node rewrites it."
-NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
-# 21 characters at most: each peer logs in as USER-PEER (or USER-HASH), a user name of 32 at most.
-USER_RE = re.compile(r"[a-z_][a-z0-9_-]{0,20}")
 KEY_TYPES = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "ssh-rsa")
 # Addresses go into authorized_keys' from="..." and into ssh:// URLs: host names and IP addresses only.
 ADDRESS_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*")
@@ -137,13 +135,6 @@ class Layout:
 
 
 @dataclass(frozen=True)
-class FolderSpec:
-    name: str
-    path: str
-    ignore: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
 class PeerSpec:
     name: str
     address: str
@@ -188,7 +179,7 @@ class Settings:
 @dataclass(frozen=True)
 class MemberSpec:
     node: str
-    folders: tuple[FolderSpec, ...]
+    folders: tuple[Folder, ...]
     peers: tuple[PeerSpec, ...]
     user: str = "replimesh"
     settings: Settings = field(default_factory=Settings)
@@ -328,7 +319,7 @@ def validate(spec: MemberSpec) -> None:
     """Raise MemberError naming the first thing wrong, before anything on the node is changed."""
     layout, settings = spec.layout, spec.settings
     _name(spec.node, "node")
-    valid_user = isinstance(spec.user, str) and bool(USER_RE.fullmatch(spec.user))
+    valid_user = isinstance(spec.user, str) and bool(MESH_USER_RE.fullmatch(spec.user))
     _check(
         valid_user,
         f"user {spec.user!r} is not a valid user name for the mesh (a-z, 0-9, '_', '-'; 21 characters at "
@@ -508,7 +499,7 @@ def ssh_options(spec: MemberSpec) -> list[str]:
     return options
 
 
-def render_profile(spec: MemberSpec, peer: PeerSpec, folder: FolderSpec) -> str:
+def render_profile(spec: MemberSpec, peer: PeerSpec, folder: Folder) -> str:
     settings = spec.settings
     sshargs = " ".join([*ssh_options(spec), "-o", f"HostKeyAlias={peer.name}"])
     remote = f"ssh://{spec.login(spec.node)}@{url_host(peer.address)}:{peer.port}/{folder.path}"
@@ -545,7 +536,7 @@ def render_profile(spec: MemberSpec, peer: PeerSpec, folder: FolderSpec) -> str:
     return "\n".join(lines) + "\n"
 
 
-def backup_prefs(spec: MemberSpec, folder: FolderSpec) -> list[str]:
+def backup_prefs(spec: MemberSpec, folder: Folder) -> list[str]:
     """Unison keeps the old version of every file a pull overwrites or deletes here, outside the synced
     tree, in BACKUP_DIR/FOLDER on the host: in no jail, so no peer reaches, deletes or disables them."""
     if spec.settings.backups <= 0:
@@ -736,7 +727,7 @@ def spec_from_params(params: Mapping[str, Any]) -> MemberSpec:
     settings, layout = Settings(), Layout()
     try:
         folders = tuple(
-            FolderSpec(f.get("name"), f.get("path"), tuple(get(f, "ignore", ()))) for f in params["folders"]
+            Folder(f.get("name"), f.get("path"), tuple(get(f, "ignore", ()))) for f in params["folders"]
         )
         peers = tuple(
             PeerSpec(

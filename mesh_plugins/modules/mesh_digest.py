@@ -147,7 +147,6 @@ lines:
 
 import json
 import os
-import re
 import tempfile
 from typing import Any
 
@@ -164,8 +163,7 @@ from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_digest import 
     render_lines,
     save_cache,
 )
-
-NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_names import NAME_RE
 
 
 def _write_output(module: AnsibleModule, path: str, content: bytes) -> bool:

@@ -10,27 +10,39 @@ would make replimesh fail or silently not work, provoked for real:
 - node4: a full disk where the folders go (a small tmpfs on /srv, filled);
 - node5: Unison 2.51 installed (Debian's unison-2.51+4.13.1, which talks only to its own build);
 - node6: an sshd_config whose first Match comes before the Include of sshd_config.d;
-- node7: a healthy host.
+- node7, node8, node9: healthy hosts.
 bootstrap.yml must fail, name each problem on its node's one line, report changed=0 on every node, and
 leave every node as it was (no mesh user, no replimesh configuration, no Unison installed on node7).
+
+Then the three healthy hosts, untouched, become a mesh of their own the way a user outside this checkout
+makes one (#16): meshctl from the wheel in a fresh venv, the collection from its tarball, nothing else.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import subprocess
+import sys
+import time
+import zipfile
 from collections.abc import Iterator
 
 import pytest
+import yaml
 
+from replimesh.collection_build import build
 from replimesh.lab.lab import Lab
-from tests.conftest import run_tool, slot_lab_config, wait_until
+from tests.conftest import ROOT, VENV_BIN, run_tool, slot_lab_config, wait_until
 from tests.e2e.conftest import recap
 
 pytestmark = pytest.mark.lab
 
 PREFLIGHT_LAB = slot_lab_config("pre", 6)
-NODES = 7
+NODES = 9
+HEALTHY = ("node7", "node8", "node9")
+SHARED = "/srv/replimesh/shared"
 PROBE = "/etc/cron.d/preflight-probe"  # a root job that stamps /tmp/probe-ran every minute
 # What each node's line must say (its problem), and on which node.
 EXPECTED = {
@@ -123,11 +135,70 @@ def test_bootstrap_stops_before_any_change_with_one_line_per_node(lab: Lab) -> N
     counts = recap(proc.stdout)
     assert set(counts) >= {f"node{i}" for i in range(1, NODES + 1)}, proc.stdout[-3000:]
     assert all(c["changed"] == 0 for c in counts.values()), proc.stdout[-3000:]
-    assert counts["node7"]["failed"] == 0
+    assert all(counts[node]["failed"] == 0 for node in HEALTHY)
     after = {node: present(lab, node) for node in before}
     assert after == before
-    assert before["node7"] == ""
+    assert all(before[node] == "" for node in HEALTHY)
 
     # The cron check's premise, for real: the healthy node's probe job runs, node2's cron runs none.
     assert wait_until(lambda: sh(lab, "node7", "ls /tmp/probe-ran 2>/dev/null; true").strip(), timeout=130)
     assert sh(lab, "node2", "ls /tmp/probe-ran 2>/dev/null; true").strip() == ""
+
+
+def test_a_wheel_and_the_collection_make_a_mesh_outside_the_checkout(
+    lab: Lab, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """pip installs meshctl's wheel into a fresh venv, ansible-galaxy the collection; from a directory that
+    is not this checkout, `meshctl up` bootstraps the three healthy hosts and `meshctl sync` carries a
+    file from node7 to node8 and node9."""
+    work = tmp_path_factory.mktemp("outside")
+    wheel = subprocess.run(
+        [str(VENV_BIN / "pip"), "wheel", "--no-deps", "-q", "-w", str(work / "dist"), str(ROOT)],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert wheel.returncode == 0, wheel.stderr
+    (built,) = (work / "dist").glob("replimesh-*.whl")
+    with zipfile.ZipFile(built) as archive:
+        tops = {name.split("/")[0] for name in archive.namelist() if not name.startswith("replimesh-")}
+    assert tops == {"replimesh"}, tops  # nothing else top-level in site-packages
+    python = shutil.which("python3", path="/usr/bin:/bin") or sys.executable
+    subprocess.run([python, "-m", "venv", str(work / "venv")], check=True, timeout=300)
+    install = subprocess.run(
+        [str(work / "venv/bin/pip"), "install", "-q", str(built)], capture_output=True, text=True, timeout=900
+    )
+    assert install.returncode == 0, install.stderr[-3000:]
+    collections = work / "collections"
+    galaxy = subprocess.run(
+        [str(work / "venv/bin/ansible-galaxy"), "collection", "install", "-p", str(collections),
+         str(build(work / "dist"))],
+        cwd=work, capture_output=True, text=True, timeout=300, env=outside_env(),
+    )  # fmt: skip
+    assert galaxy.returncode == 0, galaxy.stderr
+
+    mesh = yaml.safe_load(lab.inventory_path.read_text())
+    mesh["nodes"] = {node: mesh["nodes"][node] for node in HEALTHY}
+    mesh_file = work / "site.mesh.yml"
+    mesh_file.write_text(yaml.safe_dump(mesh, sort_keys=False))
+    env = outside_env(ANSIBLE_COLLECTIONS_PATH=str(collections))
+
+    def meshctl(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(work / "venv/bin/meshctl"), *args, "-i", str(mesh_file)],
+            cwd=work, env=env, capture_output=True, text=True, timeout=1200, check=False,
+        )  # fmt: skip
+
+    up = meshctl("up")
+    assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
+    payload = f"from the wheel {time.time_ns()}\n"
+    sh(lab, "node7", f"printf %s '{payload}' > {SHARED}/wheel.txt && chown replimesh: {SHARED}/wheel.txt")
+    synced = meshctl("sync")
+    assert synced.returncode == 0, synced.stdout[-3000:] + synced.stderr[-3000:]
+    for node in HEALTHY[1:]:
+        assert sh(lab, node, f"cat {SHARED}/wheel.txt") == payload, node
+
+
+def outside_env(**extra: str) -> dict[str, str]:
+    """An operator's shell outside this checkout: no ANSIBLE_* of ours, no venv of ours on PATH."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANSIBLE_", "VIRTUAL_ENV"))}
+    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if p != str(VENV_BIN))
+    return env | extra

@@ -17,7 +17,6 @@ import pytest
 from ansible_collections.replimesh.mesh.plugins.module_utils import mesh_jail
 from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_jail import (
     RETIRED,
-    USER_RE,
     JailError,
     JailLayout,
     Jails,
@@ -35,6 +34,7 @@ from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_jail import (
 )
 from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_jail import render_fstab as render
 from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_jailbins import mirror_template, parents
+from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_names import LOGIN_RE
 
 J = "/var/lib/replimesh/jails"
 LAYOUT = JailLayout(J, "/var/lib/replimesh/jail", "/var/lib/replimesh/unison", "/var/lib/replimesh/backups")
@@ -54,7 +54,7 @@ def as_root() -> None:
 def test_edge_user_is_user_dash_node_while_it_fits() -> None:
     assert edge_user("replimesh", "node2") == "replimesh-node2"
     name = edge_user("replimesh", "n" * 22)  # 9 + 1 + 22 = 32: still fits
-    assert name == "replimesh-" + "n" * 22 and USER_RE.fullmatch(name)
+    assert name == "replimesh-" + "n" * 22 and LOGIN_RE.fullmatch(name)
 
 
 @pytest.mark.parametrize(
@@ -62,7 +62,7 @@ def test_edge_user_is_user_dash_node_while_it_fits() -> None:
 )
 def test_a_long_edge_user_is_hashed_stable_and_a_valid_login(user: str, node: str) -> None:
     name = edge_user(user, node)
-    assert len(name) <= 32 and USER_RE.fullmatch(name)
+    assert len(name) <= 32 and LOGIN_RE.fullmatch(name)
     assert name == edge_user(user, node)  # the same on every run and every node
     assert name.startswith(user[:21] + "-")
     assert edge_user(user, node + "x") != name  # another node, another login

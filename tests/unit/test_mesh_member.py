@@ -16,7 +16,7 @@ from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_member import 
     RESERVED_PREFS,
     Entry,
     Existing,
-    FolderSpec,
+    Folder,
     Layout,
     MemberError,
     MemberSpec,
@@ -59,7 +59,7 @@ def peer(name: str, address: str = "", **kw: object) -> PeerSpec:
 
 
 def make_spec(peers: tuple[PeerSpec, ...] | None = None, **kw: object) -> MemberSpec:
-    folders = (FolderSpec("shared", "/srv/replimesh/shared", ("*.tmp", "cache/build")),)
+    folders = (Folder("shared", "/srv/replimesh/shared", ("*.tmp", "cache/build")),)
     fields = {
         "node": "node1",
         "folders": folders,
@@ -168,7 +168,7 @@ def test_authorized_keys_one_file_per_peer_with_its_own_restricted_line_and_unis
         "REPLIMESH_MARKER=.replimesh-folder exec /bin/replimesh-serve"
         f'" {node2.public_key} replimesh@node2\n'
     )
-    two = make_spec(folders=(FolderSpec("a", "/srv/a"), FolderSpec("b", "/data/b")))
+    two = make_spec(folders=(Folder("a", "/srv/a"), Folder("b", "/data/b")))
     # The folders whose disk guards the forced command checks.
     assert " REPLIMESH_FOLDERS=/srv/a,/data/b " in render_authorized_keys(two, two.peers[0])
     lines = render_authorized_keys(spec, node3).splitlines()
@@ -273,7 +273,7 @@ def test_profile_follows_settings_and_layout() -> None:
     spec = make_spec(
         layout=layout, settings=Settings(connect_timeout=3, server_alive_interval=9, marker=".m")
     )
-    text = render_profile(spec, peer("node2"), FolderSpec("f", "/data/f"))
+    text = render_profile(spec, peer("node2"), Folder("f", "/data/f"))
     assert "-i /k/id " in text and "UserKnownHostsFile=/k/known " in text
     assert "ConnectTimeout=3 " in text and "ServerAliveInterval=9 " in text
     assert "mountpoint = .m\nignore = Name .m\nsshargs" in text
@@ -283,7 +283,7 @@ def test_one_shared_connection_per_peer_beside_the_key_unless_turned_off() -> No
     spec = make_spec(layout=Layout(key="/home/m/.ssh/id"), settings=Settings(ssh_control_persist=60))
     options = " ".join(ssh_options(spec))
     assert "-o ControlMaster=auto -o ControlPath=/home/m/.ssh/mux-%C -o ControlPersist=60" in options
-    assert "ControlPersist=60" in render_profile(spec, peer("node2"), FolderSpec("f", "/data/f"))
+    assert "ControlPersist=60" in render_profile(spec, peer("node2"), Folder("f", "/data/f"))
     assert json.loads(render_config(spec))["ssh_options"] == ssh_options(spec)  # the watcher's notices
     off = make_spec(settings=Settings(ssh_control_persist=0))
     assert not any(option.startswith("Control") for option in ssh_options(off))
@@ -291,10 +291,10 @@ def test_one_shared_connection_per_peer_beside_the_key_unless_turned_off() -> No
 
 def test_profile_keeps_backups_outside_the_folder_only_when_asked() -> None:
     spec = make_spec(settings=Settings(backups=3), layout=Layout(backup_dir="/b"))
-    text = render_profile(spec, peer("node2"), FolderSpec("docs", "/data/docs"))
+    text = render_profile(spec, peer("node2"), Folder("docs", "/data/docs"))
     backups = "backup = Name *\nbackuplocation = central\nbackupdir = /b/docs\nmaxbackups = 3\n"
     assert text.endswith(backups)
-    assert "backup" not in render_profile(make_spec(), peer("node2"), FolderSpec("docs", "/data/docs"))
+    assert "backup" not in render_profile(make_spec(), peer("node2"), Folder("docs", "/data/docs"))
     assert '"backups": 3' in render_config(spec) and '"backup_dir": "/b"' in render_config(spec)
 
 
@@ -317,7 +317,7 @@ def test_ipv6_addresses_go_in_brackets_in_the_ssh_root(address: str, host: str) 
 
 
 def test_desired_entries_modes_and_owners() -> None:
-    spec = make_spec(folders=(FolderSpec("a", "/srv/a"), FolderSpec("b", "/data/b")), user="mesh")
+    spec = make_spec(folders=(Folder("a", "/srv/a"), Folder("b", "/data/b")), user="mesh")
     entries = {e.path: e for e in desired_entries(spec)}
     # The jail's own directories: its root and every directory above the Unison dir and the folders (not
     # the folders' mount points: those are bind mounts, never chowned). No versions in any jail.
@@ -429,15 +429,15 @@ def test_a_good_spec_validates() -> None:
             "jails_dir .* must not be or lie inside jail_template",
         ),
         ({"folders": ()}, "at least one folder"),
-        ({"folders": (FolderSpec("Bad", "/srv/x"),)}, r"folders\[0\]: name 'Bad'"),
-        ({"folders": (FolderSpec("x", "srv/x"),)}, "absolute path"),
-        ({"folders": (FolderSpec("x", "/srv/my x"),)}, "without spaces"),
-        ({"folders": (FolderSpec("x", "/srv/../etc"),)}, "normalized"),
-        ({"folders": (FolderSpec("x", "/"),)}, "must not be /"),
-        ({"folders": (FolderSpec("x", "/var/lib/replimesh"),)}, "unison_dir"),
-        ({"folders": (FolderSpec("x", U + "/x"),)}, "unison_dir"),
-        ({"folders": (FolderSpec("x", "/srv/x", ("a\nroot = /etc",)),)}, "one line"),
-        ({"folders": (FolderSpec("x", "/srv/x"), FolderSpec("x", "/srv/y"))}, "repeated: x"),
+        ({"folders": (Folder("Bad", "/srv/x"),)}, r"folders\[0\]: name 'Bad'"),
+        ({"folders": (Folder("x", "srv/x"),)}, "absolute path"),
+        ({"folders": (Folder("x", "/srv/my x"),)}, "without spaces"),
+        ({"folders": (Folder("x", "/srv/../etc"),)}, "normalized"),
+        ({"folders": (Folder("x", "/"),)}, "must not be /"),
+        ({"folders": (Folder("x", "/var/lib/replimesh"),)}, "unison_dir"),
+        ({"folders": (Folder("x", U + "/x"),)}, "unison_dir"),
+        ({"folders": (Folder("x", "/srv/x", ("a\nroot = /etc",)),)}, "one line"),
+        ({"folders": (Folder("x", "/srv/x"), Folder("x", "/srv/y"))}, "repeated: x"),
         ({"peers": (peer("node1"),)}, "own peer"),
         ({"peers": (peer("Node2"),)}, "not a valid name"),
         ({"peers": (peer("node2"), peer("node2", "10.9.9.9"))}, "repeated: node2"),
@@ -488,8 +488,8 @@ def test_a_good_spec_validates() -> None:
         ({"layout": Layout(jails_dir="/var/lib")}, "jails_dir /var/lib is a system directory"),
         ({"layout": Layout(authorized_keys_dir="/etc")}, "authorized_keys_dir /etc is a system directory"),
         ({"layout": Layout(jail_template="var/jail")}, "jail_template must be"),
-        ({"folders": (FolderSpec("x", J + "/x"),)}, "jails_dir"),
-        ({"folders": (FolderSpec("x", "/var/lib/replimesh"),)}, "jails_dir"),
+        ({"folders": (Folder("x", J + "/x"),)}, "jails_dir"),
+        ({"folders": (Folder("x", "/var/lib/replimesh"),)}, "jails_dir"),
         ({"layout": Layout(jails_dir="/srv/replimesh/shared/jails")}, "nor hold or lie inside"),
     ],
 )
@@ -562,7 +562,7 @@ def test_spec_from_params_applies_defaults_and_validates() -> None:
     given_brake = spec_from_params({**params, "max_deletions": "25", "profiles_dir": "/etc/rm/p"})
     assert given_brake.settings.max_deletions == "25" and given_brake.layout.profiles_dir == "/etc/rm/p"
     assert spec.peers == (PeerSpec("node2", "10.0.0.2", key(), key(), 22, False, True),)
-    assert spec.folders == (FolderSpec("shared", "/srv/shared", ()),)
+    assert spec.folders == (Folder("shared", "/srv/shared", ()),)
     assert spec.layout == Layout(unison_dir="/data/unison")
     with pytest.raises(MemberError, match="own peer"):
         spec_from_params({**params, "node": "node2"})
@@ -854,7 +854,7 @@ def test_any_change_of_peers_and_folders_converges(
     def spec_of(names: set[str], folders: set[str]) -> MemberSpec:
         return make_spec(
             peers=tuple(peer(n, active=active) for n in sorted(names)),
-            folders=tuple(FolderSpec(f, f"/srv/{f}") for f in sorted(folders)),
+            folders=tuple(Folder(f, f"/srv/{f}") for f in sorted(folders)),
         )
 
     old, new = spec_of(before, old_folders), spec_of(after, new_folders)

@@ -49,6 +49,7 @@ from .mesh_cleanup import TEMP_RE, clean_stale_temps, due
 from .mesh_disks import disk_problem, read_mountinfo
 from .mesh_locks import LOCKED_TEXT, locked_error, recover_stale_locks
 from .mesh_metrics import render_metrics
+from .mesh_names import LOGIN_RE, NAME_RE, Folder
 from .mesh_prune import RETIRED, prune
 from .mesh_schedule import ScheduleError, longest_gap_s
 from .mesh_status import (
@@ -79,10 +80,6 @@ DEFAULTS: dict[str, Any] = {
     "log_file": "/var/log/replimesh/sync.log",
     # metrics_file: default {state_dir}/metrics/replimesh.prom (see parse_config)
 }
-# Names become file names (profiles, locks, status files): the same narrow alphabet as mesh_config's,
-# repeated here because the node gets this package without mesh_config.
-NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
-USER_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 CLEANUP_EVERY_S = 3600.0  # how often a node looks for stale Unison temporary entries in its folders
 KILL_GRACE_S = 5.0  # between SIGTERM and SIGKILL of a timed-out Unison's process group
 LOG_TAIL_LINES = 20
@@ -107,13 +104,6 @@ class ConfigError(Exception):
 
 class UsageError(Exception):
     """The command line asks for something the configuration does not have."""
-
-
-@dataclass(frozen=True)
-class Folder:
-    name: str
-    path: str
-    ignore: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -224,9 +214,9 @@ def parse_config(data: object) -> Config:
     valid = isinstance(marker, str) and marker not in ("", ".", "..") and "/" not in marker
     _require(valid, "marker", "a plain file name", marker)
     user = top.get("user", "replimesh")
-    _require(isinstance(user, str) and bool(USER_RE.fullmatch(user)), "user", "a user name", user)
+    _require(isinstance(user, str) and bool(LOGIN_RE.fullmatch(user)), "user", "a user name", user)
     login = top.get("login", user)
-    _require(isinstance(login, str) and bool(USER_RE.fullmatch(login)), "login", "a user name", login)
+    _require(isinstance(login, str) and bool(LOGIN_RE.fullmatch(login)), "login", "a user name", login)
     ssh_options = top.get("ssh_options", [])
     valid = isinstance(ssh_options, list) and all(isinstance(o, str) for o in ssh_options)
     _require(valid, "ssh_options", "a list of strings", ssh_options)
