@@ -112,6 +112,11 @@ class IgnoreRules:
             return True  # Unison's temporary files (.unison.NAME.HASH.unison.tmp), never synced
         return bool(self.names.fullmatch(name) or (self.paths and self.paths.fullmatch(rel)))
 
+    def covers(self, rel: str) -> bool:
+        """Whether `rel` or a directory above it is ignored (a walk never reaches what is below one)."""
+        parts = rel.split("/")
+        return any(self.ignored("/".join(parts[: i + 1]), part) for i, part in enumerate(parts))
+
 
 def conflict_copy(rel: str) -> str | None:
     """The conflict copy Unison's `copyonconflict` kept (`NAME (conflict_on_DATE).EXT`) that `rel` is or is
@@ -326,11 +331,16 @@ def classify(
     return {"digests": digests, "unreachable": unreachable, "failed": failed}
 
 
-def _diverging(files: Mapping[str, Mapping[str, Sequence[Any]]]) -> list[dict[str, Any]]:
-    """Per path that is not the same on every node (node -> its file list): who holds which version."""
-    nodes = sorted(files)
+def _diverging(
+    files: Mapping[str, Mapping[str, Sequence[Any]]], local: Mapping[str, Sequence[str]] | None = None
+) -> list[dict[str, Any]]:
+    """Per path that is not the same on every node (node -> its file list): who holds which version. A
+    node's own ignore patterns (`local`: node -> its .replimeshignore's) take it out of its paths."""
+    local = local or {}
+    rules = {node: IgnoreRules.build(local[node]) for node in files if local.get(node)}
     found: list[dict[str, Any]] = []
     for path in sorted({path for listing in files.values() for path in listing}):
+        nodes = sorted(node for node in files if not (node in rules and rules[node].covers(path)))
         groups: dict[tuple[Any, ...], list[str]] = {}
         for node in nodes:
             entry = files[node].get(path)
@@ -363,14 +373,16 @@ def _compare_folder(name: str, per_node: Mapping[str, Mapping[str, Any] | None])
         for node in [node for node, folder in usable.items() if "files" not in folder]:
             problems[node] = "differs, but its file list could not be fetched"
             del usable[node]
-        diverging = _diverging({node: folder["files"] for node, folder in usable.items()})
+        local = {node: folder.get("local_ignore", []) for node, folder in usable.items()}
+        diverging = _diverging({node: folder["files"] for node, folder in usable.items()}, local)
     copies: dict[str, list[str]] = {}
     for node in sorted(usable):
         for path in usable[node].get("conflict_copies", []):
             copies.setdefault(path, []).append(node)
     counts = [int(folder.get("count", 0)) for folder in usable.values()]
     return {
-        "identical": not diverging and not problems and len(roots) <= 1,
+        # Roots also differ where a node ignores paths of its own: the file lists say what diverges.
+        "identical": not diverging and not problems,
         "root": roots.pop() if len(roots) == 1 else None,
         "count": max(counts, default=0),
         "bytes": max((int(folder.get("bytes", 0)) for folder in usable.values()), default=0),

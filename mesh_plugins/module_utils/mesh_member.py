@@ -35,7 +35,7 @@ from typing import Any
 
 from .mesh_jail import NOTIFY_DIR, JailLayout, edge_user
 from .mesh_jailbins import parents
-from .mesh_names import MESH_USER_RE, NAME_RE, Folder
+from .mesh_names import LOCAL_IGNORE_FILE, MESH_USER_RE, NAME_RE, Folder
 
 HEADER = "# Managed by replimesh (mesh_member): do not edit, the control node rewrites it."
 KEY_TYPES = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "ssh-rsa")
@@ -528,6 +528,7 @@ def render_profile(spec: MemberSpec, peer: PeerSpec, folder: Folder) -> str:
         "perms = 0o1775",
         f"mountpoint = {settings.marker}",
         f"ignore = Name {settings.marker}",
+        f"ignore = Name {LOCAL_IGNORE_FILE}",
         *(f"ignore = {'Path' if '/' in p else 'Name'} {p}" for p in folder.ignore),
         f"sshargs = {sshargs}",
         *backup_prefs(spec, folder),

@@ -11,6 +11,9 @@ from dataclasses import dataclass
 
 # A node's or a folder's name: it becomes a login (replimesh-NAME), a file name and a profile name.
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+# A node's own ignore patterns for a folder, kept at the folder's top (as Syncthing's .stignore): every
+# profile ignores a file of this name, so it never leaves its node and no peer's copy of it is ever taken.
+LOCAL_IGNORE_FILE = ".replimeshignore"
 # A login in /etc/passwd (32 characters at most).
 LOGIN_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 # The mesh user: 21 characters at most, since each peer logs in as USER-PEER (or USER-HASH for a long PEER).

@@ -15,6 +15,9 @@ description:
     use them - a pattern without C(/) is a C(Name) (the last path component), one with C(/) is a
     C(Path) (the whole relative path), C(*) and C(?) never match C(/) nor a name's leading dot, C({a,b})
     gives alternatives, and an ignored directory hides everything below it.
+  - It also leaves out what the node ignores on its own (the patterns of its C(FOLDER/.replimeshignore),
+    and that file), and reports those patterns; with O(compare), a node is not counted as lacking or
+    differing on a path it ignores.
   - Conflict copies (named V(NAME (conflict_on_DATE\).EXT)) are digested like any other file and also
     listed apart.
     A symlink is digested with mode C(link) and the hash of its target.
@@ -112,6 +115,7 @@ folders:
       root: 5f2b0c...
       files: {"docs/a.txt": [12, "0644", "e3b0c4..."]}  # with files=true
       conflict_copies: ["notes (conflict_on_2026-11-25).md"]
+      local_ignore: ["*.log"]  # this node's own patterns (FOLDER/.replimeshignore), left out of its digest
       count: 2
       bytes: 40
       marker: true
@@ -163,7 +167,11 @@ from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_digest import 
     render_lines,
     save_cache,
 )
-from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_names import NAME_RE
+from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_localignore import (
+    LocalIgnoreError,
+    local_patterns,
+)
+from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_names import LOCAL_IGNORE_FILE, NAME_RE
 
 
 def _write_output(module: AnsibleModule, path: str, content: bytes) -> bool:
@@ -196,10 +204,17 @@ def digest(module: AnsibleModule) -> dict[str, Any]:
             module.warn(str(exc))
             cache = None
         try:
-            result = digest_folder(path, folder["ignore"] or [], marker=params["marker"], cache=cache)
+            local = local_patterns(path)
+        except LocalIgnoreError as exc:
+            folders[name] = {"error": str(exc), "marker": True}
+            continue
+        patterns = [*(folder["ignore"] or []), *local, LOCAL_IGNORE_FILE]
+        try:
+            result = digest_folder(path, patterns, marker=params["marker"], cache=cache)
         except DigestError as exc:
-            module.fail_json(msg=f"folder {name}: {exc}; fix the pattern in the mesh file")
-        folders[name] = result.result(files=params["files"])
+            where = "this node's .replimeshignore" if local else "the mesh file"
+            module.fail_json(msg=f"folder {name}: {exc}; fix the pattern in {where}")
+        folders[name] = {**result.result(files=params["files"]), "local_ignore": local}
         hashed += result.hashed
         if module.check_mode or cache is None or result.error or result.cache == cache:
             continue

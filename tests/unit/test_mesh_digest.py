@@ -421,3 +421,18 @@ def test_the_module_refuses_a_bad_pattern_or_folder_name(tmp_path: Path, folder:
         with pytest.raises(Failed) as failed:
             run({"folders": [spec], "cache_dir": str(tmp_path / "c")})
         assert words in failed.value.args[0]["msg"]
+
+
+def test_what_a_node_ignores_on_its_own_is_no_divergence() -> None:
+    """node2's .replimeshignore keeps *.log and build/ out of its replica: it lacking them (and holding a
+    build/ of its own) diverges from nothing; a file it should hold still does."""
+    logs = {"app.log": [3, "0644", sha(b"log")], "build/out.o": [4, "0644", sha(b"obj")]}
+    digests = mesh({**BASE, **logs}, node2={"app.log": None, "build/out.o": [1, "0644", sha(b"own")]})
+    digests["node2"]["folders"]["shared"]["local_ignore"] = ["*.log", "build"]
+    report = core.compare(digests)
+    assert report["identical"] and core.exit_code(report) == 0, report["folders"]["shared"]["diverging"]
+
+    digests["node2"]["folders"]["shared"]["files"].pop("f2.txt")
+    digests["node2"]["folders"]["shared"]["root"] = "changed"
+    [item] = core.compare(digests)["folders"]["shared"]["diverging"]
+    assert (item["path"], item["missing"]) == ("f2.txt", ["node2"])

@@ -256,6 +256,7 @@ def test_profile_exact_text() -> None:
         "log = false\nconfirmbigdel = true\nretry = 2\nperms = 0o1775\n"
         "mountpoint = .replimesh-folder\n"
         "ignore = Name .replimesh-folder\n"
+        "ignore = Name .replimeshignore\n"
         "ignore = Name *.tmp\n"
         "ignore = Path cache/build\n"
         "sshargs = -F none -i /var/lib/replimesh/.ssh/id_ed25519 -o IdentitiesOnly=yes -o BatchMode=yes "
@@ -276,7 +277,7 @@ def test_profile_follows_settings_and_layout() -> None:
     text = render_profile(spec, peer("node2"), Folder("f", "/data/f"))
     assert "-i /k/id " in text and "UserKnownHostsFile=/k/known " in text
     assert "ConnectTimeout=3 " in text and "ServerAliveInterval=9 " in text
-    assert "mountpoint = .m\nignore = Name .m\nsshargs" in text
+    assert "mountpoint = .m\nignore = Name .m\nignore = Name .replimeshignore\nsshargs" in text
 
 
 def test_one_shared_connection_per_peer_beside_the_key_unless_turned_off() -> None:

@@ -47,6 +47,7 @@ from typing import Any
 
 from .mesh_cleanup import TEMP_RE, clean_stale_temps, due
 from .mesh_disks import disk_problem, read_mountinfo
+from .mesh_localignore import LocalIgnoreError, ignore_args
 from .mesh_locks import LOCKED_TEXT, locked_error, recover_stale_locks
 from .mesh_metrics import render_metrics
 from .mesh_names import LOGIN_RE, NAME_RE, Folder
@@ -424,7 +425,7 @@ class Runner:
             directory.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
 
     def command(self, peer: Peer, folder: Folder) -> list[str]:
-        argv = [self.config.unison, profile_name(peer.name, folder.name)]
+        argv = [self.config.unison, profile_name(peer.name, folder.name), *ignore_args(folder.path)]
         if self.seed:
             argv += ["-force", remote_root(self.config, peer, folder), "-nodeletion", folder.path]
         return argv
@@ -490,6 +491,8 @@ class Runner:
         else:
             try:
                 run, output = self.pull(peer, folder)
+            except LocalIgnoreError as exc:
+                run = not_run("failed", f"{exc}: nothing pulled into {folder.name} until it is fixed")
             except OSError as exc:
                 run = not_run("failed", f"cannot run {self.config.unison}: {exc.strerror or exc}")
         run = replace(run, folder=folder.name)
