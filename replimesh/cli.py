@@ -6,15 +6,16 @@ import importlib.metadata
 import json
 import os
 import tomllib
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 
 from replimesh.cli_common import Check, Diff, ExtraVars, Inventory, LabDir, Limit
+from replimesh.cli_common import exit_with as _exit_with
 from replimesh.cli_common import fail as _fail
 from replimesh.cli_common import log as _log
+from replimesh.cli_files import add_file_commands
 from replimesh.cli_lab import lab_app
 from replimesh.lab.errors import LabError
 from replimesh.lab.lab import Lab
@@ -114,17 +115,6 @@ def _step(
     except PlaybookError as exc:
         _fail(str(exc), exc.exit_code)
     typer.echo(f"{playbook}: {'checked, nothing changed' if check else 'done'}; full log: {result.log}")
-
-
-def _exit_with(command: Callable[[], int]) -> NoReturn:
-    """Run a reporting command: exit with its code, or with a playbook failure's one-line reason."""
-    from replimesh.playbooks import PlaybookError
-
-    try:
-        code = command()
-    except PlaybookError as exc:
-        _fail(str(exc), exc.exit_code)
-    raise typer.Exit(code)
 
 
 def _extravars(pairs: list[str] | None, **fixed: str) -> dict[str, str]:
@@ -319,40 +309,8 @@ def status(
     raise typer.Exit(code)
 
 
-Folder = Annotated[str | None, typer.Option("--folder", help="The folder (when the mesh has several).")]
-FilePath = Annotated[str, typer.Argument(help="The file's path inside the folder, e.g. docs/notes.txt.")]
-
-
-@app.command("versions")
-def versions(
-    path: FilePath,
-    folder: Folder = None,
-    inventory: Inventory = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
-) -> None:
-    """The versions every node keeps of a file (what its pulls overwrote or deleted), newest first."""
-    from replimesh.playbooks import mesh_file
-    from replimesh.versions import run_versions
-
-    _exit_with(lambda: run_versions(mesh_file(inventory), path, folder, as_json, typer.echo))
-
-
-@app.command("restore")
-def restore(
-    path: FilePath,
-    version: Annotated[int, typer.Option("--version", min=1, help="Which kept version (1: the newest).")] = 1,
-    source: Annotated[
-        str | None, typer.Option("--from", help="The node whose kept version (default: the newest one's).")
-    ] = None,
-    folder: Folder = None,
-    inventory: Inventory = None,
-) -> None:
-    """Put a kept version of a file back (what the folder holds there is kept too); a round carries it to
-    every node."""
-    from replimesh.playbooks import mesh_file
-    from replimesh.versions import run_restore
-
-    _exit_with(lambda: run_restore(mesh_file(inventory), path, folder, version, source, typer.echo))
+# versions, restore, conflicts: replimesh/cli_files.py
+add_file_commands(app)
 
 
 @app.command("simulate")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -39,3 +40,14 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 def log(message: str) -> None:
     typer.echo(message, err=True)
+
+
+def exit_with(command: Callable[[], int]) -> NoReturn:
+    """Run a reporting command: exit with its code, or with a playbook failure's one-line reason."""
+    from replimesh.playbooks import PlaybookError
+
+    try:
+        code = command()
+    except PlaybookError as exc:
+        fail(str(exc), exc.exit_code)
+    raise typer.Exit(code)

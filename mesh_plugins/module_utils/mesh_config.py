@@ -88,6 +88,7 @@ PLAYBOOK_INPUTS = frozenset(
         "rotate_lock_timeout",
         "status_max_lag",
         "status_output",
+        "conflicts_keep",
         "verify_allow_unreachable",
         "verify_output",
         "remove_versions",

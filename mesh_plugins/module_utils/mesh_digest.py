@@ -33,7 +33,8 @@ RACY_NS = 1_000_000_000
 PERM_BITS = 0o1777
 CHUNK = 1 << 20
 SHORT = 10  # hex digits of a sha256 shown to a person
-CONFLICT_RE = re.compile(r" \(conflict_on_[0-9]{4}-[0-9]{2}-[0-9]{2}[^()/]*\)(?:\.[^/]*)?$")
+# Unison's copyonconflict keeps the losing version as NAME (conflict_on_DATE).EXT beside NAME.EXT.
+CONFLICT_RE = re.compile(r" \(conflict_on_[0-9]{4}-[0-9]{2}-[0-9]{2}[^()/]*\)(?P<ext>\.[^/]*)?$")
 
 Entry = tuple[int, str, str]  # size, mode, sha256 (mode "link" and the target's hash for a symlink)
 
@@ -116,6 +117,15 @@ class IgnoreRules:
         """Whether `rel` or a directory above it is ignored (a walk never reaches what is below one)."""
         parts = rel.split("/")
         return any(self.ignored("/".join(parts[: i + 1]), part) for i, part in enumerate(parts))
+
+
+def original_name(name: str) -> str | None:
+    """``notes (conflict_on_2026-11-25).md`` -> ``notes.md``: the file a conflict copy was kept of, or None
+    when the name is not a conflict copy's."""
+    match = CONFLICT_RE.search(name)
+    if not match or match.start() == 0:
+        return None
+    return name[: match.start()] + (match.group("ext") or "")
 
 
 def conflict_copy(rel: str) -> str | None:

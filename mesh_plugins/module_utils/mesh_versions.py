@@ -80,7 +80,8 @@ def pick(versions: Sequence[dict[str, Any]], number: int, rel: str, node: str) -
     return versions[number - 1]
 
 
-def _copy(source: str, target: str, uid: int, gid: int) -> None:
+def copy_file(source: str, target: str, uid: int, gid: int) -> None:
+    """A new file `target` with `source`'s bytes, owned by uid:gid, mode 0644."""
     with open(source, "rb") as src, open(target, "xb") as dst:
         for chunk in iter(lambda: src.read(1 << 20), b""):
             dst.write(chunk)
@@ -88,7 +89,8 @@ def _copy(source: str, target: str, uid: int, gid: int) -> None:
     os.chmod(target, 0o644)
 
 
-def _make_dirs(folder_path: str, rel_dir: str, uid: int, gid: int) -> None:
+def make_dirs(folder_path: str, rel_dir: str, uid: int, gid: int) -> None:
+    """The directories of `rel_dir` under `folder_path`, made as uid:gid where missing; never a link."""
     path = folder_path
     for part in [p for p in rel_dir.split("/") if p]:
         path = posixpath.join(path, part)
@@ -106,20 +108,20 @@ def restore(
     held there is kept first beside the versions. Returns where that went, or None (nothing was there)."""
     target = posixpath.join(folder_path, rel)
     directory, name = posixpath.split(rel)
-    _make_dirs(folder_path, directory, uid, gid)
+    make_dirs(folder_path, directory, uid, gid)
     kept = None
     if os.path.lexists(target):
         if os.path.islink(target) or not os.path.isfile(target):
             raise VersionsError(f"{target} is not a regular file: move it away first")
         kept = posixpath.join(backup_folder, directory, f".restore.{int(time.time())}.{name}")
         if not os.path.isdir(backup_folder):
-            _make_dirs(posixpath.dirname(backup_folder), posixpath.basename(backup_folder), uid, gid)
-        _make_dirs(backup_folder, directory, uid, gid)
-        _copy(target, kept, uid, gid)
+            make_dirs(posixpath.dirname(backup_folder), posixpath.basename(backup_folder), uid, gid)
+        make_dirs(backup_folder, directory, uid, gid)
+        copy_file(target, kept, uid, gid)
         os.utime(kept, (os.stat(target).st_atime, os.stat(target).st_mtime))
     tmp = posixpath.join(folder_path, directory, TMP_FORM.format(name=name))
     if os.path.lexists(tmp):
         os.unlink(tmp)
-    _copy(version["path"], tmp, uid, gid)
+    copy_file(version["path"], tmp, uid, gid)
     os.replace(tmp, target)
     return kept
