@@ -357,6 +357,14 @@ def bench(
     raise typer.Exit(code)
 
 
-def main() -> None:  # pragma: no cover - console entry for `python -m replimesh`
+def main() -> None:
+    """meshctl's console entry (and `python -m replimesh`): the app, with a missing collection said in one
+    line and exit 3 (could not check) rather than a traceback."""
+    from replimesh.collection import CollectionError
+
     os.environ.setdefault("ANSIBLE_FORCE_COLOR", "0")
-    app()
+    try:
+        app()
+    except CollectionError as exc:
+        typer.echo(f"meshctl: error: {exc}", err=True)
+        raise SystemExit(3) from None

@@ -1,5 +1,4 @@
-"""Where meshctl finds the collection replimesh.mesh (its playbooks, roles, modules and the core they share),
-and how the collection is built from this repository.
+"""Where meshctl finds the collection replimesh.mesh (its playbooks, roles, modules and the core they share).
 
 In a checkout the collection is collections/ansible_collections/replimesh/mesh, whose plugins/, roles/ and
 playbooks/ are links to mesh_plugins/, roles/ and playbooks/ at the top. Installed (`ansible-galaxy
@@ -12,6 +11,7 @@ replimesh.collection_build builds the collection's tarball from a checkout.
 
 from __future__ import annotations
 
+import importlib.abc
 import importlib.util
 import sys
 from functools import cache
@@ -23,8 +23,20 @@ CHECKOUT = Path(__file__).resolve().parents[1]
 CHECKOUT_COLLECTIONS = CHECKOUT / "collections"
 
 
-class CollectionError(Exception):
+class CollectionError(ImportError):
     """The collection is not installed where Ansible looks, or could not be built."""
+
+
+class _MissingCollection(importlib.abc.MetaPathFinder):
+    """Where the collection is not installed: importing its core raises CollectionError, which says what
+    to install, instead of a bare ModuleNotFoundError (meshctl prints it and exits 3)."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+    def find_spec(self, fullname: str, path: object = None, target: object = None) -> None:
+        if fullname == "ansible_collections" or fullname.startswith(f"ansible_collections.{NAMESPACE}"):
+            raise CollectionError(self.message)
 
 
 def _holds_collection(root: Path) -> bool:
@@ -70,7 +82,12 @@ def ensure_importable() -> None:
                 return
         except ModuleNotFoundError:
             pass
-    root = str(collections_root())
+    try:
+        root = str(collections_root())
+    except CollectionError as exc:
+        # After every other finder: a real ansible_collections (another collection's) still imports.
+        sys.meta_path.append(_MissingCollection(str(exc)))
+        return
     if root not in sys.path:
         sys.path.append(root)
         sys.modules.pop("ansible_collections", None)  # a namespace package seen before, without this path

@@ -118,3 +118,23 @@ def test_ansible_test_sanity_passes_with_no_error(installed: Path) -> None:
     assert {"validate-modules", "ansible-doc", "import", "pylint", "yamllint", "runtime-metadata"} <= set(
         ran
     ), ran
+
+
+def test_meshctl_without_the_collection_says_what_to_install(tmp_path: Path) -> None:
+    """meshctl's package alone (as a wheel installs it, no collection anywhere Ansible looks): --version
+    works, a command that needs the collection says what to install and exits 3, with no traceback."""
+    site = tmp_path / "site"
+    shutil.copytree(ROOT / "replimesh", site / "replimesh", ignore=shutil.ignore_patterns("bench"))
+    env = clean_env(HOME=str(tmp_path), ANSIBLE_COLLECTIONS_PATH=str(tmp_path / "empty"))
+    (tmp_path / "site.mesh.yml").write_text("plugin: replimesh.mesh.replimesh_mesh\n")
+
+    def meshctl(*args: str) -> subprocess.CompletedProcess[str]:
+        code = f"import sys; sys.path.insert(0, {str(site)!r}); from replimesh.cli import main; main()"
+        return subprocess.run([sys.executable, "-c", code, *args], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=120)  # fmt: skip
+
+    assert meshctl("--version").returncode == 0
+    proc = meshctl("status", "-i", "site.mesh.yml")
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stderr.startswith("meshctl: error: the Ansible collection replimesh.mesh is not installed")
+    assert "Traceback" not in proc.stderr
