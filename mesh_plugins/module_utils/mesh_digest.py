@@ -121,11 +121,12 @@ class IgnoreRules:
 
 def original_name(name: str) -> str | None:
     """``notes (conflict_on_2026-11-25).md`` -> ``notes.md``: the file a conflict copy was kept of, or None
-    when the name is not a conflict copy's."""
-    match = CONFLICT_RE.search(name)
-    if not match or match.start() == 0:
-        return None
-    return name[: match.start()] + (match.group("ext") or "")
+    when the name is not a conflict copy's. A copy of a copy (two nodes kept different versions under one
+    copy's name) names the first file too: ``notes (conflict_on_D) (conflict_on_E).md`` -> ``notes.md``."""
+    original = None
+    while (match := CONFLICT_RE.search(name)) and match.start() > 0:
+        original = name = name[: match.start()] + (match.group("ext") or "")
+    return original
 
 
 def conflict_copy(rel: str) -> str | None:

@@ -34,8 +34,10 @@ def test_a_conflict_is_listed_on_every_node_and_resolved_everywhere(mesh: Mesh, 
     for _round in range(2):  # the conflict, then its copies reach the nodes that did not see it
         assert meshctl(mesh, tmp_path, "sync").returncode == 0
     code, report = listed(mesh, tmp_path)
+    assert code == 1 and [item["path"] for item in report["files"]] == ["draft.md"], json.dumps(
+        report, indent=1
+    )
     (item,) = report["files"]
-    assert code == 1 and item["path"] == "draft.md", report
     holders = {node for copy in item["copies"] for node in copy["nodes"]}
     assert holders == set(mesh.nodes), item  # listed on every node
     versions = {copy["sha256"] for copy in item["copies"]} | set(item["now"].values())

@@ -29,6 +29,7 @@ UID, GID = os.getuid(), os.getgid()
         ("report (conflict_on_2026-11-25).txt", "report.txt"),
         ("Makefile (conflict_on_2026-11-25)", "Makefile"),
         ("a.tar (conflict_on_2026-11-25).gz", "a.tar.gz"),
+        ("notes (conflict_on_2026-12-04) (conflict_on_2026-12-05).md", "notes.md"),
         ("notes.md", None),
         (" (conflict_on_2026-11-25).md", None),
         ("notes (conflict on 2026-11-25).md", None),
