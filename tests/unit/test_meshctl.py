@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_digest import digest_folder
 from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_health import mesh_health
-from replimesh import operate, playbooks
+from replimesh import conflicts, operate, playbooks
 from replimesh.cli import app
 from replimesh.operate import parse_extravars, show_sync, sync_edges
 from replimesh.playbooks import PlaybookError, PlaybookResult, resolve_inventory
@@ -518,3 +518,33 @@ def test_check_and_diff_reach_ansible_playbook(tmp_path: Path, monkeypatch: pyte
     assert seen["cmdline"] == "--check --diff"
     playbooks.run_playbook("bootstrap.yml", tmp_path / "x.mesh.yml", progress=False)
     assert seen["cmdline"] is None
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (("conflicts", "notes.md"), "give both PATH and --keep VERSION"),
+        (("conflicts", "--keep", "current"), "give both PATH and --keep VERSION"),
+        (("conflicts", "--from", "node1"), "--from goes with PATH --keep VERSION"),
+        (("conflicts", "../x.md", "--keep", "current"), "inside it"),
+        (("conflicts", "notes.md", "--keep", "sub/notes (conflict_on_2026-12-04).md"), "as listed"),
+    ],
+)
+def test_a_bad_conflicts_request_exits_2_before_any_playbook(
+    mesh: Path, runs: list[str], monkeypatch: pytest.MonkeyPatch, args: tuple[str, ...], said: str
+) -> None:
+    monkeypatch.setattr(conflicts, "run_playbook", playbooks.run_playbook)  # the `runs` fake
+    result = _meshctl(*args, "-i", str(mesh))
+    assert (result.exit_code, runs) == (2, []), result.output
+    assert said in result.stderr
+
+
+@pytest.mark.parametrize(("files", "code"), [([], 0), ([{"folder": "shared", "path": "a.md", "now": {},
+                                                        "copies": []}], 1)])  # fmt: skip
+def test_conflicts_exits_1_while_a_node_holds_a_copy(
+    mesh: Path, monkeypatch: pytest.MonkeyPatch, files: list[dict[str, Any]], code: int
+) -> None:
+    report = {"files": files, "nodes": ["node1", "node2"], "failed": []}
+    monkeypatch.setattr(conflicts, "conflicts", lambda inventory: report)
+    result = _meshctl("conflicts", "-i", str(mesh), "--json")
+    assert result.exit_code == code and json.loads(result.stdout) == report
