@@ -91,15 +91,27 @@ def _keep_aside(root: str, backup_folder: str, copy: str, rel: str, uid: int, gi
         copy_file(source, target, uid, gid)
         os.utime(target, (st.st_atime, st.st_mtime))
         os.unlink(source)
-    else:
+    else:  # plan() refused it before anything moved
         raise VersionsError(f"{source} is neither a file nor a directory: move it away by hand")
     return target
 
 
 def plan(root: str, rel: str, keep: str, keeper: bool) -> tuple[str | None, list[str]]:
     """(the copy whose content becomes the file on this node, or None; the copies to move aside), checked
-    before anything changes."""
+    before anything changes. The folder's content comes from peers too: a directory on the way that is a
+    link, or a copy that is neither a file nor a directory, stops it (it runs as root)."""
+    path = root
+    for part in [p for p in posixpath.dirname(rel).split("/") if p]:
+        path = posixpath.join(path, part)
+        if os.path.islink(path) or not os.path.isdir(path):
+            raise VersionsError(f"{path} is not a directory (a link?): end this conflict by hand")
     copies = copies_of(root, rel)
+    odd = [c for c in copies if not stat.S_ISREG(mode := os.lstat(posixpath.join(root, c)).st_mode)
+           and not stat.S_ISDIR(mode)]  # fmt: skip
+    if odd:
+        raise VersionsError(
+            f"{odd[0]} is neither a file nor a directory (a link?): end this conflict by hand"
+        )
     chosen = None
     if keeper and keep != CURRENT:
         chosen = posixpath.join(posixpath.dirname(rel), keep)

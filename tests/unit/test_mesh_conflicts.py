@@ -132,3 +132,20 @@ def test_the_keeper_is_a_node_that_holds_the_version() -> None:
         keeper(REPORT, None, "docs/notes.md", "x.md")
     with pytest.raises(BadInputError, match=r"no node holds a conflict copy of other\.md"):
         keeper(REPORT, None, "other.md", "current")
+
+
+def test_a_link_on_the_way_or_as_a_copy_changes_nothing(tmp_path: Path) -> None:
+    """The folder's content comes from peers: a link where a directory or a copy should be stops the
+    resolution before anything moves (it runs as root)."""
+    root, backups = folder(tmp_path), tmp_path / "backups" / "shared"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / COPY).write_text("not the folder's\n")
+    os.symlink(outside, root / "linked")
+    with pytest.raises(VersionsError, match="a link"):
+        resolve(str(root), str(backups), "linked/notes.md", "current", False, UID, GID)
+    assert (outside / COPY).exists()
+    os.symlink(outside / COPY, root / "docs" / "notes (conflict_on_2026-12-06).md")
+    with pytest.raises(VersionsError, match="neither a file nor a directory"):
+        resolve(str(root), str(backups), "docs/notes.md", "current", False, UID, GID)
+    assert len(copies_of(str(root), "docs/notes.md")) == 3 and not backups.exists()
