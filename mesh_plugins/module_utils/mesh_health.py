@@ -1,9 +1,9 @@
 """Is the mesh healthy? Per-node and per-edge health from what every node reported, and one verdict.
 
 Pure and standard library only: ``status.yml`` runs it on the control node (through the
-``mesh_node_status`` module) and ``meshctl status`` reads its report.
+``mesh_health`` module) and ``meshctl status`` reads its report.
 
-Each node reports (``mesh_node_status``): its peers (from mesh.json), its edges' status records, the Unison
+Each node reports (``mesh_health``): its peers (from mesh.json), its edges' status records, the Unison
 version, each folder's marker, whether its cron job is installed and when its scheduler last started a
 round (a node whose scheduler runs no job is degraded: not healthy). Every node only pulls, so each end
 of an edge holds the record of its own pulls from the other: an edge is healthy when both directions are
@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .mesh_status import timestamp
+from .mesh_edgerecord import timestamp
 
 DEFAULT_MAX_LAG = 86400
 # A scheduled round may start up to this late (the cron splay, a busy host) before twice its period counts.
@@ -58,7 +58,7 @@ def scheduler_problem(fact: Mapping[str, Any]) -> str | None:
 def node_health(name: str, fact: Mapping[str, Any] | None) -> dict[str, Any]:
     """One node's row: reachable, Unison version, markers, cron, and the problems that make it unhealthy.
 
-    `fact` is the node's registered mesh_node_status result; empty or None when the node was not reached.
+    `fact` is the node's registered mesh_health result; empty or None when the node was not reached.
     """
     if not fact or fact.get("unreachable"):
         reason = str((fact or {}).get("msg") or "not reached").strip().rstrip(":")

@@ -67,12 +67,6 @@ RESERVED_PREFS = frozenset([
     "logfile", "log", "copyprog", "copyprogrest", "copythreshold", "fastcheck",
 ])
 # fmt: on
-# Files of the previous flat layout (everything directly in UNISON_DIR), removed on migration.
-LEGACY_FILE_RES = (
-    re.compile(r"(ar|fp|lk)[0-9a-f]{32}"),
-    re.compile(r"[a-z0-9][a-z0-9_-]*--[a-z0-9][a-z0-9_-]*\.prf"),
-    re.compile(r"default\.prf"),
-)
 # UNISON_DIR and STATE_DIR hold directories removed by name: never let them be a system directory.
 # fmt: off
 PROTECTED_DIRS = frozenset([
@@ -218,8 +212,8 @@ class Stat:
 class Existing:
     """What the module found: stats of the desired paths (absent ones left out) and the listed directories.
 
-    ``unison_dirs``/``unison_files``: names of directories and links / regular files directly in
-    UNISON_DIR; ``peer_files``: names of the non-directories in each current peer's directory;
+    ``unison_dirs``: names of the directories and links directly in UNISON_DIR; ``peer_files``: names of
+    the non-directories in each current peer's directory;
     ``status``/``locks``: names in STATE_DIR/status and STATE_DIR/locks; ``key_files``: names in
     AUTHORIZED_KEYS_DIR. ``peer_files`` lists links too (the guards of the profile names).
     """
@@ -227,7 +221,6 @@ class Existing:
     stats: Mapping[str, Stat] = field(default_factory=dict)
     unison_dirs: tuple[str, ...] = ()
     key_files: tuple[str, ...] = ()
-    unison_files: tuple[str, ...] = ()
     peer_files: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     status: tuple[str, ...] = ()
     locks: tuple[str, ...] = ()
@@ -246,7 +239,6 @@ class Plan:
     mkdirs: tuple[Entry, ...] = ()  # directories to create (after removing what is in their place)
     fixes: tuple[Entry, ...] = ()  # right content, wrong mode or owner
     removes: tuple[Removal, ...] = ()
-    migrated: tuple[str, ...] = ()  # legacy flat-layout files among removes
     peers_added: tuple[str, ...] = ()
     peers_removed: tuple[str, ...] = ()
     peers_kept: tuple[str, ...] = ()
@@ -592,7 +584,7 @@ def profile_name(peer: str, folder: str) -> str:
     return f"{peer}--{folder}"
 
 
-def _stale(spec: MemberSpec, existing: Existing) -> tuple[list[Removal], list[str]]:
+def _stale(spec: MemberSpec, existing: Existing) -> list[Removal]:
     layout = spec.layout
     peers = {peer.name for peer in spec.peers}
     removes = [
@@ -600,12 +592,6 @@ def _stale(spec: MemberSpec, existing: Existing) -> tuple[list[Removal], list[st
         for name in sorted(existing.unison_dirs)
         if NAME_RE.fullmatch(name) and name not in peers
     ]
-    migrated = [
-        f"{layout.unison_dir}/{name}"
-        for name in sorted(existing.unison_files)
-        if any(pattern.fullmatch(name) for pattern in LEGACY_FILE_RES)
-    ]
-    removes += [Removal(path, "file") for path in migrated]
     # Profiles, and their guards in the edge directories, of folders (or peers) no longer configured.
     wanted = {profile_name(peer.name, folder.name) for peer in spec.peers for folder in spec.folders}
     profile_re = re.compile(r"([a-z0-9][a-z0-9_-]*--[a-z0-9][a-z0-9_-]*)(\.prf)?")
@@ -635,7 +621,7 @@ def _stale(spec: MemberSpec, existing: Existing) -> tuple[list[Removal], list[st
             stem = name[: -len(suffix)] if name.endswith(suffix) else ""
             if NAME_RE.fullmatch(stem) and stem not in peers:
                 removes.append(Removal(f"{layout.state_dir}/{subdir}/{name}", "file"))
-    return removes, migrated
+    return removes
 
 
 def plan(spec: MemberSpec, existing: Existing) -> Plan:
@@ -643,7 +629,7 @@ def plan(spec: MemberSpec, existing: Existing) -> Plan:
     writes: list[Entry] = []
     mkdirs: list[Entry] = []
     fixes: list[Entry] = []
-    removes, migrated = _stale(spec, existing)
+    removes = _stale(spec, existing)
     before: dict[str, str] = {}
     for entry in desired_entries(spec):
         stat = existing.stats.get(entry.path)
@@ -678,7 +664,6 @@ def plan(spec: MemberSpec, existing: Existing) -> Plan:
         mkdirs=tuple(mkdirs),
         fixes=tuple(fixes),
         removes=tuple(removes),
-        migrated=tuple(migrated),
         peers_added=tuple(sorted(desired - had)),
         peers_removed=tuple(sorted(had - desired)),
         peers_kept=tuple(sorted(desired & had)),

@@ -1,7 +1,7 @@
 """Where watch mode keeps its state on a node, and whether the watcher is alive.
 
 Standard library only: the runner (metrics), the watcher and its supervisor (on the node) and the
-mesh_node_status module all read it. The mesh_sync role creates ``{state_dir}/watch`` on watch-mode nodes
+mesh_health module all read it. The mesh_sync role creates ``{state_dir}/watch`` on watch-mode nodes
 and removes it when a node goes back to cron mode, so the directory says whether a watcher is expected.
 """
 

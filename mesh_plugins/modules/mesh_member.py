@@ -23,8 +23,6 @@ description:
   - Everything of a peer that is gone is removed (login, keys, jail after unmounting it, the link under
     C(unison_dir), status and lock files, profiles). Versions an earlier layout kept inside a jail move to
     C(backup_dir/.retired/USER-PEER-TIME). Profiles of folders no longer configured are removed.
-  - Migrates the previous flat layout, where archives and profiles lay directly in C(unison_dir). Those
-    files are removed and reported in C(migrated); each edge's next sync starts from a fresh archive.
   - Every input is checked before anything changes. Files are written atomically.
   - Supports check mode and diff mode.
 options:
@@ -240,11 +238,6 @@ removed:
   returned: always
   type: list
   elements: str
-migrated:
-  description: Files of the old flat layout removed from unison_dir.
-  returned: always
-  type: list
-  elements: str
 logins_added:
   description: Peers' logins created.
   returned: always
@@ -383,16 +376,11 @@ def _names(directory: str, dirs: bool, links: bool | None = None) -> tuple[str, 
 def read_existing(spec: MemberSpec, entries: list[Entry]) -> Existing:
     layout = spec.layout
     stats = {entry.path: found for entry in entries if (found := _stat(entry.path)) is not None}
-    unison_files = tuple(
-        name for name in _names(layout.unison_dir, dirs=False)
-        if stat.S_ISREG(os.lstat(os.path.join(layout.unison_dir, name)).st_mode)
-    )  # fmt: skip
     peer_files = {peer.name: _names(layout.peer_dir(peer.name), False, links=False) for peer in spec.peers}
     return Existing(
         stats=stats,
         unison_dirs=_names(layout.unison_dir, dirs=True),
         key_files=_names(layout.authorized_keys_dir, dirs=False),
-        unison_files=unison_files,
         peer_files={name: files for name, files in peer_files.items() if files},
         status=_names(os.path.join(layout.state_dir, "status"), dirs=False),
         locks=_names(os.path.join(layout.state_dir, "locks"), dirs=False),
@@ -528,18 +516,12 @@ def main() -> None:
         "created": [entry.path for entry in todo.mkdirs],
         "fixed": [entry.path for entry in todo.fixes],
         "removed": [removal.path for removal in todo.removes],
-        "migrated": list(todo.migrated),
         "logins_added": list(jail_todo.users_add),
         "logins_removed": list(jail_todo.users_remove),
         "mounted": [dst for _src, dst in jail_todo.mount],
         "remounted": list(jail_todo.remount),
         "retired": list(jail_todo.retire),
     }
-    if todo.migrated:
-        result["msg"] = (
-            f"migrated from the flat unison_dir layout: removed {len(todo.migrated)} old archive and profile "
-            "files; each edge's next sync builds a fresh archive in its own directory"
-        )
     if module._diff:
         result["diff"] = todo.diffs()
     if result["changed"] and not module.check_mode:

@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_status import worst_kind
+from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_edgerecord import worst_kind
 from tests.e2e.conftest import BACKUPS, FOLDER, JAILS, MARKER, MESH_USER, Mesh
 
 # The folder's versions on a node: what its own pulls overwrote or deleted (in no jail).

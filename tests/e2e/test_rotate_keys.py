@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_status import HARMLESS_KINDS, iso_utc
+from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_edgerecord import HARMLESS_KINDS, iso_utc
 from tests.conftest import wait_until
 from tests.e2e.conftest import MESH_USER, Mesh, recap, sha
 

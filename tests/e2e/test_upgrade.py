@@ -131,6 +131,9 @@ def test_bootstrap_upgrades_a_two_way_mesh_in_place(lab: Lab, old_tree: Path) ->
         assert mesh.lab.sh(node, "ls /etc/replimesh/profiles").split() == [
             f"{peer}--shared.prf" for peer in mesh.nodes if peer != node
         ]
+        # The runner's code under its current names only (mesh_status.py is mesh_edgerecord.py now).
+        code = mesh.lab.sh(node, "ls /usr/local/lib/replimesh/replimesh_node/").split()
+        assert "mesh_edgerecord.py" in code and "mesh_status.py" not in code, code
     retired = {
         n: mesh.lab.sh(n, f"find {BACKUPS}/.retired -type f 2>/dev/null | wc -l").strip() for n in mesh.nodes
     }

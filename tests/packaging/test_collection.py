@@ -53,7 +53,7 @@ def test_the_tarball_holds_the_real_files_and_no_link(installed: Path) -> None:
     links = [str(path) for path in tree.rglob("*") if path.is_symlink()]
     assert links == []
     node = "roles/mesh_sync/files/replimesh_node"
-    for shipped in ("plugins/modules/mesh_sync.py", f"{node}/mesh_runner.py", f"{node}/mesh_status.py",
+    for shipped in ("plugins/modules/mesh_sync.py", f"{node}/mesh_runner.py", f"{node}/mesh_edgerecord.py",
                     "playbooks/bootstrap.yml"):  # fmt: skip
         assert (tree / shipped).read_bytes() == (TREE / shipped).read_bytes(), shipped
     assert not list(tree.rglob("molecule")) and not list(tree.rglob("__pycache__"))

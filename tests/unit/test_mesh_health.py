@@ -15,12 +15,12 @@ import pytest
 from ansible.module_utils import basic
 from prometheus_client.parser import text_string_to_metric_families
 
+from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_edgerecord import iso_utc, timestamp
 from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_health import (
     headline,
     mesh_health,
     render_lines,
 )
-from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_status import iso_utc, timestamp
 from replimesh_node import mesh_runner
 from replimesh_node.mesh_metrics import (
     EDGE_FAMILIES,
@@ -29,9 +29,7 @@ from replimesh_node.mesh_metrics import (
 )
 from tests.unit.module_harness import patch_module_args
 
-node_status_module = importlib.import_module(
-    "ansible_collections.replimesh.mesh.plugins.modules.mesh_node_status"
-)
+node_status_module = importlib.import_module("ansible_collections.replimesh.mesh.plugins.modules.mesh_health")
 
 NOW = 1_800_000_000.0
 

@@ -766,7 +766,6 @@ def test_a_removed_peer_loses_its_directory_status_and_lock() -> None:
         ("node3", "node4"),
         ("node2",),
     )
-    assert result.migrated == ()
     # The new peer's login gets its keys file and jail; the kept one is left as it is.
     assert f"{K}/replimesh-node5" in [e.path for e in result.writes]
     assert f"{J}/replimesh-node5" in [e.path for e in result.mkdirs]
@@ -792,16 +791,6 @@ def test_orphaned_status_and_lock_files_go_other_files_stay() -> None:
         f"{S}/status/node7.json",
         f"{S}/locks/node7.lock",
     ]
-
-
-def test_flat_layout_files_are_migrated_away() -> None:
-    spec = make_spec(peers=(peer("node2"),))
-    legacy = ("ar" + "0" * 32, "fp" + "ab" * 16, "lk" + "f" * 32, "node2--shared.prf", "default.prf")
-    kept = ("ar" + "0" * 31, "arAB" + "0" * 30, "notes.txt", "Node2--shared.prf", "unison.log", "node2.prf")
-    result = plan(spec, dataclasses.replace(settled(spec), unison_files=legacy + kept))
-    assert result.migrated == tuple(sorted(f"{U}/{name}" for name in legacy))
-    assert sorted(r.path for r in result.removes) == sorted(result.migrated)
-    assert all(r.kind == "file" for r in result.removes)
 
 
 def test_profiles_and_guards_of_dropped_folders_and_peers_are_removed_archives_stay() -> None:
@@ -831,11 +820,6 @@ def test_profiles_and_guards_of_dropped_folders_and_peers_are_removed_archives_s
         (f"{U}/node2/node2--old", "file"),
         (f"{U}/node2/node2--old.prf", "file"),
     ]
-
-
-def test_files_are_never_reported_as_peers() -> None:
-    result = plan(make_spec(peers=()), Existing(unison_files=("node2",)))
-    assert result.peers_removed == () and result.removes == ()
 
 
 def test_a_node_directory_for_the_node_itself_is_stale() -> None:

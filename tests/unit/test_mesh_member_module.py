@@ -612,20 +612,6 @@ def test_the_shared_keys_file_of_the_single_jail_layout_is_removed(node: dict[st
     assert sorted(p.name for p in keys.iterdir()) == [login("node2"), login("node3"), "root"]
 
 
-def test_the_flat_layout_is_migrated(node: dict[str, Any]) -> None:
-    unison = Path(node["unison_dir"])
-    legacy = ["ar" + "a" * 32, "fp" + "b" * 32, "node2--shared.prf", "default.prf"]
-    for name in [*legacy, "notes.txt", "lost+found/x"]:
-        (unison / name).parent.mkdir(exist_ok=True)
-        (unison / name).write_text("old")
-    result = run(node)
-    assert sorted(result["migrated"]) == sorted(str(unison / name) for name in legacy)
-    assert "migrated" in result["msg"]
-    assert not any((unison / name).exists() for name in legacy)
-    assert (unison / "notes.txt").exists() and (unison / "lost+found/x").exists()
-    assert "msg" not in run(node)
-
-
 def test_the_shared_jails_edge_directory_is_replaced_by_a_link(node: dict[str, Any]) -> None:
     unison = Path(node["unison_dir"])
     (unison / "node2").mkdir(mode=0o1770)

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
-from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_status import timestamp
+from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_edgerecord import timestamp
 from replimesh_node import mesh_runner
 from replimesh_node.mesh_runner import main
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from .mesh_status import timestamp
+from .mesh_edgerecord import timestamp
 
 # Results after which the edge counts as up: it synced, or is being synced by another run right now.
 UP_KINDS = frozenset({"ok", "conflict", "busy", "skipped"})

@@ -1,6 +1,6 @@
 """The sync runner on each node: run Unison for this node's edges, in parallel, and record the results.
 
-Installed by the mesh_sync role as ``replimesh_node`` (beside ``mesh_status``) and started by
+Installed by the mesh_sync role as ``replimesh_node`` (beside ``mesh_edgerecord``) and started by
 ``/usr/local/sbin/replimesh-sync``; Debian's python3 with the standard library only, no Ansible.
 
 The peer list comes from one root-owned file written by the control node (``/etc/replimesh/mesh.json``);
@@ -47,13 +47,7 @@ from typing import Any
 
 from .mesh_cleanup import TEMP_RE, clean_stale_temps, due
 from .mesh_disks import disk_problem, read_mountinfo
-from .mesh_localignore import LocalIgnoreError, ignore_args
-from .mesh_locks import LOCKED_TEXT, locked_error, recover_stale_locks
-from .mesh_metrics import render_metrics
-from .mesh_names import LOGIN_RE, NAME_RE, Folder
-from .mesh_prune import RETIRED, prune
-from .mesh_schedule import ScheduleError, longest_gap_s
-from .mesh_status import (
+from .mesh_edgerecord import (
     ARCHIVE_MISSING_TEXT,
     HARMLESS_KINDS,
     LOST_TEXT,
@@ -66,6 +60,12 @@ from .mesh_status import (
     render_table,
     summarize,
 )
+from .mesh_localignore import LocalIgnoreError, ignore_args
+from .mesh_locks import LOCKED_TEXT, locked_error, recover_stale_locks
+from .mesh_metrics import render_metrics
+from .mesh_names import LOGIN_RE, NAME_RE, Folder
+from .mesh_prune import RETIRED, prune
+from .mesh_schedule import ScheduleError, longest_gap_s
 from .mesh_watchstate import watcher_up
 
 DEFAULT_CONFIG = "/etc/replimesh/mesh.json"

@@ -39,6 +39,7 @@ from typing import Any
 
 from . import mesh_supervise
 from .mesh_disks import mount_points, mounts_inside, read_mountinfo
+from .mesh_edgerecord import iso_utc
 from .mesh_inotify import IN_CLOSE_WRITE, IN_MOVED_FROM, IN_MOVED_TO, IN_Q_OVERFLOW, IN_UNMOUNT, Inotify
 from .mesh_notify import Notifier, PeerQueue, parse_notice, pending_notices, read_notice, retry_pause
 from .mesh_runner import (
@@ -51,7 +52,6 @@ from .mesh_runner import (
     load_config,
     write_json_atomic,
 )
-from .mesh_status import iso_utc
 from .mesh_supervise import DEFAULT_OPTIONS
 from .mesh_watchstate import HEARTBEAT_S, watch_dir
 

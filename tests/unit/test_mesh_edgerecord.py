@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_status import (
+from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_edgerecord import (
     KINDS,
     UnisonRun,
     merge_status,

@@ -1,7 +1,7 @@
 """Read Unison's batch-mode output into a result, and keep the per-edge status record.
 
 Standard library only and pure: the node's sync runner ships this file beside itself (as
-``replimesh_node.mesh_status``), and the controller reads the same records.
+``replimesh_node.mesh_edgerecord``), and the controller reads the same records.
 
 Every pattern here was checked against real Unison 2.52.1 / OpenSSH 9.2 output; the captures are in
 ``tests/unit/fixtures/unison``. Facts the parser relies on:

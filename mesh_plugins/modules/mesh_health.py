@@ -5,7 +5,7 @@ from __future__ import annotations
 
 DOCUMENTATION = r"""
 ---
-module: mesh_node_status
+module: mesh_health
 short_description: Read a replimesh node's sync status, or judge the health of the whole mesh
 description:
   - Without O(nodes), runs on a node (as root) and reads what its sync runner recorded - every edge's
@@ -66,12 +66,12 @@ author: replimesh developers (@replimesh)
 
 EXAMPLES = r"""
 - name: Read this node's sync status
-  mesh_node_status:
+  mesh_health:
   register: mesh_node_status_result
   ignore_unreachable: true
 
 - name: Judge the mesh (on the controller)
-  mesh_node_status:
+  mesh_health:
     nodes: "{{ dict(groups['mesh'] | zip(groups['mesh'] | map('extract', hostvars)
                | map(attribute='mesh_node_status_result', default={}))) }}"
     max_lag: 3600

@@ -1,0 +1,1 @@
+../../../../mesh_plugins/module_utils/mesh_edgerecord.py

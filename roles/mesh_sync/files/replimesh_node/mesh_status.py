@@ -1,1 +1,0 @@
-../../../../mesh_plugins/module_utils/mesh_status.py
