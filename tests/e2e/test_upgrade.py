@@ -83,6 +83,11 @@ def old_layout_converged(mesh: Mesh, tree: Path, inventory: Path, written: dict[
 
 def test_bootstrap_upgrades_a_two_way_mesh_in_place(lab: Lab, old_tree: Path) -> None:
     inventory = lab.inventory_path
+    # The operator's mesh file, written for the old layout: its plugin by its name before the collection.
+    # The old layout's plugin reads only that name; the upgrade must read it too.
+    text = inventory.read_text()
+    inventory.write_text(text.replace("plugin: replimesh.mesh.replimesh_mesh", "plugin: replimesh_mesh"))
+    assert "plugin: replimesh_mesh\n" in inventory.read_text()
     mesh = Mesh(SessionLab(lab), inventory, [f"node{i}" for i in range(1, NODES + 1)], "")
     started = time.monotonic()
     # Without the old layout's scheduled rounds: its two-way runs, racing the test's own sync.yml over the

@@ -24,7 +24,7 @@ def plain(config_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def checkout(tmp_path: Path, *mesh_files: str) -> Path:
     """The project's ansible.cfg, plugins and inventory/ as shipped, plus the given mesh files there."""
     shutil.copy(ROOT / "ansible.cfg", tmp_path / "ansible.cfg")
-    for name in ("mesh_plugins", "roles", "playbooks"):
+    for name in ("mesh_plugins", "roles", "playbooks", "collections"):
         (tmp_path / name).symlink_to(ROOT / name)
     shutil.copytree(ROOT / "inventory", tmp_path / "inventory")
     for name in mesh_files:  # no test here connects to these addresses (the lab's guarded range)
