@@ -68,7 +68,7 @@ def conflicts(
         exit_with(lambda: run_resolve(mesh_file(inventory), path, keep, folder, source, typer.echo))
     if source is not None:
         exit_with(lambda: _usage("--from goes with PATH --keep VERSION"))
-    exit_with(lambda: run_conflicts(mesh_file(inventory), as_json, typer.echo))
+    exit_with(lambda: run_conflicts(mesh_file(inventory), folder, as_json, typer.echo))
 
 
 def _usage(message: str) -> int:

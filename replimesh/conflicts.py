@@ -64,9 +64,12 @@ def lines(report: dict[str, Any]) -> list[str]:
     return out
 
 
-def run_conflicts(inventory: Path, as_json: bool, echo: Callable[[str], Any]) -> int:
-    """`meshctl conflicts`: 0 when no node holds a conflict copy and every node answered, else 1."""
+def run_conflicts(inventory: Path, folder: str | None, as_json: bool, echo: Callable[[str], Any]) -> int:
+    """`meshctl conflicts [--folder NAME]`: 0 when no node holds a conflict copy (in that folder) and every
+    node answered, else 1."""
     report = conflicts(inventory)
+    if folder is not None:
+        report["files"] = [item for item in report["files"] if item["folder"] == folder]
     if as_json:
         echo(json.dumps(report, indent=2))
     else:

@@ -545,6 +545,8 @@ def test_conflicts_exits_1_while_a_node_holds_a_copy(
     mesh: Path, monkeypatch: pytest.MonkeyPatch, files: list[dict[str, Any]], code: int
 ) -> None:
     report = {"files": files, "nodes": ["node1", "node2"], "failed": []}
-    monkeypatch.setattr(conflicts, "conflicts", lambda inventory: report)
+    monkeypatch.setattr(conflicts, "conflicts", lambda inventory: json.loads(json.dumps(report)))
     result = _meshctl("conflicts", "-i", str(mesh), "--json")
     assert result.exit_code == code and json.loads(result.stdout) == report
+    other = _meshctl("conflicts", "-i", str(mesh), "--json", "--folder", "media")  # none in that folder
+    assert other.exit_code == 0 and json.loads(other.stdout)["files"] == []
