@@ -22,6 +22,17 @@ def everywhere(mesh: Mesh, data: bytes | None) -> bool:
     return all(mesh.digest(node).get("./notes.txt") == want for node in mesh.nodes)
 
 
+def reaches_everyone(mesh: Mesh, tmp_path: Path, data: bytes) -> bool:
+    """Whether every node holds notes.txt with ``data`` after the restore's round, or after at most two
+    more: a pull the round found busy (a scheduled round of that node was pulling the same edge, from
+    before the restore) takes it in the next."""
+    for _round in range(3):
+        if everywhere(mesh, data):
+            return True
+        assert meshctl(mesh, tmp_path, "sync").returncode == 0
+    return everywhere(mesh, data)
+
+
 def test_a_deleted_file_is_restored_everywhere_from_the_versions_a_node_kept(
     mesh: Mesh, tmp_path: Path
 ) -> None:
@@ -46,12 +57,12 @@ def test_a_deleted_file_is_restored_everywhere_from_the_versions_a_node_kept(
     # The newest kept version, from whichever node keeps the newest: back on every node.
     proc = meshctl(mesh, tmp_path, "restore", "notes.txt")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
-    assert everywhere(mesh, V2)
+    assert reaches_everyone(mesh, tmp_path, V2), proc.stdout[-3000:]
 
     # An older one, from a chosen node: what node3's folder held (V2) is kept there first.
     proc = meshctl(mesh, tmp_path, "restore", "notes.txt", "--version", "2", "--from", "node3")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
-    assert everywhere(mesh, V1)
+    assert reaches_everyone(mesh, tmp_path, V1), proc.stdout[-3000:]
     kept = mesh.lab.sh("node3", f"cat {BACKUPS}/shared/.restore.*.notes.txt")
     assert kept.encode() == V2
     node3 = json.loads(meshctl(mesh, tmp_path, "versions", "notes.txt", "--json").stdout)["nodes"]["node3"]
