@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from .mesh_digest import DEFAULT_MARKER, IgnoreRules, file_sha256, original_name
-from .mesh_versions import VersionsError, copy_file, make_dirs, restore
+from .mesh_versions import VersionsError, copy_file, make_backup_dirs, restore
 
 CURRENT = "current"  # keep the file as it is; only its conflict copies go
 
@@ -78,9 +78,7 @@ def _keep_aside(root: str, backup_folder: str, copy: str, rel: str, uid: int, gi
     """Move a conflict copy out of the folder into the node's kept versions of `rel`; where it went."""
     source = posixpath.join(root, copy)
     directory, name = posixpath.split(rel)
-    if not os.path.isdir(backup_folder):
-        make_dirs(posixpath.dirname(backup_folder), posixpath.basename(backup_folder), uid, gid)
-    make_dirs(backup_folder, directory, uid, gid)
+    make_backup_dirs(backup_folder, directory, uid, gid)
     stamp = int(time.time())
     while os.path.lexists(target := posixpath.join(backup_folder, directory, f".restore.{stamp}.{name}")):
         stamp += 1

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Iterable
 
 from .mesh_names import LOCAL_IGNORE_FILE
 from .mesh_paths import UnsafePathError, check_ignore_pattern
@@ -62,6 +63,11 @@ def local_patterns(folder_path: str) -> list[str]:
         except UnsafePathError as exc:
             raise LocalIgnoreError(f"{path}: line {number}: {exc}") from exc
     return patterns
+
+
+def node_patterns(folder_ignore: Iterable[str], local: Iterable[str]) -> list[str]:
+    """What a node's pulls leave alone in a folder: the mesh file's patterns, the node's own, this file."""
+    return [*folder_ignore, *local, LOCAL_IGNORE_FILE]
 
 
 def unison_ignore(pattern: str) -> str:

@@ -101,6 +101,13 @@ def make_dirs(folder_path: str, rel_dir: str, uid: int, gid: int) -> None:
             os.chown(path, uid, gid)
 
 
+def make_backup_dirs(backup_folder: str, rel_dir: str, uid: int, gid: int) -> None:
+    """BACKUP_DIR/FOLDER and its `rel_dir`, made as uid:gid where missing (BACKUP_DIR exists: the role's)."""
+    if not os.path.isdir(backup_folder):
+        make_dirs(posixpath.dirname(backup_folder), posixpath.basename(backup_folder), uid, gid)
+    make_dirs(backup_folder, rel_dir, uid, gid)
+
+
 def restore(
     folder_path: str, backup_folder: str, rel: str, version: dict[str, Any], uid: int, gid: int
 ) -> str | None:
@@ -114,9 +121,7 @@ def restore(
         if os.path.islink(target) or not os.path.isfile(target):
             raise VersionsError(f"{target} is not a regular file: move it away first")
         kept = posixpath.join(backup_folder, directory, f".restore.{int(time.time())}.{name}")
-        if not os.path.isdir(backup_folder):
-            make_dirs(posixpath.dirname(backup_folder), posixpath.basename(backup_folder), uid, gid)
-        make_dirs(backup_folder, directory, uid, gid)
+        make_backup_dirs(backup_folder, directory, uid, gid)
         copy_file(target, kept, uid, gid)
         os.utime(kept, (os.stat(target).st_atime, os.stat(target).st_mtime))
     tmp = posixpath.join(folder_path, directory, TMP_FORM.format(name=name))

@@ -108,8 +108,8 @@ from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_conflicts impo
 from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_localignore import (
     LocalIgnoreError,
     local_patterns,
+    node_patterns,
 )
-from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_names import LOCAL_IGNORE_FILE
 from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_versions import (
     VersionsError,
     check_path,
@@ -131,7 +131,7 @@ ARGUMENT_SPEC: dict[str, Any] = {
 def listing(params: dict[str, Any]) -> dict[str, Any]:
     found: list[dict[str, Any]] = []
     for folder in params["folders"]:
-        patterns = [*(folder.get("ignore") or []), *local_patterns(folder["path"]), LOCAL_IGNORE_FILE]
+        patterns = node_patterns(folder.get("ignore") or [], local_patterns(folder["path"]))
         found += find_conflicts(folder["name"], folder["path"], patterns, params["marker"])
     paths = {(item["folder"], item["path"]) for item in found}
     roots = {folder["name"]: folder["path"] for folder in params["folders"]}

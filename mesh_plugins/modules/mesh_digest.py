@@ -170,8 +170,9 @@ from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_digest import 
 from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_localignore import (
     LocalIgnoreError,
     local_patterns,
+    node_patterns,
 )
-from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_names import LOCAL_IGNORE_FILE, NAME_RE
+from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_names import NAME_RE
 
 
 def _write_output(module: AnsibleModule, path: str, content: bytes) -> bool:
@@ -208,7 +209,7 @@ def digest(module: AnsibleModule) -> dict[str, Any]:
         except LocalIgnoreError as exc:
             folders[name] = {"error": str(exc), "marker": True}
             continue
-        patterns = [*(folder["ignore"] or []), *local, LOCAL_IGNORE_FILE]
+        patterns = node_patterns(folder["ignore"] or [], local)
         try:
             result = digest_folder(path, patterns, marker=params["marker"], cache=cache)
         except DigestError as exc:
