@@ -9,8 +9,8 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
-from bench import mesh as rm
-from bench import probe
+from replimesh.bench import mesh as rm
+from replimesh.bench import probe
 from replimesh.bench.syncthing import FOLDER as ST_FOLDER
 from replimesh.bench.syncthing import STAGING as ST_STAGING
 from replimesh.bench.syncthing import Syncthing
