@@ -33,6 +33,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from .mesh_cipher import check as cipher_problem
+from .mesh_cipher import ssh_option as cipher_option
 from .mesh_jail import NOTIFY_DIR, JailLayout, edge_user
 from .mesh_jailbins import parents
 from .mesh_names import LOCAL_IGNORE_FILE, MESH_USER_RE, NAME_RE, Folder
@@ -159,7 +161,10 @@ class Settings:
     server_alive_interval: int = 5
     # Seconds one ssh connection per peer stays open after its last use, shared by pulls and notices
     # (ssh's ControlPersist); 0: each pull and notice opens its own.
-    ssh_control_persist: int = 300
+    ssh_control_persist: int = 60
+    # The ciphers this node's ssh prefers, at the head of OpenSSH's own list (mesh_cipher); the module
+    # fills them from the node's CPU when none are configured.
+    ssh_ciphers: tuple[str, ...] = ()
     marker: str = ".replimesh-folder"
     unison_extra_prefs: tuple[str, ...] = ()
     backups: int = 0  # versions Unison keeps of each overwritten or deleted file; 0: none
@@ -374,6 +379,8 @@ def validate(spec: MemberSpec) -> None:
     persist = settings.ssh_control_persist
     valid = isinstance(persist, int) and not isinstance(persist, bool) and 0 <= persist <= 86400
     _check(valid, f"ssh_control_persist must be a whole number of seconds 0-86400 (got {persist!r})")
+    problem = cipher_problem(settings.ssh_ciphers)
+    _check(problem is None, problem or "")
     backups = settings.backups
     valid = isinstance(backups, int) and not isinstance(backups, bool) and 0 <= backups <= 1000
     _check(valid, f"backups must be a whole number 0-1000 (got {backups!r})")
@@ -479,6 +486,7 @@ def ssh_options(spec: MemberSpec) -> list[str]:
         "-o", f"UserKnownHostsFile={layout.known_hosts}", "-o", "GlobalKnownHostsFile=/dev/null",
         "-o", "StrictHostKeyChecking=yes", "-o", f"ConnectTimeout={settings.connect_timeout}",
         "-o", f"ServerAliveInterval={settings.server_alive_interval}", "-o", "ServerAliveCountMax=3",
+        *cipher_option(settings.ssh_ciphers),
     ]  # fmt: skip
     if settings.ssh_control_persist > 0:
         # One authenticated connection per peer, kept a while and shared by every pull and notice to it:
@@ -730,7 +738,9 @@ def spec_from_params(params: Mapping[str, Any]) -> MemberSpec:
         user=get(params, "user", "replimesh"),
         folders=folders,
         peers=peers,
-        settings=Settings(**{**values, "unison_extra_prefs": tuple(values["unison_extra_prefs"])}),
+        settings=Settings(
+            **{**values, **{name: tuple(values[name]) for name in ("unison_extra_prefs", "ssh_ciphers")}}
+        ),
         layout=Layout(
             **{name: get(params, name, getattr(layout, name)) for name in Layout.__dataclass_fields__}
         ),

@@ -96,7 +96,16 @@ options:
         and every change notice to that peer (ssh's ControlMaster and ControlPersist).
       - V(0) opens a connection for each pull and notice.
     type: int
-    default: 300
+    default: 60
+  ssh_ciphers:
+    description:
+      - The ciphers this node's ssh prefers for its pulls and notices, put at the head of OpenSSH's own
+        list (C(Ciphers=^...)), so a peer whose sshd allows none of them still gets one of the defaults.
+      - Empty chooses from the node's CPU (C(/proc/cpuinfo)); with AES instructions AES-GCM first, else
+        ChaCha20-Poly1305 first (both AEAD ciphers, each with its own MAC).
+    type: list
+    elements: str
+    default: []
   marker:
     description: The folder marker file (Unison's mountpoint).
     type: str
@@ -203,6 +212,12 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+ssh_ciphers:
+  description: The ciphers this node's ssh prefers, in order (configured, or chosen from its CPU).
+  returned: always
+  type: list
+  elements: str
+  sample: [aes128-gcm@openssh.com, aes256-gcm@openssh.com, chacha20-poly1305@openssh.com]
 peers_added:
   description: Peers that had no edge directory before.
   returned: always
@@ -274,6 +289,7 @@ import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_cipher import hardware_aes, preferred
 from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_jail import JailError, Jails, apply_jails
 from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_member import (
     Entry,
@@ -309,7 +325,8 @@ ARGUMENT_SPEC = {
     "timeout": {"type": "int", "default": 3600},
     "connect_timeout": {"type": "int", "default": 10},
     "server_alive_interval": {"type": "int", "default": 5},
-    "ssh_control_persist": {"type": "int", "default": 300},
+    "ssh_control_persist": {"type": "int", "default": 60},
+    "ssh_ciphers": {"type": "list", "elements": "str", "default": []},
     "marker": {"type": "str", "default": ".replimesh-folder"},
     "unison_extra_prefs": {"type": "list", "elements": "str", "default": []},
     "backups": {"type": "int", "default": 0},
@@ -476,10 +493,21 @@ def _missing_folders(spec: MemberSpec) -> list[str]:
     return [folder.path for folder in spec.folders if not os.path.isdir(folder.path)]
 
 
+def _cpuinfo() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+            return handle.read()
+    except OSError:  # no /proc: ssh's own order (hardware_aes of nothing is False: ChaCha20 first)
+        return ""
+
+
 def main() -> None:
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    params = dict(module.params)
+    if not params["ssh_ciphers"]:
+        params["ssh_ciphers"] = list(preferred(hardware_aes(_cpuinfo())))
     try:
-        spec = with_sources(spec_from_params(module.params))
+        spec = with_sources(spec_from_params(params))
     except MemberError as exc:
         module.fail_json(msg=str(exc))
     ids = _ids(module, spec.user)
@@ -509,6 +537,7 @@ def main() -> None:
         module.fail_json(msg=f"cannot plan the node's mesh files: {exc}")
     result = {
         "changed": todo.changed or jail_todo.changed or bool(mirrored),
+        "ssh_ciphers": list(spec.settings.ssh_ciphers),
         "peers_added": list(todo.peers_added),
         "peers_removed": list(todo.peers_removed),
         "peers_kept": list(todo.peers_kept),

@@ -263,7 +263,7 @@ def test_profile_exact_text() -> None:
         "-o UserKnownHostsFile=/etc/replimesh/known_hosts "
         "-o GlobalKnownHostsFile=/dev/null -o StrictHostKeyChecking=yes -o ConnectTimeout=10 "
         "-o ServerAliveInterval=5 -o ServerAliveCountMax=3 "
-        "-o ControlMaster=auto -o ControlPath=/var/lib/replimesh/.ssh/mux-%C -o ControlPersist=300 "
+        "-o ControlMaster=auto -o ControlPath=/var/lib/replimesh/.ssh/mux-%C -o ControlPersist=60 "
         "-o HostKeyAlias=node2\n"
         "maxthreads = 4\nrsync = false\n"
     )
@@ -288,6 +288,16 @@ def test_one_shared_connection_per_peer_beside_the_key_unless_turned_off() -> No
     assert json.loads(render_config(spec))["ssh_options"] == ssh_options(spec)  # the watcher's notices
     off = make_spec(settings=Settings(ssh_control_persist=0))
     assert not any(option.startswith("Control") for option in ssh_options(off))
+
+
+def test_preferred_ciphers_go_at_the_head_of_ssh_s_list_in_profiles_and_notices() -> None:
+    ciphers = ("aes128-gcm@openssh.com", "chacha20-poly1305@openssh.com")
+    spec = make_spec(settings=Settings(ssh_ciphers=ciphers))
+    option = "-o Ciphers=^aes128-gcm@openssh.com,chacha20-poly1305@openssh.com"
+    assert option in " ".join(ssh_options(spec))
+    assert option in render_profile(spec, peer("node2"), Folder("f", "/data/f"))
+    assert json.loads(render_config(spec))["ssh_options"] == ssh_options(spec)
+    assert not any(o.startswith("Ciphers") for o in ssh_options(make_spec()))  # none set: ssh's own order
 
 
 def test_profile_keeps_backups_outside_the_folder_only_when_asked() -> None:
@@ -457,6 +467,9 @@ def test_a_good_spec_validates() -> None:
         ({"settings": Settings(ssh_control_persist=-1)}, "ssh_control_persist must be a whole number"),
         ({"settings": Settings(ssh_control_persist=86401)}, "ssh_control_persist"),
         ({"settings": Settings(ssh_control_persist=True)}, "ssh_control_persist"),
+        ({"settings": Settings(ssh_ciphers=("aes128-gcm@openssh.com x",))}, "not an ssh cipher name"),
+        ({"settings": Settings(ssh_ciphers=("-oProxyCommand=sh",))}, "ssh_ciphers"),
+        ({"settings": Settings(ssh_ciphers=("aes128-ctr", "aes128-ctr"))}, "named twice"),
         ({"settings": Settings(marker="a/b")}, "marker"),
         ({"settings": Settings(backups=-1)}, "backups must be a whole number 0-1000"),
         ({"settings": Settings(backups=True)}, "backups"),

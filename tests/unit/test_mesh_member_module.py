@@ -31,6 +31,8 @@ from tests.unit.module_harness import load_module, patch_module_args
 
 core, mesh_member = load_module("mesh_member")
 mesh_jail = sys.modules["ansible_collections.replimesh.mesh.plugins.module_utils.mesh_jail"]
+hardware_aes = sys.modules["ansible_collections.replimesh.mesh.plugins.module_utils.mesh_cipher"].hardware_aes
+preferred = sys.modules["ansible_collections.replimesh.mesh.plugins.module_utils.mesh_cipher"].preferred
 
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="chowns files to root and the mesh user")
@@ -216,7 +218,9 @@ def snapshot(root: Path) -> dict[str, tuple[int, int, int, int, bytes | str | No
 
 
 def spec_of(args: dict[str, Any]) -> core.MemberSpec:
-    return core.spec_from_params(args)
+    """The spec the module builds: with no ciphers configured, those it chose from this machine's CPU."""
+    chosen = args.get("ssh_ciphers") or list(preferred(hardware_aes(Path("/proc/cpuinfo").read_text())))
+    return core.spec_from_params({**args, "ssh_ciphers": chosen})
 
 
 def login(name: str) -> str:
@@ -264,6 +268,7 @@ def test_a_fresh_node_gets_its_files_then_a_second_run_changes_nothing(
         + [f"{archives[p]}/{name}" for p in ("node2", "node3") for name in guard_names(p)]
     )
     spec = spec_of(node)
+    assert result["ssh_ciphers"] == list(spec.settings.ssh_ciphers) != []
     assert Path(node["config_file"]).read_text() == core.render_config(spec)
     config = json.loads(Path(node["config_file"]).read_text())
     assert config["login"] == login("node1") and config["max_deletions"] == "50%"
