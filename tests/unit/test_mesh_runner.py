@@ -441,10 +441,12 @@ def test_the_schedulers_round_records_itself_and_a_bad_schedule_runs_nothing(
 
 
 def role_files() -> list[str]:
-    """The files the mesh_sync role installs on a node (its runner.yml's loop): every file of its
-    files/replimesh_node/, where what the modules share with the node is a link into module_utils."""
+    """The files the mesh_sync role installs on a node (its runner.yml's mesh_files task): every file of
+    its files/replimesh_node/, where what the modules share with the node is a link into module_utils."""
     tasks = yaml.safe_load((ROOT / "roles/mesh_sync/tasks/runner.yml").read_text())
-    names = next(task["loop"] for task in tasks if "replimesh_node/" in str(task.get("ansible.builtin.copy")))
+    names = next(
+        task["replimesh.mesh.mesh_files"]["files"] for task in tasks if "replimesh.mesh.mesh_files" in task
+    )
     assert sorted(p.name for p in NODE_PROGRAM.iterdir() if p.suffix == ".py") == sorted(names)
     for link in (p for p in NODE_PROGRAM.iterdir() if p.is_symlink()):
         assert link.resolve().parent == MODULE_UTILS.resolve(), f"{link} links outside module_utils"

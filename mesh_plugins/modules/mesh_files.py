@@ -1,0 +1,213 @@
+#!/usr/bin/python
+"""Ansible module: install a role's set of program files into one directory in a single round trip."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: mesh_files
+short_description: Install a set of small files from a role into one directory, in one round trip
+description:
+  - Makes O(dest) hold each file named in O(files) with exactly the bytes of the role's file of that
+    name under O(src), mode O(mode), owned by the user the task runs as (root, with become). Files it
+    does not name are left alone; those in O(absent) are removed.
+  - One module run per host whatever the number of files. M(ansible.builtin.copy) with a loop (or with
+    a directory) runs a module per file, which on a fleet is most of a provisioning run's time
+    (bench/RESULTS.md measures both).
+  - Each file is written to a temporary file beside it and renamed into place, so a program that starts
+    meanwhile reads the old file or the new one, never half of one.
+  - Supports check mode (the files that would change are returned, nothing is written).
+  - The action plugin of the same name reads the files on the control node; the module receives their
+    contents.
+options:
+  src:
+    description:
+      - A directory of the role's C(files/) (or a path the control node finds as
+        M(ansible.builtin.copy) finds its source).
+      - Read by the action plugin on the control node.
+    type: str
+    required: true
+  files:
+    description:
+      - The names of the files under O(src) to install (plain names, no directory).
+      - The module itself receives a mapping of each name to its content, base64-encoded.
+    type: raw
+    required: true
+  dest:
+    description: The directory that receives them; created (mode O(dir_mode)) when missing.
+    type: path
+    required: true
+  mode:
+    description: The mode of every file (octal, as a string).
+    type: str
+    default: "0644"
+  dir_mode:
+    description: The mode of O(dest) (octal, as a string).
+    type: str
+    default: "0755"
+  absent:
+    description: Names of files in O(dest) to remove (files that an earlier version installed).
+    type: list
+    elements: str
+    default: []
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: none
+author: replimesh developers (@replimesh)
+"""
+
+EXAMPLES = r"""
+- name: Install the runner's code
+  replimesh.mesh.mesh_files:
+    src: replimesh_node
+    files: [__init__.py, mesh_runner.py]
+    dest: /usr/local/lib/replimesh/replimesh_node
+    absent: [mesh_status.py]
+"""
+
+RETURN = r"""
+written:
+  description: The files written (new, or different bytes).
+  returned: always
+  type: list
+  elements: str
+fixed:
+  description: The files (and O(dest)) whose mode or owner was corrected, bytes unchanged.
+  returned: always
+  type: list
+  elements: str
+removed:
+  description: The files of O(absent) that were there and were removed.
+  returned: always
+  type: list
+  elements: str
+"""
+
+import base64
+import binascii
+import os
+import stat
+import tempfile
+
+from ansible.module_utils.basic import AnsibleModule
+
+ARGUMENT_SPEC = {
+    "src": {"type": "str", "required": True},
+    "files": {"type": "raw", "required": True},
+    "dest": {"type": "path", "required": True},
+    "mode": {"type": "str", "default": "0644"},
+    "dir_mode": {"type": "str", "default": "0755"},
+    "absent": {"type": "list", "elements": "str", "default": []},
+}
+
+
+def _plain(name: object) -> bool:
+    return isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\x00" not in name
+
+
+def _mode(module: AnsibleModule, name: str) -> int:
+    try:
+        value = int(module.params[name], 8)
+    except (TypeError, ValueError):
+        module.fail_json(msg=f"{name} must be an octal mode such as 0644 (got {module.params[name]!r})")
+    if not 0 <= value <= 0o7777:
+        module.fail_json(msg=f"{name} must be an octal mode such as 0644 (got {module.params[name]!r})")
+    return value
+
+
+def _wanted(module: AnsibleModule) -> dict[str, bytes]:
+    """Every file's bytes, or a failure before anything changes."""
+    wanted: dict[str, bytes] = {}
+    files = module.params["files"]
+    if not isinstance(files, dict):
+        module.fail_json(
+            msg="files: the module takes a mapping of names to contents (run it through its action)"
+        )
+    for name, encoded in files.items():
+        if not _plain(name):
+            module.fail_json(msg=f"files: {name!r} is not a plain file name")
+        try:
+            wanted[name] = base64.b64decode(str(encoded), validate=True)
+        except (binascii.Error, ValueError):
+            module.fail_json(msg=f"files: {name}: its content is not base64 (use the action plugin)")
+    for name in module.params["absent"]:
+        if not _plain(name) or name in wanted:
+            module.fail_json(msg=f"absent: {name!r} is not a plain file name, or it is also to be installed")
+    return wanted
+
+
+def _needs_fix(st: os.stat_result, mode: int) -> bool:
+    return stat.S_IMODE(st.st_mode) != mode or (st.st_uid, st.st_gid) != (os.geteuid(), os.getegid())
+
+
+def _same_bytes(path: str, data: bytes) -> bool:
+    with open(path, "rb") as handle:
+        return handle.read() == data
+
+
+def _write(dest: str, name: str, data: bytes, mode: int) -> None:
+    fd, tmp = tempfile.mkstemp(dir=dest, prefix=f".{name}.")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, os.path.join(dest, name))
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def main() -> None:
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    dest = module.params["dest"]
+    mode, dir_mode = _mode(module, "mode"), _mode(module, "dir_mode")
+    wanted = _wanted(module)
+    written: list[str] = []
+    fixed: list[str] = []
+    removed: list[str] = []
+    apply = not module.check_mode
+    try:
+        dest_st = os.lstat(dest) if os.path.lexists(dest) else None
+        if dest_st is not None and not stat.S_ISDIR(dest_st.st_mode):
+            module.fail_json(msg=f"{dest} exists and is not a directory")
+        if dest_st is None:
+            written.append(dest)
+            if apply:
+                os.makedirs(dest, mode=dir_mode)
+                os.chmod(dest, dir_mode)  # the umask may have taken bits off
+        elif _needs_fix(dest_st, dir_mode):
+            fixed.append(dest)
+            if apply:
+                os.chown(dest, os.geteuid(), os.getegid())
+                os.chmod(dest, dir_mode)
+        for name, data in sorted(wanted.items()):
+            path = os.path.join(dest, name)
+            st = os.lstat(path) if dest_st is not None and os.path.lexists(path) else None
+            if st is None or not stat.S_ISREG(st.st_mode) or not _same_bytes(path, data):
+                written.append(path)
+                if apply:
+                    _write(dest, name, data, mode)
+            elif _needs_fix(st, mode):
+                fixed.append(path)
+                if apply:
+                    os.chown(path, os.geteuid(), os.getegid())
+                    os.chmod(path, mode)
+        for name in module.params["absent"]:
+            path = os.path.join(dest, name)
+            if os.path.lexists(path):
+                removed.append(path)
+                if apply:
+                    os.unlink(path)
+    except OSError as exc:
+        module.fail_json(msg=f"could not install the files into {dest}: {exc}", written=written)
+    changed = bool(written or fixed or removed)
+    module.exit_json(changed=changed, written=written, fixed=fixed, removed=removed)
+
+
+if __name__ == "__main__":
+    main()
