@@ -346,12 +346,21 @@ def bench(
     subnet: Annotated[
         str, typer.Option(help="The bench lab's /24, inside 172.31.0.0/16.")
     ] = "172.31.160.0/24",
+    link_mbit: Annotated[
+        int | None,
+        typer.Option(help="Also run the large-file trials with every host's egress capped at this rate."),
+    ] = None,
+    fleet: Annotated[
+        int, typer.Option(help="Hosts of the provisioning phase (bootstrap.yml run twice); 0: none.")
+    ] = 16,
 ) -> None:
     """replimesh vs Syncthing on its own lab (made and removed here): results.json and RESULTS.md."""
     from replimesh.bench.run import run_bench
 
     try:
-        code = run_bench(out, nodes, repeat, quick, name, subnet, _log)
+        code = run_bench(out, nodes, repeat, quick, name, subnet, _log, link_mbit, fleet)
+    except ValueError as exc:
+        _fail(str(exc), code=2)
     except LabError as exc:
         _fail(str(exc))
     raise typer.Exit(code)

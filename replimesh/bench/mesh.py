@@ -62,8 +62,9 @@ def write_mesh_file(
     return target
 
 
-def bootstrap(mesh_file: Path) -> tuple[float, Path]:
-    """bootstrap.yml on the mesh file; the seconds it took and its log."""
+def bootstrap(mesh_file: Path) -> tuple[float, Path, int]:
+    """bootstrap.yml on the mesh file; the seconds it took, its log and how many tasks changed something
+    (summed over the hosts)."""
     import time
 
     start = time.monotonic()
@@ -72,7 +73,8 @@ def bootstrap(mesh_file: Path) -> tuple[float, Path]:
         raise Cancelled("bootstrap.yml was cancelled")
     if not result.ok:
         raise MeshError(result.failure("bootstrap.yml"))
-    return round(time.monotonic() - start, 1), result.log
+    changed = sum((result.stats.get("changed") or {}).values())
+    return round(time.monotonic() - start, 1), result.log, changed
 
 
 def _home(host: Host) -> str:

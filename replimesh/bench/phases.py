@@ -9,8 +9,13 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
+from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_cipher import (
+    CHACHA,
+    hardware_aes,
+    preferred,
+)
+from replimesh.bench import link, probe
 from replimesh.bench import mesh as rm
-from replimesh.bench import probe
 from replimesh.bench.syncthing import FOLDER as ST_FOLDER
 from replimesh.bench.syncthing import STAGING as ST_STAGING
 from replimesh.bench.syncthing import Syncthing
@@ -26,6 +31,9 @@ BIG = "bench-large.bin"
 GAP_SYNCTHING_DEFAULT_S = 12.0
 GAP_FAST_S = 3.0
 CONTROL_PERSIST_S = 65.0  # ansible.cfg's ControlPersist=60s, and a margin
+# The two AEAD ciphers OpenSSH offers, each measured by raw `ssh cat`: mesh_cipher chooses between them.
+CAPPED = ("syncthing_capped_large_s", "watch_capped_large_s", "ssh_capped_hop_s", "replimesh_capped_hop_s")
+CIPHERS = {"aes128-gcm@openssh.com": "ssh_hop_aes128_gcm_s", CHACHA[0]: "ssh_hop_chacha20_s"}
 
 
 class Phases:
@@ -35,6 +43,7 @@ class Phases:
         self.log = run.log
         self.hosts = list(hosts)
         self.node1, self.node2 = self.hosts[0], self.hosts[1]
+        self.ssh_ready = ""  # the raw ssh command node1 -> node2, once its key is in place
         self.mesh_file = run.work / "bench.mesh.yml"
         # A new lab has new hosts with new keys: the previous run's key store would refuse them.
         shutil.rmtree(run.work / "bench.keys", ignore_errors=True)
@@ -64,9 +73,13 @@ class Phases:
 
     def all(self) -> None:
         watch = rm.watch_supported()
+        if not self.plan.link_mbit:
+            why = "no capped link asked (meshctl bench --link-mbit M)"
+            for name in CAPPED:
+                self.run.not_measured[name] = why
         with self.phase("bare hosts idle (baseline)", "baseline_idle"):
             self.run.raw["baseline_idle"] = probe.idle(self.hosts, min(self.plan.idle_s, 20))
-        with self.phase("raw ssh cat node1 -> node2", "ssh_hop_s"):
+        with self.phase("raw ssh cat node1 -> node2", "ssh_hop_s", *CIPHERS.values()):
             self.ssh_ceiling()
         with self.phase(
             "Syncthing",
@@ -74,9 +87,10 @@ class Phases:
             "syncthing_default_small_s",
             "syncthing_fast_small_s",
             "syncthing_large_s",
+            "syncthing_capped_large_s",
         ):
             self.syncthing()
-        series = ("watch_idle", "watch_full_small_s", "watch_large_s")
+        series = ("watch_idle", "watch_full_small_s", "watch_large_s", "watch_capped_large_s")
         if watch:
             with self.phase("replimesh watch, full mesh", *series):
                 self.watch_full()
@@ -86,38 +100,52 @@ class Phases:
             why = "watch mode is not in this checkout (mesh_sync accepts no mode: watch)"
             self.skip(why, *series, "watch_overlay_small_s", "pair_empty_small_s", "pair_tree_small_s")
         pair = ("replimesh_hop_s", "tree_first_sync_s", "nochange_runner_s", "nochange_bare_s")
+        capped = ("ssh_capped_hop_s", "replimesh_capped_hop_s")
         with self.phase(
-            "2-node mesh: one hop, the big tree", *pair, "pair_empty_small_s", "pair_tree_small_s"
+            "2-node mesh: one hop, the big tree", *pair, *capped, "pair_empty_small_s", "pair_tree_small_s"
         ):
             self.pair(watch)
 
     # --- 0. the ceiling -------------------------------------------------------------------------
     def ssh_ceiling(self) -> None:
+        """Raw `ssh cat` node1 -> node2 with each AEAD cipher, alternated; the ceiling for a hop is the
+        cipher node1's mesh ssh prefers (mesh_cipher, from the same CPU flags the module reads)."""
         a, b = self.node1, self.node2
-        probe.sh(a, f"test -s {SSH_KEY} || ssh-keygen -q -t ed25519 -N '' -f {SSH_KEY}")
-        pub = probe.dexec(a, ["cat", f"{SSH_KEY}.pub"]).strip()
-        probe.sh(
-            b,
-            f"k=/home/lab/.ssh/authorized_keys; grep -qxF '{pub}' $k || echo '{pub}' >> $k",
-        )
-        host_key = probe.dexec(b, ["cat", "/etc/ssh/ssh_host_ed25519_key.pub"]).split()[:2]
-        probe.sh(a, f"echo '{b.address} {' '.join(host_key)}' > /root/.ssh/bench_known_hosts")
+        self.ssh_ready = self._ssh_key(a, b)
         src = "/root/bench-large.bin"
         sha = probe.make_file(a, src, self.plan.large_bytes)
-        ssh = (
+        chosen = preferred(hardware_aes(probe.dexec(a, ["cat", "/proc/cpuinfo"])))[0]
+        self.run.versions["ssh cipher the mesh prefers on node1"] = chosen
+        for _ in range(max(3, self.plan.repeat // 2)):
+            for cipher, series in CIPHERS.items():
+                seconds = self.ssh_cat(a, b, src, sha, cipher)
+                self.add(series, seconds)
+                if cipher == chosen:
+                    self.add("ssh_hop_s", seconds)
+        probe.sh(a, f"rm -f {src}")
+
+    def _ssh_key(self, a: Host, b: Host) -> str:
+        """A key of node1's root for lab@node2, node2's host key pinned: the ssh command to run on node1."""
+        probe.sh(a, f"test -s {SSH_KEY} || ssh-keygen -q -t ed25519 -N '' -f {SSH_KEY}")
+        pub = probe.dexec(a, ["cat", f"{SSH_KEY}.pub"]).strip()
+        probe.sh(b, f"k=/home/lab/.ssh/authorized_keys; grep -qxF '{pub}' $k || echo '{pub}' >> $k")
+        host_key = probe.dexec(b, ["cat", "/etc/ssh/ssh_host_ed25519_key.pub"]).split()[:2]
+        probe.sh(a, f"echo '{b.address} {' '.join(host_key)}' > /root/.ssh/bench_known_hosts")
+        return (
             f"ssh -i {SSH_KEY} -o BatchMode=yes -o UserKnownHostsFile=/root/.ssh/bench_known_hosts "
             f"-o StrictHostKeyChecking=yes lab@{b.address}"
         )
-        command = f"{ssh} 'cat > /tmp/bench-large.bin' < {src}"
-        self.run.commands.append(f"node1# {command}")
-        for _ in range(max(3, self.plan.repeat // 2)):
-            seconds, _ = probe.timed(a, ["sh", "-c", command], timeout=600)
-            got = probe.dexec(b, ["sha256sum", "/tmp/bench-large.bin"]).split()[0]
-            if got != sha:
-                raise probe.ProbeError("ssh cat: node2's copy differs")
-            self.add("ssh_hop_s", seconds)
+
+    def ssh_cat(self, a: Host, b: Host, src: str, sha: str, cipher: str) -> float:
+        command = f"{self.ssh_ready} -c {cipher} 'cat > /tmp/bench-large.bin' < {src}"
+        if command not in [c.removeprefix("node1# ") for c in self.run.commands]:
+            self.run.commands.append(f"node1# {command}")
+        seconds, _ = probe.timed(a, ["sh", "-c", command], timeout=900)
+        got = probe.dexec(b, ["sha256sum", "/tmp/bench-large.bin"]).split()[0]
         probe.sh(b, "rm -f /tmp/bench-large.bin")
-        probe.sh(a, f"rm -f {src}")
+        if got != sha:
+            raise probe.ProbeError("ssh cat: node2's copy differs")
+        return seconds
 
     # --- 1. Syncthing -----------------------------------------------------------------------------
     def syncthing(self) -> None:
@@ -145,6 +173,7 @@ class Phases:
             self.small_trials("syncthing_fast_small_s", ST_FOLDER, None, GAP_FAST_S)
             for _ in range(self.plan.large_repeat):
                 self.large_trial("syncthing_large_s", ST_FOLDER, ST_STAGING, None)
+            self.capped_large("syncthing_capped_large_s", ST_FOLDER, ST_STAGING, None)
         finally:
             st.stop()
             st.remove_data()
@@ -184,6 +213,14 @@ class Phases:
         probe.wait_gone(targets, dst, self.plan.large_timeout_s)
         time.sleep(GAP_FAST_S)
 
+    def capped_large(self, name: str, folder: str, staging: str, user: str | None) -> None:
+        """The large-file trials again with every host's egress capped (--link-mbit)."""
+        if not self.plan.link_mbit:
+            return
+        with link.capped(self.hosts, self.plan.link_mbit, self.log):
+            for _ in range(self.plan.large_repeat):
+                self.large_trial(name, folder, staging, user)
+
     # --- 2.-3. replimesh on all nodes ---------------------------------------------------------------
     def bootstrap(
         self, nodes: Sequence[Host], topology: dict[str, object], mode: str, label: str, tree: bool = False
@@ -192,7 +229,7 @@ class Phases:
         rm.write_mesh_file(
             self.run.lab.inventory_path, self.mesh_file, [h.name for h in nodes], topology, mode, folders
         )
-        seconds, log = rm.bootstrap(self.mesh_file)
+        seconds, log, _ = rm.bootstrap(self.mesh_file)
         self.log(f"   bootstrap.yml ({label}): {seconds:.0f} s (log: {log})")
         self.run.commands.append(f"control# ansible-playbook -i bench.mesh.yml bootstrap.yml   ({label})")
         if "unison" not in self.run.versions:
@@ -206,6 +243,7 @@ class Phases:
         self.small_trials("watch_full_small_s", rm.FOLDER, rm.USER, GAP_FAST_S)
         for _ in range(self.plan.large_repeat):
             self.large_trial("watch_large_s", rm.FOLDER, rm.STAGING, rm.USER)
+        self.capped_large("watch_capped_large_s", rm.FOLDER, rm.STAGING, rm.USER)
 
     def watch_overlay(self) -> None:
         self.bootstrap(self.hosts, {"kind": "overlay"}, "watch", "overlay, watch")
@@ -235,6 +273,8 @@ class Phases:
             for _ in range(self.plan.large_repeat + 1):
                 self.large_trial("replimesh_hop_s", rm.FOLDER, rm.STAGING, rm.USER, [b])
             self.small_trials("pair_empty_small_s", rm.FOLDER, rm.USER, GAP_FAST_S, [b])
+            if self.plan.link_mbit:
+                self.capped_hop()
         else:
             self.run.commands.append(f"node1$ {rm.RUNNER} --peer node2   (as {rm.USER}, timed)")
             for _ in range(self.plan.large_repeat + 1):
@@ -248,6 +288,19 @@ class Phases:
                 probe.dexec(a, ["rm", "-f", dst])
                 rm.runner_round(a, b.name)  # the deletion, untimed
         self.big_tree(watch)
+
+    def capped_hop(self) -> None:
+        """One hop on a capped link: raw ssh (the cipher the mesh prefers) and replimesh, alternated."""
+        a, b = self.node1, self.node2
+        cipher = self.run.versions.get("ssh cipher the mesh prefers on node1", CHACHA[0])
+        self.ssh_ready = self.ssh_ready or self._ssh_key(a, b)
+        src = "/root/bench-large.bin"
+        sha = probe.make_file(a, src, self.plan.large_bytes)
+        with link.capped([a, b], self.plan.link_mbit or 0, self.log):
+            for _ in range(self.plan.large_repeat):
+                self.add("ssh_capped_hop_s", self.ssh_cat(a, b, src, sha, cipher))
+                self.large_trial("replimesh_capped_hop_s", rm.FOLDER, rm.STAGING, rm.USER, [b])
+        probe.sh(a, f"rm -f {src}")
 
     def big_tree(self, watch: bool) -> None:
         a, b = self.node1, self.node2

@@ -250,7 +250,7 @@ def wait_gone(targets: Sequence[Host], path: str, timeout: float) -> None:
 # --- idle CPU and memory, read from this machine's /proc (the lab hosts' processes are ours to see) ----
 
 
-def _container_ids(hosts: Sequence[Host]) -> dict[str, tuple[str, int]]:
+def container_ids(hosts: Sequence[Host]) -> dict[str, tuple[str, int]]:
     out = subprocess.run(
         ["docker", "inspect", "-f", "{{.Name}} {{.Id}} {{.State.Pid}}", *(h.container for h in hosts)],
         capture_output=True,
@@ -334,7 +334,7 @@ def _container_procs(ids: dict[str, tuple[str, int]]) -> dict[str, list[Proc]]:
 def idle(hosts: Sequence[Host], window: float, every: float = 5.0) -> dict[str, Any]:
     """CPU (% of one core, the container's cgroup: every process, short-lived ones too) and RSS (sum of
     VmRSS of the processes beyond a bare host, mean of samples every `every` s) per node."""
-    ids = _container_ids(hosts)
+    ids = container_ids(hosts)
     tick = os.sysconf("SC_CLK_TCK")
     cpu0 = {n: _cgroup_cpu_ns(pid) for n, (_, pid) in ids.items()}
     procs0 = _container_procs(ids)

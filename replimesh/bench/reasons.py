@@ -21,7 +21,29 @@ def explain(raw: Mapping[str, Any]) -> dict[str, str]:
     runner, bare = median(raw.get("nochange_runner_s") or []), median(raw.get("nochange_bare_s") or [])
     st_fast = median(raw.get("syncthing_fast_small_s") or [])
     overhead = None if runner is None or bare is None else runner - bare
+    mbit, size, nodes = raw.get("link_mbit"), raw.get("large_bytes"), raw.get("nodes")
+    floor = None
+    if mbit and size and nodes:  # node1's uplink carries one whole copy per peer
+        floor = (nodes - 1) * size * 8 / (mbit * 1e6)
+    capped_name = f"large file on all nodes vs Syncthing, link capped at {mbit or 'M'} Mbit/s"
     return {
+        capped_name: (
+            f"replimesh took {_s(median(raw.get('watch_capped_large_s') or []))}, Syncthing "
+            f"{_s(median(raw.get('syncthing_capped_large_s') or []))}. Every peer pulls the whole file from "
+            f"node1, so node1's capped uplink carries {(nodes or 8) - 1} copies: {_s(floor)} at the least, "
+            "however fast each hop is. Syncthing's peers fetch blocks from any peer that has them, so the "
+            "writer sends about one copy. Meeting it needs peers that pull from a node that already holds "
+            "the file (issue 17, item 2), not from the writer alone."
+        ),
+        "bootstrap.yml on 16 hosts, first run": (
+            f"{_s(median(raw.get('bootstrap_first_s') or []))} for 16 hosts on 2 cores: about 85 tasks a "
+            "host, each a module run on every host (an SSH round trip and a Python start there, a fork "
+            "and the templating here), with the package installs on top."
+        ),
+        "bootstrap.yml on 16 hosts, no-change re-run": (
+            f"{_s(median(raw.get('bootstrap_rerun_s') or []))} with nothing to change: the same tasks run "
+            "to find that out, one round trip each per host; the control node's forks (16) share 2 cores."
+        ),
         "large file, one hop vs raw ssh cat": (
             f"raw ssh moved the file in {_s(ssh)}, one replimesh hop took {_s(hop)}. Unison 2.52 reads the "
             "whole file to fingerprint it before sending, sends it through its own protocol over the ssh "

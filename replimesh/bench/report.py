@@ -70,7 +70,7 @@ def render(doc: Mapping[str, Any]) -> str:
     if notes:
         out += ["", "## Read this first", ""]
         out += [f"- {note}" for note in notes]
-    out += ["", "## Targets (issue 6)", ""]
+    out += ["", "## Targets (issues 6 and 17)", ""]
     out += _table(
         ["target", "rule", "measured (this run)", "verdict"],
         [[t["name"], t["rule"], t["measured"], _verdict(t["met"])] for t in doc.get("targets", [])],

@@ -25,13 +25,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from replimesh.bench.fleet import provision
+from replimesh.bench.link import tbf_argv
 from replimesh.bench.mesh import Cancelled
 from replimesh.bench.phases import Phases
 from replimesh.bench.reasons import explain
 from replimesh.bench.report import render
 from replimesh.bench.results import build, check
 from replimesh.collection import CHECKOUT
-from replimesh.lab.lab import Lab, LabConfig
+from replimesh.lab.lab import MAX_NODES, Lab, LabConfig
 
 Log = Callable[[str], None]
 
@@ -47,12 +49,22 @@ class Plan:
     large_repeat: int = 2
     small_timeout_s: float = 120.0
     large_timeout_s: float = 900.0
+    link_mbit: int | None = None  # every host's egress capped for a second set of large-file trials
+    fleet: int = 16  # hosts of the provisioning phase (bootstrap.yml first run and re-run); 0: none
 
     @staticmethod
-    def make(nodes: int, repeat: int | None, quick: bool) -> Plan:
+    def make(
+        nodes: int, repeat: int | None, quick: bool, link_mbit: int | None = None, fleet: int = 16
+    ) -> Plan:
+        if link_mbit is not None:
+            tbf_argv("eth0", link_mbit)  # a bad rate is refused before any lab starts
+        if not 0 <= fleet <= MAX_NODES:
+            raise ValueError(f"--fleet must be 0 (none) or 1-{MAX_NODES} hosts (got {fleet})")
         if quick:
-            return Plan(nodes, repeat or 2, True, 8 * 1024 * 1024, 2_000, 10.0, 1, 90.0, 300.0)
-        return Plan(nodes, repeat or 5)
+            return Plan(
+                nodes, repeat or 2, True, 8 * 1024 * 1024, 2_000, 10.0, 1, 90.0, 300.0, link_mbit, fleet
+            )
+        return Plan(nodes, repeat or 5, link_mbit=link_mbit, fleet=fleet)
 
 
 @dataclass
@@ -120,13 +132,22 @@ def _other_labs(own: str) -> list[str]:
 
 
 def run_bench(
-    out: Path, nodes: int, repeat: int | None, quick: bool, name: str, subnet: str, log: Log
+    out: Path,
+    nodes: int,
+    repeat: int | None,
+    quick: bool,
+    name: str,
+    subnet: str,
+    log: Log,
+    link_mbit: int | None = None,
+    fleet: int = 16,
 ) -> int:
-    plan = Plan.make(nodes, repeat, quick)
+    plan = Plan.make(nodes, repeat, quick, link_mbit, fleet)
     work = CHECKOUT / "bench" / "work"
     work.mkdir(parents=True, exist_ok=True)
     lab = Lab(work / f"lab-{name}", LabConfig(name=name, subnet=subnet), log=log)
     run = Run(plan, lab, work, log)
+    run.raw.update(link_mbit=plan.link_mbit, large_bytes=plan.large_bytes, nodes=plan.nodes)
     started = time.time()
     machine = _machine()
     load_start = os.getloadavg()[0]
@@ -153,6 +174,10 @@ def run_bench(
         except Exception as exc:
             log(f"lab down failed: {exc}")
         signal.signal(signal.SIGTERM, old_term)
+    if plan.fleet and not failure:
+        failure = _fleet(run, LabConfig(name=name, subnet=subnet))
+    elif not plan.fleet:
+        run.not_measured["bootstrap_first_s"] = run.not_measured["bootstrap_rerun_s"] = "--fleet 0"
     if failure:
         log(f"meshctl bench: {failure}")
         run.not_measured.setdefault("run", failure)
@@ -168,6 +193,10 @@ def run_bench(
             "nodes": f"{plan.nodes} lab hosts ({name}, {subnet}), Debian 12 containers on one bridge",
             "sizes": f"small file 1 KiB x {plan.repeat}; large file {plan.large_bytes // 2**20} MiB; "
             f"big tree {plan.tree_files} files; idle window {plan.idle_s:g} s",
+            "capped link": f"every host's egress at {plan.link_mbit} Mbit/s (tc tbf)"
+            if plan.link_mbit
+            else "none",
+            "provisioning": _fleet_line(plan, run.raw),
         },
         "notes": _notes(load_start, os.getloadavg()[0], len(others)),
         "method": METHOD,
@@ -183,6 +212,36 @@ def run_bench(
     for problem in problems:
         log(f"results: {problem}")
     return 1 if failure or problems else 0
+
+
+def _fleet(run: Run, config: LabConfig) -> str:
+    """The provisioning phase on a lab of its own; a failure is recorded, and the results still written."""
+    run.log(f"== bootstrap.yml on {run.plan.fleet} fresh hosts: first run, then a re-run")
+    signal.signal(signal.SIGTERM, _on_term)
+    try:
+        run.commands += provision(run.work, config, run.plan.fleet, run.raw, run.log)
+    except (KeyboardInterrupt, Interrupted, Cancelled) as exc:
+        return f"interrupted ({exc or 'Ctrl-C'})"
+    except Exception as exc:  # the fleet lab is down already (provision's finally); say why
+        run.log(traceback.format_exc())
+        for name in ("bootstrap_first_s", "bootstrap_rerun_s"):
+            run.not_measured.setdefault(name, f"the provisioning phase failed: {type(exc).__name__}: {exc}")
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    return ""
+
+
+def _fleet_line(plan: Plan, raw: dict[str, Any]) -> str:
+    if not plan.fleet:
+        return "none"
+    changed = ", ".join(
+        f"{label} changed {raw[key][0]}"
+        for key, label in (("bootstrap_first_changed", "first run"), ("bootstrap_rerun_changed", "re-run"))
+        if raw.get(key)
+    )
+    return f"{plan.fleet} fresh lab hosts, full mesh, after the lab above is down" + (
+        f" ({changed})" if changed else ""
+    )
 
 
 def _notes(load_start: float, load_end: float, others: int) -> list[str]:
@@ -204,6 +263,10 @@ def _command(plan: Plan, name: str, subnet: str, out: Path) -> str:
     parts = [".venv/bin/meshctl bench", f"--nodes {plan.nodes}", f"--repeat {plan.repeat}"]
     if plan.quick:
         parts.append("--quick")
+    if plan.link_mbit:
+        parts.append(f"--link-mbit {plan.link_mbit}")
+    if plan.fleet != Plan.fleet:
+        parts.append(f"--fleet {plan.fleet}")
     parts += [f"--name {name}", f"--subnet {subnet}", f"--out {out}"]
     return " ".join(parts)
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import importlib
 import json
+import pkgutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
+import replimesh.bench as bench_package
+from replimesh.bench.link import burst_bytes, tbf_argv
 from replimesh.bench.reasons import explain
 from replimesh.bench.report import render, rerender
 from replimesh.bench.results import KEYS, build, check, headline, targets
@@ -30,6 +34,14 @@ GOOD = {
     "nochange_bare_s": [3.0, 3.0, 2.9],
     "pair_empty_small_s": [0.4, 0.5, 0.4],
     "pair_tree_small_s": [0.6, 0.5, 0.7],
+    "link_mbit": 200,
+    "ssh_capped_hop_s": [10.8, 10.9],
+    "replimesh_capped_hop_s": [12.0, 12.2],
+    "syncthing_capped_large_s": [30.0, 31.0],
+    "watch_capped_large_s": [25.0, 26.0],
+    "fleet_hosts": 16,
+    "bootstrap_first_s": [150.0],
+    "bootstrap_rerun_s": [50.0],
     "watch_idle": {
         "cpu_percent": [0.1, 0.2],
         "rss_mib": [10.0, 12.0],
@@ -90,12 +102,42 @@ def test_every_target_is_met_by_a_good_run_except_the_hop():
         ({"pair_tree_small_s": [1.2]}, "one-file change in the big tree vs an empty tree (watch path)"),
         ({"watch_idle": {"cpu_percent": [0.5], "rss_mib": [10.0]}}, "idle CPU per node vs Syncthing"),
         ({"watch_idle": {"cpu_percent": [0.1], "rss_mib": [21.0]}}, "idle memory per node vs Syncthing"),
+        ({"watch_capped_large_s": [31.0]}, "large file on all nodes vs Syncthing, link capped at 200 Mbit/s"),
+        ({"replimesh_capped_hop_s": [16.0]}, "large file, one hop vs raw ssh cat, link capped at 200 Mbit/s"),
+        ({"bootstrap_first_s": [181.0]}, "bootstrap.yml on 16 hosts, first run"),
+        ({"bootstrap_rerun_s": [60.5]}, "bootstrap.yml on 16 hosts, no-change re-run"),
     ],
 )
 def test_a_missed_target_is_reported_as_missed(change, target):
     raw = {**GOOD, **change}
     verdicts = {t.name: t.met for t in targets(headline(raw), raw)}
     assert verdicts[target] is False
+
+
+def test_the_provisioning_keys_are_for_16_hosts_only():
+    head = headline({**GOOD, "fleet_hosts": 8})
+    assert head["bootstrap_16_first_s"] is head["bootstrap_16_rerun_s"] is None
+    assert headline(GOOD)["bootstrap_16_rerun_s"] == 50.0
+    assert headline(GOOD)["overlay_small_file_all_nodes_median_s"] == 0.8
+
+
+def test_every_bench_module_imports():
+    """The bench runs only on request (it needs a quiet machine): a broken import must fail here."""
+    names = [m.name for m in pkgutil.iter_modules(bench_package.__path__)]
+    assert {"run", "phases", "link", "fleet", "probe", "mesh"} <= set(names)
+    for name in names:
+        importlib.import_module(f"replimesh.bench.{name}")
+
+
+def test_the_link_cap_is_a_token_bucket_at_the_rate_with_a_bucket_of_at_least_64_kib():
+    argv = tbf_argv("eth0", 200)
+    assert argv[:7] == ["tc", "qdisc", "replace", "dev", "eth0", "root", "tbf"]
+    assert argv[argv.index("rate") + 1] == "200mbit"
+    assert int(argv[argv.index("burst") + 1]) == 250_000  # 10 ms at 200 Mbit/s
+    assert burst_bytes(10) == 64 * 1024
+    for bad in (0, -5, True, 200_000, 2.5):
+        with pytest.raises(ValueError, match="--link-mbit"):
+            tbf_argv("eth0", bad)  # type: ignore[arg-type]
 
 
 def test_a_series_not_measured_gives_null_keys_and_unknown_verdicts():
@@ -137,8 +179,8 @@ def test_results_md_shows_machine_figures_series_and_verdicts():
     for key in KEYS:
         assert f"`{key}`" in text
     assert (
-        "| large file, one hop vs raw ssh cat | >= 70 % of raw ssh throughput | 0.5 x of ssh | **missed** |"
-        in text
+        "| large file, one hop vs raw ssh cat | >= 70 % of raw ssh throughput (the same cipher) | "
+        "0.5 x of ssh | **missed** |" in text
     )
     assert "Unison hashes the file on both sides." in text
     assert (
