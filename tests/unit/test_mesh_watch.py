@@ -32,8 +32,10 @@ from replimesh_node.mesh_runner import (
     Peer,
     Runner,
     load_config,
+    parse_config,
 )
 from replimesh_node.mesh_watch import (
+    ARRIVAL_DELAY_S,
     Arrivals,
     Batch,
     PathRunner,
@@ -94,6 +96,22 @@ def test_batch_is_ready_after_a_quiet_window_or_the_longest_wait() -> None:
     for step in range(1, 30):  # events keep coming every 0.1 s: the longest wait ends it
         batch.add("shared", f"f{step}", False, 100.0 + step / 10)
     assert batch.ready(103.0, 0.3, 3.0)
+
+
+def test_arrivals_alone_are_passed_on_without_the_write_delay() -> None:
+    """A file Unison renamed into place is whole: a forwarding node does not wait out a write burst."""
+    batch = Batch()
+    batch.add("shared", "a.txt", True, 100.0)
+    assert not batch.ready(100.0 + ARRIVAL_DELAY_S / 2, 0.3, 3.0)
+    assert batch.ready(100.0 + ARRIVAL_DELAY_S, 0.3, 3.0)
+    batch.add("shared", "b.txt", False, 100.1)  # a local write joins: the write delay again
+    assert not batch.ready(100.1 + ARRIVAL_DELAY_S, 0.3, 3.0)
+    assert batch.ready(100.4, 0.3, 3.0)
+    overflow = Batch()
+    overflow.add("shared", "a.txt", True, 100.0)
+    overflow.overflow("shared", 100.0)  # a whole-folder sync waits the write delay too
+    assert not overflow.ready(100.1, 0.3, 3.0)
+    assert Batch().quiet(0.01) == 0.01  # a write delay shorter than the arrivals' one is kept
 
 
 def test_batch_plan_sends_local_changes_everywhere_and_arrivals_only_when_forwarding() -> None:
@@ -218,6 +236,35 @@ def test_the_watcher_tells_every_peer_what_changed_and_pulls_what_a_peer_tells_i
     assert state is not None and state["alive"] is False  # this test process is not a replimesh-watch
 
 
+@pytest.mark.parametrize(
+    ("results", "tries"),
+    [
+        (["unreachable", "ok"], 2),  # a handshake sshd dropped (MaxStartups): tried again
+        (["busy", "failed", "ok"], 3),
+        (["unreachable"] * 5, 3),  # bounded: retries + 1 tries
+        (["hostkey", "ok"], 1),  # a changed host key is never tried again
+    ],
+)
+def test_a_pull_is_tried_again_after_a_dropped_connection_a_bounded_number_of_times(
+    results: list[str], tries: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = parse_config(
+        {
+            "node": "node1",
+            "user": "replimesh",
+            "folders": [{"name": "shared", "path": "/srv/shared"}],
+            "peers": [{"name": "node2", "address": "10.0.0.2"}],
+        }
+    )
+    seen: list[str] = []
+    edges = mesh_watch.Edges(config, 2, lambda peer, result: seen.append(result["result"]))
+    answers = iter(results)
+    monkeypatch.setattr(edges, "_sync", lambda peer, paths: {"result": next(answers)})
+    monkeypatch.setattr(mesh_watch.time, "sleep", lambda seconds: None)
+    edges.handle("node2", {"shared": {"a.txt"}})
+    assert seen == results[:tries]
+
+
 def test_path_runs_lift_the_big_deletion_check_and_whole_folder_runs_keep_it(tmp_path: Path) -> None:
     # A second folder holding nothing but its marker changes nothing for the first one's runs.
     config = load_config(str(Mesh(tmp_path, {"node2": True}, ("shared", "empty")).config_path))
@@ -293,9 +340,47 @@ def test_the_supervisor_restarts_its_watcher_and_stops_with_it(tmp_path: Path) -
         assert supervisor.wait(10) == 0
         assert wait_until(lambda: not Path(f"/proc/{second}").exists(), 10)
         assert mesh_supervise.stop(str(state)) == "not running"
-        assert "exited with -9" in (tmp_path / "watch.log").read_text()
+        assert "exited with 137" in (tmp_path / "watch.log").read_text()  # the shell's 128 + SIGKILL
     finally:
         supervisor.kill()
+
+
+def test_the_supervisor_is_a_shell_and_a_killed_one_takes_its_watcher_along(tmp_path: Path) -> None:
+    """An idle node runs one Python process: the supervisor holding the lock is /bin/sh. A watcher that
+    asked to die with its parent (as replimesh-watch does) ends when the supervisor is killed."""
+    state, pidfile = tmp_path / "state", tmp_path / "child.pid"
+    child = (
+        "import os, sys, time; from replimesh_node import mesh_supervise as s; s.die_with_parent(); "
+        "assert os.environ['REPLIMESH_SUPERVISOR'] == str(os.getppid()); "
+        "open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(60)"
+    )
+    root = Path(__file__).resolve().parents[2] / "roles/mesh_sync/files"
+    code = (
+        "import sys; from replimesh_node import mesh_supervise as s; "
+        f"s.supervise({str(state)!r}, [sys.executable, '-c', {child!r}, {str(pidfile)!r}], "
+        f"{str(tmp_path / 'watch.log')!r})"
+    )
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    supervisor = subprocess.Popen(
+        [sys.executable, "-c", code, "replimesh-watch", "--supervise"], cwd=root, env=env
+    )
+    try:
+        assert wait_until(pidfile.exists, 10)
+        watcher = int(pidfile.read_text())
+        assert Path(os.readlink(f"/proc/{supervisor.pid}/exe")).name in ("sh", "dash", "bash")
+        assert mesh_supervise.supervisor_pid(str(state)) == supervisor.pid  # the pid file still names it
+        os.kill(supervisor.pid, signal.SIGKILL)
+        assert wait_until(lambda: not Path(f"/proc/{watcher}").exists() or _zombie(watcher), 10)
+    finally:
+        supervisor.kill()
+        supervisor.wait(10)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
 
 
 def test_restart_pauses_grow_only_while_the_watcher_keeps_failing() -> None:

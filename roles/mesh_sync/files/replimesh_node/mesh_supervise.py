@@ -4,8 +4,9 @@
 or ``running``); cron runs it every minute, so a supervisor that is gone is back within a minute. The
 supervisor holds ``{state_dir}/watch/supervisor.lock`` (flock) for its whole life, so there is only ever
 one; it starts the watcher and starts it again about a second after it exits, however it exits (with a
-growing pause, up to 30 s, while it keeps failing at once). The watcher gets SIGTERM when its supervisor
-dies (PR_SET_PDEATHSIG), so a killed supervisor never leaves an orphan watcher behind.
+growing pause, up to 30 s, while it keeps failing at once). Once it holds the lock it is a shell loop
+(``LOOP``), not Python: an idle node runs one Python process, the watcher. The watcher gets SIGTERM when
+its supervisor dies (PR_SET_PDEATHSIG), so a killed supervisor never leaves an orphan watcher behind.
 ``replimesh-watch --stop`` ends the supervisor and its watcher (prints ``stopped`` or ``not running``).
 Where systemd runs, the unit (Restart=always) does all this instead.
 """
@@ -13,7 +14,6 @@ Where systemd runs, the unit (Restart=always) does all this instead.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import ctypes
 import ctypes.util
 import fcntl
@@ -22,7 +22,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -78,55 +77,63 @@ def next_delay(previous: float, lived: float) -> float:
     return min(max(previous * 2, RESTART_DELAY_S), MAX_RESTART_DELAY_S)
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
+    """SIGTERM to this process when its parent dies (the watcher calls it at its start)."""
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+# What the supervisor runs once it holds the lock: a shell loop, not Python, so an idle node keeps one
+# Python process (the watcher) beside a shell of about a megabyte. Arguments: $0 $1 name it as the entry
+# point does (replimesh-watch --supervise: what stop() checks before it signals), then the pid file, the
+# log and the watcher's command. The lock is fd 9 (the watcher does not inherit it). The pauses follow
+# next_delay(); the watcher learns its supervisor's pid from REPLIMESH_SUPERVISOR and dies with it.
+LOOP = r"""
+pidfile=$2; log=$3; shift 3
+child=; stopping=; delay=0
+trap 'stopping=1; [ -n "$child" ] && kill -TERM "$child" 2>/dev/null' TERM INT
+while [ -z "$stopping" ]; do
+    started=$(date +%s)
+    REPLIMESH_SUPERVISOR=$$ "$@" </dev/null >>"$log" 2>&1 9>&- &
+    child=$!
+    wait "$child"; code=$?
+    while kill -0 "$child" 2>/dev/null; do wait "$child"; code=$?; done
+    child=
+    [ -n "$stopping" ] && break
+    if [ $(( $(date +%s) - started )) -ge {quick} ]; then
+        delay={restart}
+    else
+        delay=$(( delay * 2 ))
+        [ "$delay" -lt {restart} ] && delay={restart}
+        [ "$delay" -gt {most} ] && delay={most}
+    fi
+    now=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+    echo "$now supervisor: watcher exited with $code; starting it again in $delay s" >>"$log"
+    sleep "$delay" &
+    pause=$!
+    wait "$pause"
+    kill "$pause" 2>/dev/null
+done
+rm -f "$pidfile"
+""".format(quick=int(QUICK_EXIT_S), restart=int(RESTART_DELAY_S), most=int(MAX_RESTART_DELAY_S))
+LOCK_FD = 9
+
+
 def supervise(state_dir: str, watcher: Sequence[str], log_file: str) -> int:
-    """Run `watcher` for as long as this process lives; 0 at once when another supervisor runs."""
+    """Become the supervisor of `watcher` for as long as this process lives (the shell loop above, in
+    place of this Python process: same pid, the lock kept); 0 at once when another supervisor runs."""
     watch_dir(state_dir).mkdir(mode=0o750, parents=True, exist_ok=True)
     lock = _try_lock(_lock_path(state_dir))
     if lock is None:
         return 0
     _pid_path(state_dir).write_text(f"{os.getpid()}\n", encoding="utf-8")
-    stop = threading.Event()
-    child: list[subprocess.Popen[bytes]] = []
-
-    def on_term(_signum: int, _frame: object) -> None:
-        stop.set()
-        for proc in child:
-            with contextlib.suppress(ProcessLookupError):
-                proc.terminate()
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, on_term)
-    delay = 0.0
-    try:
-        while not stop.is_set():
-            started = time.monotonic()
-            with open(log_file, "ab") as log:
-                proc = subprocess.Popen(
-                    list(watcher),
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=log,
-                    preexec_fn=_die_with_parent,
-                )
-            child[:] = [proc]
-            code = proc.wait()
-            if stop.is_set():
-                break
-            delay = next_delay(delay, time.monotonic() - started)
-            with open(log_file, "a", encoding="utf-8") as log:
-                log.write(f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} supervisor: watcher "
-                          f"exited with {code}; starting it again in {delay:g} s\n")  # fmt: skip
-            stop.wait(delay)
-    finally:
-        with contextlib.suppress(OSError):
-            _pid_path(state_dir).unlink()
+    if lock != LOCK_FD:
+        os.dup2(lock, LOCK_FD)  # inheritable, unlike the descriptor os.open gave
         os.close(lock)
-    return 0
+    else:
+        os.set_inheritable(lock, True)
+    argv = ["/bin/sh", "-c", LOOP, PROCESS_NAME.decode(), "--supervise", str(_pid_path(state_dir)), log_file]
+    os.execv("/bin/sh", [*argv, *watcher])
 
 
 def start_background(state_dir: str, supervisor: Sequence[str]) -> str:
@@ -168,7 +175,7 @@ def stop(state_dir: str) -> str:
     while running(state_dir) and time.monotonic() < deadline:
         time.sleep(0.05)
     if running(state_dir):
-        signal_pid(pid, signal.SIGKILL)  # its watcher follows it (PR_SET_PDEATHSIG)
+        signal_pid(pid, signal.SIGKILL)  # its watcher follows it (PR_SET_PDEATHSIG, die_with_parent)
     wait_for_watcher(state_dir)
     return "stopped"
 

@@ -58,7 +58,14 @@ from .mesh_watchstate import HEARTBEAT_S, watch_dir
 UNISON_TEMP_PREFIX = ".unison."
 MAX_PATHS = 200  # -path arguments per run; more are folded into their parent directories
 IDLE_WAKE_S = 5.0  # when idle, how often the watcher looks for a new mesh.json
-RETRY_KINDS = frozenset({"busy", "failed"})
+# A batch of files that only arrived from a peer waits this long, not the write delay: Unison renames each
+# file into place whole and verified, so there is no editor's burst of writes to wait out, only the other
+# renames of the same run. A forwarding node (overlay) passes a change on without a second write delay.
+ARRIVAL_DELAY_S = 0.05
+# A pull tried again after a pause. "unreachable" too: sshd drops the handshakes beyond its MaxStartups
+# (10 by default), and a writer in a full mesh of 16 gets 15 pulls at once; a peer that is down costs its
+# own edge's worker a few tries, no other edge.
+RETRY_KINDS = frozenset({"busy", "failed", "unreachable"})
 WATCHER_DEFAULTS: dict[str, Any] = {"delay": 0.3, "max_delay": 3.0, "forward": False, "retries": 4}
 
 
@@ -134,8 +141,15 @@ class Batch:
     def __bool__(self) -> bool:
         return bool(self.local or self.arrived or self.full)
 
+    def quiet(self, delay: float) -> float:
+        """The quiet window this batch waits for: the write delay, shorter when it holds arrivals only."""
+        return delay if self.local or self.full else min(delay, ARRIVAL_DELAY_S)
+
+    def due(self, delay: float, max_delay: float) -> float:
+        return min(self.last + self.quiet(delay), self.first + max_delay)
+
     def ready(self, now: float, delay: float, max_delay: float) -> bool:
-        return bool(self) and (now - self.last >= delay or now - self.first >= max_delay)
+        return bool(self) and now >= self.due(delay, max_delay)
 
     def settle(self) -> None:
         """A directory Unison created on the way to a file it delivered (``-path a/b/f``) arrived too."""
@@ -199,8 +213,8 @@ class PathRunner(Runner):
 
 
 class Edges(PeerQueue):
-    """Pulls of changed paths, one worker per busy edge, at most ``concurrency`` pulls at once; a busy or
-    failed pull is tried ``retries`` more times."""
+    """Pulls of changed paths, one worker per busy edge, at most ``concurrency`` pulls at once; a busy,
+    failed or unreachable pull is tried ``retries`` more times."""
 
     def __init__(self, config: Config, retries: int, on_result: Any) -> None:
         super().__init__()
@@ -328,7 +342,7 @@ class Watcher:
         mounts, next_mounts = self._inner_mounts(), time.monotonic() + IDLE_WAKE_S
         while not self._stop:
             now = time.monotonic()
-            due = min(batch.last + delay, batch.first + max_delay) if batch else now + IDLE_WAKE_S
+            due = batch.due(delay, max_delay) if batch else now + IDLE_WAKE_S
             timeout = max(due - now, 0.01)
             for event in inotify.read(timeout):
                 self._collect(event, arrivals, batch)
@@ -449,6 +463,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"replimesh-watch: bad config: {exc}", file=sys.stderr)
         return 2
+    supervisor = os.environ.get("REPLIMESH_SUPERVISOR", "")
+    if supervisor:  # started by the supervisor's loop: end with it, and not at all if it is gone already
+        mesh_supervise.die_with_parent()
+        if str(os.getppid()) != supervisor:
+            return 0
     try:
         return Watcher(config, args.config, options).run()
     except OSError as exc:
