@@ -21,8 +21,8 @@ def hardware_aes(cpuinfo: str) -> bool:
     """Does /proc/cpuinfo show AES instructions (x86 `flags`, arm64 `Features`) on every CPU it lists?"""
     found = False
     for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip().lower() in ("flags", "features"):
+        key, colon, value = line.partition(":")
+        if colon and key.strip().lower() in ("flags", "features"):
             if "aes" not in value.split():
                 return False
             found = True

@@ -52,8 +52,10 @@ options:
     default: []
 attributes:
   check_mode:
+    description: Reports the files that would change and writes nothing.
     support: full
   diff_mode:
+    description: No diff is returned (the files are program code, named in RV(written)).
     support: none
 author: replimesh developers (@replimesh)
 """
