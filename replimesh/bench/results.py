@@ -221,21 +221,22 @@ def targets(head: Mapping[str, float | None], raw: Mapping[str, Any]) -> list[Ta
             _judge(lambda t, e: t <= max(e * TREE_SLOWDOWN_MAX, e + TREE_SLACK_S), tree, empty),
             series=("pair_tree_small_s", "pair_empty_small_s"),
         ),
-        Target(
-            f"bootstrap.yml on {FLEET} hosts, first run",
-            f"<= {BOOTSTRAP_FIRST_MAX_S:g} s",
-            _fmt(first),
-            _judge(lambda f: f <= BOOTSTRAP_FIRST_MAX_S, first),
-            series=("bootstrap_first_s",),
+        _at_most(
+            f"bootstrap.yml on {FLEET} hosts, first run", first, BOOTSTRAP_FIRST_MAX_S, "bootstrap_first_s"
         ),
-        Target(
+        _at_most(
             f"bootstrap.yml on {FLEET} hosts, no-change re-run",
-            f"<= {BOOTSTRAP_RERUN_MAX_S:g} s",
-            _fmt(rerun),
-            _judge(lambda r: r <= BOOTSTRAP_RERUN_MAX_S, rerun),
-            series=("bootstrap_rerun_s",),
+            rerun,
+            BOOTSTRAP_RERUN_MAX_S,
+            "bootstrap_rerun_s",
         ),
     ]
+
+
+def _at_most(name: str, seconds: float | None, limit: float, series: str) -> Target:
+    return Target(
+        name, f"<= {limit:g} s", _fmt(seconds), _judge(lambda s: s <= limit, seconds), series=(series,)
+    )
 
 
 def _explain(target: Target, not_measured: Mapping[str, str]) -> Target:

@@ -31,7 +31,7 @@ from replimesh.bench.mesh import Cancelled
 from replimesh.bench.phases import Phases
 from replimesh.bench.reasons import explain
 from replimesh.bench.report import render
-from replimesh.bench.results import build, check
+from replimesh.bench.results import FLEET, build, check
 from replimesh.collection import CHECKOUT
 from replimesh.lab.lab import MAX_NODES, Lab, LabConfig
 
@@ -176,8 +176,10 @@ def run_bench(
         signal.signal(signal.SIGTERM, old_term)
     if plan.fleet and not failure:
         failure = _fleet(run, LabConfig(name=name, subnet=subnet))
-    elif not plan.fleet:
-        run.not_measured["bootstrap_first_s"] = run.not_measured["bootstrap_rerun_s"] = "--fleet 0"
+    if plan.fleet != FLEET:
+        why = f"the provisioning phase had {plan.fleet} hosts (--fleet), the keys are for {FLEET}"
+        for series in ("bootstrap_first_s", "bootstrap_rerun_s"):
+            run.not_measured.setdefault(series, why)
     if failure:
         log(f"meshctl bench: {failure}")
         run.not_measured.setdefault("run", failure)
@@ -279,7 +281,16 @@ METHOD = [
     "Large file: random bytes made outside the folder on the same filesystem, then renamed into it "
     "(clock starts at the rename); same pollers (arrival = first sight of the right size, then verified "
     "by sha256).",
-    "Raw ssh: `ssh lab@node2 'cat > FILE' < FILE` on node1 (the same default cipher as Unison's ssh).",
+    "Raw ssh: `ssh -c CIPHER lab@node2 'cat > FILE' < FILE` on node1, with AES128-GCM and with "
+    "ChaCha20-Poly1305 (alternated); the ceiling for a hop is the cipher node1's mesh ssh prefers (from its "
+    "CPU flags, as the mesh_member module chooses it), so the hop and the ceiling use the same cipher.",
+    "Capped link (--link-mbit M): every lab host's egress limited to M Mbit/s by a tc token bucket set from "
+    "this machine in the host's network namespace; the large-file trials of Syncthing and of replimesh "
+    "(full mesh) are run again, and one hop (raw ssh and replimesh, node1 and node2 alone), then the caps "
+    "are removed.",
+    "Provisioning: after the lab above is down, a lab of FLEET fresh hosts (Debian 12 containers with "
+    "openssh-server, python3 and cron only); `bootstrap.yml` on a full mesh of them in watch mode, timed on "
+    "this machine from start to end (ansible-runner), then run again with nothing to change.",
     "One hop: node1 and node2 alone (the other hosts stopped), the large file renamed into node1's "
     "folder, time until identical on node2 (watch mode: through the watcher; without watch mode: one "
     "`replimesh-sync --peer node2` run timed). Ratio = median ssh seconds / median replimesh seconds.",
