@@ -22,6 +22,8 @@ def explain(raw: Mapping[str, Any]) -> dict[str, str]:
     st_fast = median(raw.get("syncthing_fast_small_s") or [])
     overhead = None if runner is None or bare is None else runner - bare
     mbit, size, nodes = raw.get("link_mbit"), raw.get("large_bytes"), raw.get("nodes")
+    capped_hop = median(raw.get("replimesh_capped_hop_s") or [])
+    capped_ssh = median(raw.get("ssh_capped_hop_s") or [])
     floor = None
     if mbit and size and nodes:  # node1's uplink carries one whole copy per peer
         floor = (nodes - 1) * size * 8 / (mbit * 1e6)
@@ -50,7 +52,10 @@ def explain(raw: Mapping[str, Any]) -> dict[str, str]:
             "pipe, writes it to a temporary file on the receiver and fingerprints that again before the "
             "rename: several passes over the data and two processes in the path where `ssh cat` is one "
             "stream. LAB.md found an external copyprog (rsync) no faster, since the fingerprinting stays. "
-            "Meeting the target needs a transfer path that is not Unison's for large new files."
+            "Meeting the target needs a transfer path that is not Unison's for large new files. On a link "
+            f"capped at {mbit or 'M'} Mbit/s the same hop took {_s(capped_hop)} against {_s(capped_ssh)} for "
+            "raw ssh: where the link is the limit, "
+            "as on a LAN or WAN, Unison's passes over the data cost little."
         ),
         "no-change full round, runner vs bare unison": (
             f"the runner took {_s(runner)} against {_s(bare)} for the bare Unison runs "
@@ -73,20 +78,22 @@ def explain(raw: Mapping[str, Any]) -> dict[str, str]:
             "paying a process start, an ssh handshake and a remote server start."
         ),
         "large file on all nodes vs Syncthing": (
-            "node1 sends the whole file to each of its 7 peers itself (4 Unison runs at a time), each run "
-            "fingerprinting it again; Syncthing splits it into blocks that peers fetch from each other."
+            f"replimesh took {_s(median(raw.get('watch_large_s') or []))}, Syncthing "
+            f"{_s(median(raw.get('syncthing_large_s') or []))}. Every peer pulls the whole file from node1 "
+            f"at once: node1 reads, fingerprints and sends it {(nodes or 8) - 1} times (one Unison server "
+            "per peer, all on the same 2 cores as the receivers), where Syncthing's peers fetch blocks "
+            "from any peer that has them. Meeting it needs peers that pull from a node that already holds "
+            "the file (issue 17, item 2)."
         ),
         "idle CPU per node vs Syncthing": (
-            "the watcher wakes every few seconds (mesh.json check, heartbeat) and cron starts a Python "
-            "`replimesh-watch --start` every minute to check the supervisor: each is a process start; "
-            "an idle Syncthing is one process that sleeps."
+            "the watcher wakes every few seconds (mesh.json check, disks mounted in a folder, heartbeat) and "
+            "cron checks the supervisor's lock every minute (flock(1), no Python start); an idle Syncthing "
+            "is one process that sleeps."
         ),
         "idle memory per node vs Syncthing": (
-            "the watcher and its supervisor are two Python processes (~20 MiB RSS each with the standard "
-            "library loaded), plus the shared ssh connections still open from the trials before the window "
-            "(an ssh client per peer it pulled from or notified, and sshd's two processes per peer that did "
-            "so to it, each counted whole in RSS; they close 300 s after their last use) and whatever ran in "
-            "the window (cron's check): more than Syncthing's one Go process, not half."
+            "an idle node runs the watcher (one Python process, about 16 MiB RSS with the standard library "
+            "loaded) and its supervisor's shell loop (about 2 MiB), plus any shared ssh connection still "
+            "open (they close 60 s after their last use) and whatever ran in the window (cron's check)."
         ),
         "small file, overlay vs Syncthing fsWatcherDelayS=1": (
             "the overlay adds hops (a change reaches a node not adjacent to node1 through a forwarding "

@@ -124,12 +124,12 @@ def render(doc: Mapping[str, Any]) -> str:
 def rerender(results: Path) -> Path:
     """RESULTS.md again from a results.json (after a change to the wording; the figures stay)."""
     doc = json.loads(results.read_text())
-    raw = {name: s["values"] for name, s in doc.get("series", {}).items()}
+    raw = {name: s["values"] for name, s in doc.get("series", {}).items()} | doc.get("params", {})
     doc.setdefault("meta", {})["reasons"] = explain(raw)
     target = results.with_name("RESULTS.md")
     target.write_text(render(doc))
     return target
 
 
-if __name__ == "__main__":  # python -m bench.report bench/results.json
+if __name__ == "__main__":  # python -m replimesh.bench.report bench/results.json
     print(rerender(Path(sys.argv[1])))

@@ -62,6 +62,8 @@ SERIES = (
 BOOTSTRAP_FIRST_MAX_S = 180.0
 BOOTSTRAP_RERUN_MAX_S = 60.0
 IDLE = ("baseline_idle", "syncthing_idle", "watch_idle")
+# What a run was asked for, kept with its figures (the reasons quote them when RESULTS.md is made anew).
+PARAMS = ("link_mbit", "large_bytes", "nodes", "fleet_hosts")
 
 # "About the same time" for the watch path in a big tree: at most this much slower than in an empty one
 # (relative), or this many seconds, whichever allows more (a few tenths are run-to-run noise here).
@@ -260,6 +262,7 @@ def build(raw: Mapping[str, Any], not_measured: Mapping[str, str], meta: Mapping
         "series": series,
         "idle": idle,
         "not_measured": dict(not_measured),
+        "params": {name: raw[name] for name in PARAMS if name in raw},
         "meta": dict(meta),
     }
 
