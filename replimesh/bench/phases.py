@@ -10,6 +10,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_cipher import (
+    AES_GCM,
     CHACHA,
     hardware_aes,
     preferred,
@@ -33,7 +34,7 @@ GAP_FAST_S = 3.0
 CONTROL_PERSIST_S = 65.0  # ansible.cfg's ControlPersist=60s, and a margin
 # The two AEAD ciphers OpenSSH offers, each measured by raw `ssh cat`: mesh_cipher chooses between them.
 CAPPED = ("syncthing_capped_large_s", "watch_capped_large_s", "ssh_capped_hop_s", "replimesh_capped_hop_s")
-CIPHERS = {"aes128-gcm@openssh.com": "ssh_hop_aes128_gcm_s", CHACHA[0]: "ssh_hop_chacha20_s"}
+CIPHERS = {AES_GCM[0]: "ssh_hop_aes128_gcm_s", CHACHA[0]: "ssh_hop_chacha20_s"}
 
 
 class Phases:
@@ -111,18 +112,30 @@ class Phases:
         """Raw `ssh cat` node1 -> node2 with each AEAD cipher, alternated; the ceiling for a hop is the
         cipher node1's mesh ssh prefers (mesh_cipher, from the same CPU flags the module reads)."""
         a, b = self.node1, self.node2
-        self.ssh_ready = self._ssh_key(a, b)
+        chosen = self.preferred_cipher(a)
+        self.run.versions["ssh cipher the mesh prefers on node1"] = chosen
+        with self.ssh_source(a, b) as (src, sha):
+            for _ in range(max(3, self.plan.repeat // 2)):
+                for cipher, series in CIPHERS.items():
+                    seconds = self.ssh_cat(a, b, src, sha, cipher)
+                    self.add(series, seconds)
+                    if cipher == chosen:
+                        self.add("ssh_hop_s", seconds)
+
+    @staticmethod
+    def preferred_cipher(host: Host) -> str:
+        return preferred(hardware_aes(probe.dexec(host, ["cat", "/proc/cpuinfo"])))[0]
+
+    @contextlib.contextmanager
+    def ssh_source(self, a: Host, b: Host) -> Iterator[tuple[str, str]]:
+        """The large file on node1 (path, sha256) for raw ssh to node2, whose key is set up once."""
+        self.ssh_ready = self.ssh_ready or self._ssh_key(a, b)
         src = "/root/bench-large.bin"
         sha = probe.make_file(a, src, self.plan.large_bytes)
-        chosen = preferred(hardware_aes(probe.dexec(a, ["cat", "/proc/cpuinfo"])))[0]
-        self.run.versions["ssh cipher the mesh prefers on node1"] = chosen
-        for _ in range(max(3, self.plan.repeat // 2)):
-            for cipher, series in CIPHERS.items():
-                seconds = self.ssh_cat(a, b, src, sha, cipher)
-                self.add(series, seconds)
-                if cipher == chosen:
-                    self.add("ssh_hop_s", seconds)
-        probe.sh(a, f"rm -f {src}")
+        try:
+            yield src, sha
+        finally:
+            probe.sh(a, f"rm -f {src}")
 
     def _ssh_key(self, a: Host, b: Host) -> str:
         """A key of node1's root for lab@node2, node2's host key pinned: the ssh command to run on node1."""
@@ -292,15 +305,11 @@ class Phases:
     def capped_hop(self) -> None:
         """One hop on a capped link: raw ssh (the cipher the mesh prefers) and replimesh, alternated."""
         a, b = self.node1, self.node2
-        cipher = self.run.versions.get("ssh cipher the mesh prefers on node1", CHACHA[0])
-        self.ssh_ready = self.ssh_ready or self._ssh_key(a, b)
-        src = "/root/bench-large.bin"
-        sha = probe.make_file(a, src, self.plan.large_bytes)
-        with link.capped([a, b], self.plan.link_mbit or 0, self.log):
+        cipher = self.preferred_cipher(a)
+        with self.ssh_source(a, b) as (src, sha), link.capped([a, b], self.plan.link_mbit or 0, self.log):
             for _ in range(self.plan.large_repeat):
                 self.add("ssh_capped_hop_s", self.ssh_cat(a, b, src, sha, cipher))
                 self.large_trial("replimesh_capped_hop_s", rm.FOLDER, rm.STAGING, rm.USER, [b])
-        probe.sh(a, f"rm -f {src}")
 
     def big_tree(self, watch: bool) -> None:
         a, b = self.node1, self.node2
