@@ -112,9 +112,9 @@ def _plain(name: object) -> bool:
 def _mode(module: AnsibleModule, name: str) -> int:
     try:
         value = int(module.params[name], 8)
+        if not 0 <= value <= 0o7777:
+            raise ValueError(value)
     except (TypeError, ValueError):
-        module.fail_json(msg=f"{name} must be an octal mode such as 0644 (got {module.params[name]!r})")
-    if not 0 <= value <= 0o7777:
         module.fail_json(msg=f"{name} must be an octal mode such as 0644 (got {module.params[name]!r})")
     return value
 
