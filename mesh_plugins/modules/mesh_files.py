@@ -91,9 +91,10 @@ import base64
 import binascii
 import os
 import stat
-import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_layout import same_bytes, write_atomic
 
 ARGUMENT_SPEC = {
     "src": {"type": "str", "required": True},
@@ -144,26 +145,6 @@ def _needs_fix(st: os.stat_result, mode: int) -> bool:
     return stat.S_IMODE(st.st_mode) != mode or (st.st_uid, st.st_gid) != (os.geteuid(), os.getegid())
 
 
-def _same_bytes(path: str, data: bytes) -> bool:
-    with open(path, "rb") as handle:
-        return handle.read() == data
-
-
-def _write(dest: str, name: str, data: bytes, mode: int) -> None:
-    fd, tmp = tempfile.mkstemp(dir=dest, prefix=f".{name}.")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, os.path.join(dest, name))
-    except BaseException:
-        if os.path.lexists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def main() -> None:
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
     dest = module.params["dest"]
@@ -190,10 +171,10 @@ def main() -> None:
         for name, data in sorted(wanted.items()):
             path = os.path.join(dest, name)
             st = os.lstat(path) if dest_st is not None and os.path.lexists(path) else None
-            if st is None or not stat.S_ISREG(st.st_mode) or not _same_bytes(path, data):
+            if st is None or not stat.S_ISREG(st.st_mode) or not same_bytes(path, data):
                 written.append(path)
                 if apply:
-                    _write(dest, name, data, mode)
+                    write_atomic(path, data, mode)
             elif _needs_fix(st, mode):
                 fixed.append(path)
                 if apply:
