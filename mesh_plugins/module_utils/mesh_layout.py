@@ -12,8 +12,10 @@ from __future__ import annotations
 import grp
 import os
 import pwd
+import shlex
 import shutil
 import stat
+import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +35,7 @@ class Entry:
     uid: int | None = None
     gid: int | None = None
     mode: int | None = None
+    validate: tuple[str, ...] = ()  # argv with %s for the new file, run before it replaces the old one
 
 
 @dataclass
@@ -86,7 +89,7 @@ def parse(raw: list[Any], check_mode: bool = False) -> list[Entry]:
         if not isinstance(item, dict):
             raise LayoutError(f"each entry is a mapping with path and state (got {item!r})")
         path, state = item.get("path"), item.get("state", "file")
-        unknown = set(item) - {"path", "state", "content", "owner", "group", "mode"}
+        unknown = set(item) - {"path", "state", "content", "owner", "group", "mode", "validate"}
         if unknown:
             raise LayoutError(f"{path}: unknown keys {sorted(unknown)}")
         if not isinstance(path, str) or not path.startswith("/") or path == "/" or "\x00" in path:
@@ -101,6 +104,11 @@ def parse(raw: list[Any], check_mode: bool = False) -> list[Entry]:
             raise LayoutError(f"{path}: content is given with state file, and only then")
         if content is not None and not isinstance(content, str):
             raise LayoutError(f"{path}: content must be text")
+        validate = item.get("validate")
+        if validate is not None and (
+            state != "file" or not isinstance(validate, str) or "%s" not in validate
+        ):
+            raise LayoutError(f"{path}: validate is a command with %s (the new file), for a file only")
         mode = item.get("mode")
         if state in ("directory", "file") and mode is None:
             raise LayoutError(f"{path}: a {state} needs a mode")
@@ -120,6 +128,7 @@ def parse(raw: list[Any], check_mode: bool = False) -> list[Entry]:
                 uid=-2 if item.get("owner") is not None and uid is None else uid,
                 gid=-2 if item.get("group") is not None and gid is None else gid,
                 mode=octal_mode(mode, path) if mode is not None else None,
+                validate=tuple(shlex.split(validate)) if validate else (),
             )
         )
     _check_kinds(entries)
@@ -173,9 +182,13 @@ def same_bytes(path: str, data: bytes) -> bool:
         return handle.read() == data
 
 
-def write_atomic(path: str, data: bytes, mode: int, uid: int = -1, gid: int = -1) -> None:
+def write_atomic(
+    path: str, data: bytes, mode: int, uid: int = -1, gid: int = -1, validate: tuple[str, ...] = ()
+) -> None:
     """Write `data` to a temporary file beside `path`, set its owner and mode, and rename it into place:
-    a reader sees the old file or the new one, never half of one (a link at `path` is replaced)."""
+    a reader sees the old file or the new one, never half of one (a link at `path` is replaced).
+    With `validate` (an argv with %s), that command must accept the temporary file first, or LayoutError
+    is raised and `path` is left as it was."""
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=f".{os.path.basename(path)}.")
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -185,6 +198,15 @@ def write_atomic(path: str, data: bytes, mode: int, uid: int = -1, gid: int = -1
         if uid != -1 or gid != -1:
             os.chown(tmp, uid, gid)
         os.chmod(tmp, mode)
+        if validate:
+            check = subprocess.run(
+                [arg.replace("%s", tmp) for arg in validate], capture_output=True, text=True, check=False
+            )
+            if check.returncode != 0:
+                said = (check.stderr or check.stdout).strip()
+                raise LayoutError(
+                    f"{path}: {' '.join(validate)} refused the new file (exit {check.returncode}): {said}"
+                )
         os.replace(tmp, path)
     except BaseException:
         if os.path.lexists(tmp):
@@ -237,7 +259,7 @@ def _file(entry: Entry, changes: Changes, apply: bool) -> None:
         if apply:
             uid = -1 if entry.uid is None else entry.uid
             gid = -1 if entry.gid is None else entry.gid
-            write_atomic(entry.path, entry.content, entry.mode, uid, gid)
+            write_atomic(entry.path, entry.content, entry.mode, uid, gid, entry.validate)
     elif _differs(st, entry):
         changes.fixed.append(entry.path)
         if apply:

@@ -31,7 +31,9 @@ options:
       - Each is a mapping with C(path) (absolute), C(state) (C(directory), C(file) (the default),
         C(absent) or C(attributes)), C(content) (text, for C(file) only; a template's text through the
         M(ansible.builtin.template) lookup), C(owner) and C(group) (names; left as they are when
-        omitted) and C(mode) (octal, as a string; required for C(directory) and C(file)).
+        omitted), C(mode) (octal, as a string; required for C(directory) and C(file)) and C(validate) (for
+        C(file), a command with C(%s) that must accept the new file before it replaces the old one, as
+        M(ansible.builtin.template)'s C(validate)).
     type: list
     elements: dict
     required: true
@@ -97,6 +99,8 @@ def main() -> None:
         module.fail_json(msg=str(exc))
     try:
         changes = converge(entries, apply=not module.check_mode)
+    except LayoutError as exc:  # a validate command refused a file: it and the paths after it are unchanged
+        module.fail_json(msg=str(exc))
     except OSError as exc:
         module.fail_json(msg=f"could not lay out {getattr(exc, 'filename', None) or 'a path'}: {exc}")
     module.exit_json(changed=changes.changed, **changes.as_dict())

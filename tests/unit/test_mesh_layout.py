@@ -150,3 +150,18 @@ def test_a_path_of_the_wrong_kind_fails_the_run_before_any_change(tmp_path: Path
             run_module(mesh_layout, {"paths": [d(tmp_path / "first"), bad]})
         assert not (tmp_path / "first").exists(), bad
     assert (tmp_path / "plain").read_text() == "a file\n"
+
+
+def test_a_file_its_validate_command_refuses_is_not_installed(tmp_path: Path) -> None:
+    conf = tmp_path / "replimesh.conf"
+    conf.write_text("ok: the old file\n")
+    refused = f(conf, "bad\n", validate="grep -q ok %s")
+    with pytest.raises(Failed) as failed:
+        run_module(mesh_layout, {"paths": [refused]})
+    assert "refused the new file" in failed.value.args[0]["msg"]
+    assert conf.read_text() == "ok: the old file\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["replimesh.conf"]  # no temporary file left
+    accepted = run_module(mesh_layout, {"paths": [f(conf, "ok: new\n", validate="grep -q ok %s")]})
+    assert accepted["written"] == [str(conf)] and conf.read_text() == "ok: new\n"
+    with pytest.raises(Failed, match="validate"):
+        run_module(mesh_layout, {"paths": [f(conf, "ok\n", validate="true")]})  # no %s: refused up front
