@@ -1,0 +1,140 @@
+"""mesh_folders: a node's sync folders made ready in one module run (created, marked, inner disks guarded)."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from tests.unit.module_harness import PLUGINS, Failed, run_module
+
+mesh_folders = importlib.import_module(f"{PLUGINS}.modules.mesh_folders")
+core = importlib.import_module(f"{PLUGINS}.module_utils.mesh_folders")
+
+MARKER = ".replimesh-folder"
+UID, GID = os.getuid(), os.getgid()
+
+
+def settings(tmp_path: Path, adopt: bool = False) -> object:
+    return core.Settings(
+        uid=UID,
+        gid=GID,
+        mode=0o775,
+        marker=MARKER,
+        adopt_empty=adopt,
+        jail_dir=str(tmp_path / "jail"),
+        fstab=str(tmp_path / "fstab"),
+    )
+
+
+def mountinfo(*points: Path) -> str:
+    return "".join(f"{40 + i} 1 0:{i} / {p} rw - tmpfs tmpfs rw\n" for i, p in enumerate(points))
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_a_new_folder_and_its_parents_are_made_and_marked_then_a_second_run_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "srv" / "replimesh" / "shared"
+    report = core.prepare([str(folder)], settings(tmp_path), mountinfo=lambda: "")
+    assert report.created == [str(folder.parent), str(folder)]
+    assert report.marked == [str(folder / MARKER)] and report.changed
+    assert mode(folder) == 0o775 and (folder / MARKER).read_text() == core.FOLDER_MARKER
+    assert mode(folder / MARKER) == 0o644
+    again = core.prepare([str(folder)], settings(tmp_path), mountinfo=lambda: "")
+    assert not again.changed and again.inner == {str(folder): []}
+
+
+def test_an_empty_folder_without_marker_fails_the_run_before_anything_changes(tmp_path: Path) -> None:
+    empty, new = tmp_path / "empty", tmp_path / "new"
+    empty.mkdir()
+    with pytest.raises(core.FoldersError, match=r"empty and has no \.replimesh-folder"):
+        core.prepare([str(new), str(empty)], settings(tmp_path), mountinfo=lambda: "")
+    assert not new.exists() and not (empty / MARKER).exists()  # the folder before it was not made either
+    adopted = core.prepare([str(new), str(empty)], settings(tmp_path, adopt=True), mountinfo=lambda: "")
+    assert str(empty / MARKER) in adopted.marked and (empty / MARKER).exists()
+
+
+def test_a_folder_with_data_gets_a_marker_a_kept_marker_is_left_and_a_wrong_mode_is_fixed(
+    tmp_path: Path,
+) -> None:
+    data, kept = tmp_path / "data", tmp_path / "kept"
+    data.mkdir()
+    os.chmod(data, 0o755)
+    (data / "photo.jpg").write_bytes(b"\xff\xd8")
+    kept.mkdir(mode=0o700)
+    (kept / MARKER).write_text("the operator's own words\ninner disk: photos\n")
+    os.chmod(kept, 0o700)
+    report = core.prepare([str(data), str(kept)], settings(tmp_path), mountinfo=lambda: "")
+    assert report.marked == [str(data / MARKER)] and report.fixed == [str(data), str(kept)]
+    assert (kept / MARKER).read_text() == "the operator's own words\ninner disk: photos\n"
+    assert mode(kept) == mode(data) == 0o775 and (data / "photo.jpg").read_bytes() == b"\xff\xd8"
+    # The listed disk is not mounted: a warning, and the line stays.
+    assert report.inner[str(kept)] == ["photos"]
+    assert any(f"{kept}/photos is listed" in warning for warning in report.warnings)
+
+
+def test_a_disk_mounted_inside_a_folder_is_marked_and_listed(tmp_path: Path) -> None:
+    folder = tmp_path / "shared"
+    (folder / "photos").mkdir(parents=True)
+    (folder / MARKER).write_text(core.FOLDER_MARKER)
+    info = mountinfo(tmp_path, folder / "photos")  # the folder's own filesystem, and a disk inside it
+    report = core.prepare([str(folder)], settings(tmp_path), mountinfo=lambda: info)
+    assert (folder / "photos" / MARKER).read_text() == core.DISK_MARKER.format(folder=folder)
+    assert (folder / MARKER).read_text().endswith("Delete a line to retire that disk.\ninner disk: photos\n")
+    assert report.inner == {str(folder): ["photos"]} and not report.warnings
+    again = core.prepare([str(folder)], settings(tmp_path), mountinfo=lambda: info)
+    assert not again.changed
+
+
+def test_the_shared_jails_binds_of_an_earlier_layout_go_from_fstab(tmp_path: Path) -> None:
+    folder = tmp_path / "shared"
+    jailed = f"{tmp_path}/jail{folder}"
+    fstab = tmp_path / "fstab"
+    fstab.write_text(
+        f"UUID=1 / ext4 defaults 0 1\n{folder} {jailed} none bind 0 0\n/dev/sdb1 /other ext4 0 2\n"
+    )
+    report = core.prepare([str(folder)], settings(tmp_path, adopt=True), mountinfo=lambda: "")
+    assert report.unbound == [f"{fstab}: {jailed}"]
+    assert fstab.read_text() == "UUID=1 / ext4 defaults 0 1\n/dev/sdb1 /other ext4 0 2\n"
+
+
+def test_check_mode_says_what_would_change_and_changes_nothing(tmp_path: Path) -> None:
+    folder = tmp_path / "new" / "shared"
+    args = {
+        "paths": [str(folder)],
+        "owner": "replimesh-no-such-user",
+        "mode": "0775",
+        "jail_dir": "/nonexistent",
+    }
+    result = run_module(mesh_folders, args, check=True)
+    assert result["changed"] and result["created"] == [str(folder.parent), str(folder)]
+    assert not folder.parent.exists()
+    with pytest.raises(Failed, match="no user and group"):
+        run_module(mesh_folders, args)
+    assert not folder.parent.exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"paths": ["relative/shared"]}, "normal absolute path"),
+        ({"paths": ["/srv/../etc"]}, "normal absolute path"),
+        ({"mode": "0999"}, "octal"),
+        ({"marker": "../x"}, "plain file name"),
+    ],
+)
+def test_bad_input_is_refused_before_any_change(
+    tmp_path: Path, extra: dict[str, object], message: str
+) -> None:
+    owner = __import__("pwd").getpwuid(UID).pw_name
+    args = {"paths": [str(tmp_path / "a")], "owner": owner, "mode": "0775", "jail_dir": str(tmp_path / "j")}
+    with pytest.raises(Failed) as failed:
+        run_module(mesh_folders, {**args, **extra})
+    assert message in failed.value.args[0]["msg"] and not (tmp_path / "a").exists()
