@@ -81,9 +81,10 @@ def _id(name: object, kind: str, path: str) -> int | None:
         return None
 
 
-def parse(raw: list[Any], check_mode: bool = False) -> list[Entry]:
+def parse(raw: list[Any], check_mode: bool = False, kinds: bool = True) -> list[Entry]:
     """The entries, every one checked; an owner or group that does not exist is an error, except in check
-    mode (where the task that creates it has not run): the entry then counts as a change."""
+    mode (where the task that creates it has not run): the entry then counts as a change. With
+    kinds=False the caller runs check_kinds itself, on these entries and its own."""
     entries: list[Entry] = []
     for item in raw:
         if not isinstance(item, dict):
@@ -131,11 +132,12 @@ def parse(raw: list[Any], check_mode: bool = False) -> list[Entry]:
                 validate=tuple(shlex.split(validate)) if validate else (),
             )
         )
-    _check_kinds(entries)
+    if kinds:
+        check_kinds(entries)
     return entries
 
 
-def _check_kinds(entries: list[Entry]) -> None:
+def check_kinds(entries: list[Entry]) -> None:
     """A path of the wrong kind (a file where a directory goes, a missing parent) fails before any change."""
     made: set[str] = set()  # directories the entries before this one create
     gone: set[str] = set()

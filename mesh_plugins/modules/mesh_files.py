@@ -50,6 +50,14 @@ options:
     type: list
     elements: str
     default: []
+  paths:
+    description:
+      - More paths laid out in the same run, after the files, each as an entry of
+        M(replimesh.mesh.mesh_layout)'s C(paths) (a command, its directories).
+      - Every entry is checked before anything changes.
+    type: list
+    elements: dict
+    default: []
 attributes:
   check_mode:
     description: Reports the files that would change and writes nothing.
@@ -71,12 +79,12 @@ EXAMPLES = r"""
 
 RETURN = r"""
 written:
-  description: The files written (new, or different bytes).
+  description: The files written (new, or different bytes), and the directories created.
   returned: always
   type: list
   elements: str
 fixed:
-  description: The files (and O(dest)) whose mode or owner was corrected, bytes unchanged.
+  description: The files (and O(dest), and O(paths)) whose mode or owner was corrected, bytes unchanged.
   returned: always
   type: list
   elements: str
@@ -90,11 +98,16 @@ removed:
 import base64
 import binascii
 import os
-import stat
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_layout import same_bytes, write_atomic
+from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_layout import (
+    Entry,
+    LayoutError,
+    check_kinds,
+    converge,
+    parse,
+)
 
 ARGUMENT_SPEC = {
     "src": {"type": "str", "required": True},
@@ -103,6 +116,7 @@ ARGUMENT_SPEC = {
     "mode": {"type": "str", "default": "0644"},
     "dir_mode": {"type": "str", "default": "0755"},
     "absent": {"type": "list", "elements": "str", "default": []},
+    "paths": {"type": "list", "elements": "dict", "default": []},
 }
 
 
@@ -141,55 +155,39 @@ def _wanted(module: AnsibleModule) -> dict[str, bytes]:
     return wanted
 
 
-def _needs_fix(st: os.stat_result, mode: int) -> bool:
-    return stat.S_IMODE(st.st_mode) != mode or (st.st_uid, st.st_gid) != (os.geteuid(), os.getegid())
+def _entries(module: AnsibleModule, wanted: dict[str, bytes]) -> list[Entry]:
+    """The directory, its files and the absent names, as mesh_layout entries owned by the task's user."""
+    dest, uid, gid = module.params["dest"], os.geteuid(), os.getegid()
+    mode, dir_mode = _mode(module, "mode"), _mode(module, "dir_mode")
+    return [
+        Entry(path=dest, state="directory", uid=uid, gid=gid, mode=dir_mode),
+        *(
+            Entry(path=os.path.join(dest, name), state="file", content=data, uid=uid, gid=gid, mode=mode)
+            for name, data in sorted(wanted.items())
+        ),
+        *(Entry(path=os.path.join(dest, name), state="absent") for name in module.params["absent"]),
+    ]
 
 
 def main() -> None:
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
-    dest = module.params["dest"]
-    mode, dir_mode = _mode(module, "mode"), _mode(module, "dir_mode")
-    wanted = _wanted(module)
-    written: list[str] = []
-    fixed: list[str] = []
-    removed: list[str] = []
-    apply = not module.check_mode
+    entries = _entries(module, _wanted(module))
     try:
-        dest_st = os.lstat(dest) if os.path.lexists(dest) else None
-        if dest_st is not None and not stat.S_ISDIR(dest_st.st_mode):
-            module.fail_json(msg=f"{dest} exists and is not a directory")
-        if dest_st is None:
-            written.append(dest)
-            if apply:
-                os.makedirs(dest, mode=dir_mode)
-                os.chmod(dest, dir_mode)  # the umask may have taken bits off
-        elif _needs_fix(dest_st, dir_mode):
-            fixed.append(dest)
-            if apply:
-                os.chown(dest, os.geteuid(), os.getegid())
-                os.chmod(dest, dir_mode)
-        for name, data in sorted(wanted.items()):
-            path = os.path.join(dest, name)
-            st = os.lstat(path) if dest_st is not None and os.path.lexists(path) else None
-            if st is None or not stat.S_ISREG(st.st_mode) or not same_bytes(path, data):
-                written.append(path)
-                if apply:
-                    write_atomic(path, data, mode)
-            elif _needs_fix(st, mode):
-                fixed.append(path)
-                if apply:
-                    os.chown(path, os.geteuid(), os.getegid())
-                    os.chmod(path, mode)
-        for name in module.params["absent"]:
-            path = os.path.join(dest, name)
-            if os.path.lexists(path):
-                removed.append(path)
-                if apply:
-                    os.unlink(path)
-    except OSError as exc:
-        module.fail_json(msg=f"could not install the files into {dest}: {exc}", written=written)
-    changed = bool(written or fixed or removed)
-    module.exit_json(changed=changed, written=written, fixed=fixed, removed=removed)
+        entries += parse(module.params["paths"], check_mode=module.check_mode, kinds=False)
+        check_kinds(entries)
+    except LayoutError as exc:
+        module.fail_json(msg=str(exc))
+    try:
+        changes = converge(entries, apply=not module.check_mode)
+    except (LayoutError, OSError) as exc:
+        module.fail_json(msg=f"could not install the files into {module.params['dest']}: {exc}")
+    # A directory created counts as written, as before `paths` (a mesh_layout list) was taken too.
+    module.exit_json(
+        changed=changes.changed,
+        written=changes.created + changes.written,
+        fixed=changes.fixed,
+        removed=changes.removed,
+    )
 
 
 if __name__ == "__main__":

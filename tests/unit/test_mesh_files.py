@@ -100,3 +100,20 @@ def test_content_that_is_not_base64_and_a_dest_that_is_a_file_are_refused(tmp_pa
     with pytest.raises(Failed, match="is not a directory"):
         run_module(mesh_files, args(dest, {"a.py": b"a\n"}))
     assert dest.read_text() == "a file\n"
+
+
+def test_paths_are_laid_out_in_the_same_run_and_checked_with_the_files_before_any_change(
+    tmp_path: Path,
+) -> None:
+    dest = tmp_path / "lib" / "replimesh_node"
+    command = {"path": str(tmp_path / "replimesh-sync"), "content": "#!/bin/sh\n", "mode": "0755"}
+    under = {"path": str(dest / "state"), "state": "directory", "mode": "0750"}  # below the files' directory
+    result = run_module(mesh_files, args(dest, {"a.py": b"a\n"}, paths=[command, under]))
+    # The directories created first, then the files written (the module's order within each).
+    lib, sync = tmp_path / "lib", tmp_path / "replimesh-sync"
+    assert result["written"] == [str(lib), str(dest), str(dest / "state"), str(dest / "a.py"), str(sync)]
+    assert mode(tmp_path / "replimesh-sync") == 0o755 and mode(dest / "state") == 0o750
+    bad = {"path": str(tmp_path / "other"), "state": "directory"}  # no mode
+    with pytest.raises(Failed, match="needs a mode"):
+        run_module(mesh_files, args(tmp_path / "fresh", {"a.py": b"a\n"}, paths=[bad]))
+    assert not (tmp_path / "fresh").exists()
