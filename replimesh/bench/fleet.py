@@ -28,11 +28,14 @@ def provision(work: Path, config: LabConfig, count: int, raw: dict[str, Any], lo
         hosts = lab.up(count)
         rm.write_mesh_file(lab.inventory_path, mesh_file, [h.name for h in hosts], {"kind": "full"}, "watch")
         for series, label in (("bootstrap_first_s", "first run"), ("bootstrap_rerun_s", "no-change re-run")):
-            seconds, playbook_log, changed = rm.bootstrap(mesh_file)
-            log(f"   bootstrap.yml on {count} hosts, {label}: {seconds:.1f} s, {changed} changed")
+            seconds, playbook_log, changed, ran = rm.bootstrap(mesh_file)
+            log(
+                f"   bootstrap.yml on {count} hosts, {label}: {seconds:.1f} s, {changed} changed, {ran} tasks"
+            )
             log(f"   its log: {playbook_log}")
             raw.setdefault(series, []).append(seconds)
             raw.setdefault(f"{series.removesuffix('_s')}_changed", []).append(changed)
+            raw.setdefault(f"{series.removesuffix('_s')}_tasks", []).append(ran)
     finally:
         log("== fleet lab down")
         lab.down()

@@ -62,9 +62,9 @@ def write_mesh_file(
     return target
 
 
-def bootstrap(mesh_file: Path) -> tuple[float, Path, int]:
-    """bootstrap.yml on the mesh file; the seconds it took, its log and how many tasks changed something
-    (summed over the hosts)."""
+def bootstrap(mesh_file: Path) -> tuple[float, Path, int, int]:
+    """bootstrap.yml on the mesh file; the seconds it took, its log, how many tasks changed something
+    (summed over the hosts) and how many ran on the busiest host (skipped ones not counted)."""
     import time
 
     start = time.monotonic()
@@ -74,7 +74,8 @@ def bootstrap(mesh_file: Path) -> tuple[float, Path, int]:
     if not result.ok:
         raise MeshError(result.failure("bootstrap.yml"))
     changed = sum((result.stats.get("changed") or {}).values())
-    return round(time.monotonic() - start, 1), result.log, changed
+    ran = max((n for host, n in (result.stats.get("ok") or {}).items() if host != "localhost"), default=0)
+    return round(time.monotonic() - start, 1), result.log, changed, ran
 
 
 def _home(host: Host) -> str:

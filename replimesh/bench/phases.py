@@ -242,7 +242,7 @@ class Phases:
         rm.write_mesh_file(
             self.run.lab.inventory_path, self.mesh_file, [h.name for h in nodes], topology, mode, folders
         )
-        seconds, log, _ = rm.bootstrap(self.mesh_file)
+        seconds, log, _, _ = rm.bootstrap(self.mesh_file)
         self.log(f"   bootstrap.yml ({label}): {seconds:.0f} s (log: {log})")
         self.run.commands.append(f"control# ansible-playbook -i bench.mesh.yml bootstrap.yml   ({label})")
         if "unison" not in self.run.versions:
