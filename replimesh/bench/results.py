@@ -57,6 +57,8 @@ SERIES = (
     "replimesh_capped_hop_s",
     "bootstrap_first_s",
     "bootstrap_rerun_s",
+    "bootstrap_first_tasks",  # tasks that ran on a host (Ansible's ok count), not seconds
+    "bootstrap_rerun_tasks",
 )
 # bootstrap.yml's first run must take at most this long on the fleet, its no-change re-run this long.
 BOOTSTRAP_FIRST_MAX_S = 180.0
