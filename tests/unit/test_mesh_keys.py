@@ -239,3 +239,36 @@ def test_the_switch_ends_the_shared_connections_opened_with_the_old_key(node: di
     finally:
         stale.close()
     assert sorted(os.listdir(keydir)) == ["id_ed25519", "id_ed25519.pub", "mux-notes"]
+
+
+def keys_task_argv() -> list[str]:
+    """The argv of mesh_ssh's keys.yml task that makes the node's key when it has none and reads both keys."""
+    import yaml
+
+    root = Path(__file__).resolve().parents[2]
+    tasks = yaml.safe_load((root / "roles/mesh_ssh/tasks/keys.yml").read_text())
+    task = next(t for t in tasks if t["name"].startswith("Keys | Generate this node's key if it has none"))
+    return task["ansible.builtin.command"]["argv"][:4]  # sh -c SCRIPT sh; the rest are templated arguments
+
+
+def test_the_role_makes_a_key_once_reads_both_keys_and_makes_nothing_in_check_mode(tmp_path: Path) -> None:
+    script = keys_task_argv()
+    private, host = tmp_path / ".ssh" / "id_ed25519", tmp_path / "ssh_host_ed25519_key"
+    private.parent.mkdir()
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host)], check=True)
+
+    def run(mode: str) -> list[str]:
+        argv = [*script, str(private), "replimesh@node1", f"{host}.pub", mode]
+        return subprocess.run(
+            argv, check=True, capture_output=True, text=True, timeout=30
+        ).stdout.splitlines()
+
+    assert run("check") == ["generated"] and not private.exists()  # check mode: said, not done
+    made = run("apply")
+    assert made[0] == "generated" and private.exists()
+    assert made[1].split()[:2] == private.with_suffix(".pub").read_text().split()[:2]
+    assert made[1].split()[2] == "replimesh@node1"
+    assert made[2].split()[:2] == Path(f"{host}.pub").read_text().split()[:2]
+    again = run("apply")  # a key is never made twice
+    assert again == made[1:]
+    assert run("check") == made[1:]
