@@ -254,7 +254,8 @@ def _directory(entry: Entry, changes: Changes, apply: bool) -> None:
 
 
 def _file(entry: Entry, changes: Changes, apply: bool) -> None:
-    assert entry.content is not None and entry.mode is not None
+    if entry.content is None or entry.mode is None:  # parse() gives every file both
+        raise LayoutError(f"{entry.path}: a file needs its content and a mode")
     st = os.lstat(entry.path) if os.path.lexists(entry.path) else None
     if st is None or not stat.S_ISREG(st.st_mode) or not same_bytes(entry.path, entry.content):
         changes.written.append(entry.path)
