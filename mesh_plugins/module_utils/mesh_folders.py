@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .mesh_disks import inner_disks, mount_points, mounts_inside, read_marker, read_mountinfo
-from .mesh_layout import write_atomic
+from .mesh_layout import fix_owner_mode, write_atomic
 
 FOLDER_MARKER = (
     "This folder is a replimesh replica. Do not delete this file: without it the node refuses to\n"
@@ -111,8 +111,7 @@ def _folder(path: str, state: str, settings: Settings, report: Report, apply: bo
     if apply and (state == "absent" or path in report.fixed):
         if state == "absent":
             os.mkdir(path, settings.mode)
-        os.chown(path, settings.uid, settings.gid)
-        os.chmod(path, settings.mode)  # the umask may have taken bits off
+        fix_owner_mode(path, settings.uid, settings.gid, settings.mode)  # the umask may have taken bits off
     if state != "marked":
         report.marked.append(os.path.join(path, settings.marker))
         _write_new(os.path.join(path, settings.marker), FOLDER_MARKER, apply)

@@ -196,10 +196,12 @@ def write_atomic(
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
+            # Through the open file, not its name: in a directory another user can write (a folder's
+            # marker, an inner disk's), the name could meanwhile be a link to a file of root's.
+            if uid != -1 or gid != -1:
+                os.fchown(handle.fileno(), uid, gid)
+            os.fchmod(handle.fileno(), mode)
             os.fsync(handle.fileno())
-        if uid != -1 or gid != -1:
-            os.chown(tmp, uid, gid)
-        os.chmod(tmp, mode)
         if validate:
             check = subprocess.run(
                 [arg.replace("%s", tmp) for arg in validate], capture_output=True, text=True, check=False
@@ -224,10 +226,22 @@ def _differs(st: os.stat_result, entry: Entry) -> bool:
     )
 
 
+def fix_owner_mode(path: str, uid: int | None, gid: int | None, mode: int | None) -> None:
+    """Set a path's owner and mode through a descriptor opened without following a link (O_NOFOLLOW;
+    O_NONBLOCK: a FIFO put there does not hang the run): a name swapped for a link meanwhile, in a
+    directory another user can write (the mesh user's key directory), fails rather than handing root's
+    file over."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        os.fchown(fd, -1 if uid is None else uid, -1 if gid is None else gid)
+        if mode is not None:
+            os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+
+
 def _fix(path: str, entry: Entry) -> None:
-    os.chown(path, -1 if entry.uid is None else entry.uid, -1 if entry.gid is None else entry.gid)
-    if entry.mode is not None:
-        os.chmod(path, entry.mode)
+    fix_owner_mode(path, entry.uid, entry.gid, entry.mode)
 
 
 def _directory(entry: Entry, changes: Changes, apply: bool) -> None:

@@ -165,3 +165,20 @@ def test_a_file_its_validate_command_refuses_is_not_installed(tmp_path: Path) ->
     assert accepted["written"] == [str(conf)] and conf.read_text() == "ok: new\n"
     with pytest.raises(Failed, match="validate"):
         run_module(mesh_layout, {"paths": [f(conf, "ok\n", validate="true")]})  # no %s: refused up front
+
+
+def test_owner_and_mode_are_never_set_through_a_link_swapped_in(tmp_path: Path) -> None:
+    """The name of an existing file is put in a directory another user can write: a link there (to a file
+    of root's) fails the fix rather than handing the link's target over."""
+    core = importlib.import_module(f"{PLUGINS}.module_utils.mesh_layout")
+    target = tmp_path / "shadow"
+    target.write_text("root's\n")
+    os.chmod(target, 0o600)
+    (tmp_path / "id_ed25519").symlink_to(target)
+    with pytest.raises(OSError):
+        core.fix_owner_mode(str(tmp_path / "id_ed25519"), None, None, 0o644)
+    assert mode(target) == 0o600
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    core.fix_owner_mode(str(fifo), None, None, 0o600)  # a FIFO does not hang the run
+    assert mode(fifo) == 0o600
