@@ -111,7 +111,9 @@ def _folder(path: str, state: str, settings: Settings, report: Report, apply: bo
     if apply and (state == "absent" or path in report.fixed):
         if state == "absent":
             os.mkdir(path, settings.mode)
-        fix_owner_mode(path, settings.uid, settings.gid, settings.mode)  # the umask may have taken bits off
+        # A folder that is a link to a directory (a disk mounted elsewhere) gets its target's owner and
+        # mode set, as ansible.builtin.file did; the umask may have taken bits off a new one.
+        fix_owner_mode(os.path.realpath(path), settings.uid, settings.gid, settings.mode)
     if state != "marked":
         report.marked.append(os.path.join(path, settings.marker))
         _write_new(os.path.join(path, settings.marker), FOLDER_MARKER, apply)

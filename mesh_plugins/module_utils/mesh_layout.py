@@ -245,14 +245,17 @@ def _fix(path: str, entry: Entry) -> None:
 
 
 def _directory(entry: Entry, changes: Changes, apply: bool) -> None:
-    if os.path.isdir(entry.path) and not os.path.islink(entry.path):
-        if _differs(os.stat(entry.path), entry):
+    if os.path.isdir(entry.path):
+        # A link to a directory (an operator's /var/log/replimesh on another disk) is followed, as
+        # ansible.builtin.file does: its target gets the owner and mode.
+        target = os.path.realpath(entry.path)
+        if _differs(os.stat(target), entry):
             changes.fixed.append(entry.path)
             if apply:
-                _fix(entry.path, entry)
+                _fix(target, entry)
         return
-    # The entry's own path may be an earlier layout's link: replaced by the directory, its target left
-    # alone. Its parents are followed as the system has them (/var/run is a link to /run).
+    # A dangling link at the entry's own path (an earlier layout's, to what an entry before removed) is
+    # replaced by the directory. Its parents are followed as the system has them (/var/run -> /run).
     missing = [entry.path]
     node = os.path.dirname(entry.path)
     while not os.path.isdir(node):

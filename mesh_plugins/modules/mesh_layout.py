@@ -17,8 +17,10 @@ description:
   - Every entry is checked before anything changes (its keys, its mode, that its owner and group
     exist, that no path of another kind is in the way), so a bad entry changes nothing.
   - A C(file) is written to a temporary file beside it, owned and moded, then renamed into place, so a
-    program that starts meanwhile reads the old file or the new one. A symbolic link at a C(file) or
-    C(directory) path is replaced (its target is left alone); links among the parents are followed.
+    program that starts meanwhile reads the old file or the new one. A symbolic link at a C(file) path
+    is replaced, not written through (as M(ansible.builtin.copy) does). A link to a directory at a
+    C(directory) path is followed (as M(ansible.builtin.file) does), a dangling one is replaced; links
+    among the parents are followed.
   - A missing parent of a C(directory) is created with the same owner, group and mode, as
     M(ansible.builtin.file) does. C(absent) removes a file, a link, or a directory with its contents.
   - Supports check mode (the paths that would change are returned, nothing is written). An owner or

@@ -138,3 +138,16 @@ def test_bad_input_is_refused_before_any_change(
     with pytest.raises(Failed) as failed:
         run_module(mesh_folders, {**args, **extra})
     assert message in failed.value.args[0]["msg"] and not (tmp_path / "a").exists()
+
+
+def test_a_folder_that_is_a_link_to_a_directory_gets_its_targets_owner_and_mode(tmp_path: Path) -> None:
+    disk = tmp_path / "mnt" / "shared"
+    disk.mkdir(parents=True)
+    os.chmod(disk, 0o700)
+    (disk / "photo.jpg").write_bytes(b"\xff\xd8")
+    folder = tmp_path / "srv" / "shared"
+    folder.parent.mkdir()
+    folder.symlink_to(disk)
+    report = core.prepare([str(folder)], settings(tmp_path), mountinfo=lambda: "")
+    assert report.fixed == [str(folder)] and mode(disk) == 0o775 and folder.is_symlink()
+    assert (disk / MARKER).read_text() == core.FOLDER_MARKER

@@ -76,23 +76,33 @@ def test_only_what_differs_changes_a_mode_is_fixed_in_place_and_absent_paths_go(
     assert not (tmp_path / "old.timer").exists() and not (tmp_path / "oldtree").exists()
 
 
-def test_a_link_at_the_path_is_replaced_and_its_target_left_while_parent_links_are_followed(
+def test_links_a_file_link_is_replaced_a_directory_link_followed_a_dangling_one_replaced(
     tmp_path: Path,
 ) -> None:
     target = tmp_path / "elsewhere"
     target.mkdir()
+    os.chmod(target, 0o700)
     (target / "archive").write_text("theirs\n")
-    (tmp_path / "unison").symlink_to(target)  # an earlier layout's link, where a directory now goes
+    (tmp_path / "logs").symlink_to(target)  # an operator's directory on another disk: followed
+    (tmp_path / "unison").symlink_to(tmp_path / "removed")  # an earlier layout's, now dangling: replaced
     (tmp_path / "real").mkdir()
-    (tmp_path / "run").symlink_to(tmp_path / "real")  # as /var/run -> /run
-    (tmp_path / "cmd").symlink_to(target / "archive")
-    paths = [d(tmp_path / "unison"), d(tmp_path / "run" / "replimesh"), f(tmp_path / "cmd", "mine\n")]
+    (tmp_path / "run").symlink_to(tmp_path / "real")  # a parent, as /var/run -> /run: followed
+    (tmp_path / "cmd").symlink_to(target / "archive")  # a file's: replaced, not written through
+    paths = [
+        d(tmp_path / "logs", "0750"),
+        d(tmp_path / "unison"),
+        d(tmp_path / "run" / "replimesh"),
+        f(tmp_path / "cmd", "mine\n"),
+    ]
     result = run_module(mesh_layout, {"paths": paths})
+    assert (tmp_path / "logs").is_symlink() and mode(target) == 0o750
     assert (tmp_path / "unison").is_dir() and not (tmp_path / "unison").is_symlink()
-    assert (target / "archive").read_text() == "theirs\n"  # written through no link
+    assert (target / "archive").read_text() == "theirs\n"
     assert (tmp_path / "run").is_symlink() and (tmp_path / "real" / "replimesh").is_dir()
     assert not (tmp_path / "cmd").is_symlink() and (tmp_path / "cmd").read_text() == "mine\n"
+    assert result["fixed"] == [str(tmp_path / "logs")]
     assert result["created"] == [str(tmp_path / "unison"), str(tmp_path / "run" / "replimesh")]
+    assert not run_module(mesh_layout, {"paths": paths})["changed"]
 
 
 def test_check_mode_says_what_would_change_and_changes_nothing(tmp_path: Path) -> None:
