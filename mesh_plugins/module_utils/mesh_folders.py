@@ -119,29 +119,32 @@ def _folder(path: str, state: str, settings: Settings, report: Report, apply: bo
         _write_new(os.path.join(path, settings.marker), FOLDER_MARKER, apply)
 
 
-def _unbind(path: str, points: set[str], settings: Settings, report: Report, apply: bool) -> None:
-    """An earlier layout bound every folder into one jail shared by all peers, at boot from /etc/fstab."""
-    jailed = settings.jail_dir.rstrip("/") + path
-    line = re.compile(rf"^\S+\s+{re.escape(jailed)}\s")
+def _unbind(paths: list[str], points: set[str], settings: Settings, report: Report, apply: bool) -> None:
+    """An earlier layout bound every folder into one jail shared by all peers, at boot from /etc/fstab:
+    those lines go (the file read and written once), then the binds still mounted."""
+    jailed = [settings.jail_dir.rstrip("/") + path for path in paths]
     try:
         with open(settings.fstab, encoding="utf-8", errors="surrogateescape") as handle:
             lines = handle.read().splitlines(keepends=True)
     except FileNotFoundError:
         lines = []
-    kept = [text for text in lines if not line.match(text)]
-    if len(kept) != len(lines):
-        report.unbound.append(f"{settings.fstab}: {jailed}")
-        if apply:
-            st = os.stat(settings.fstab)
-            write_atomic(
-                settings.fstab, "".join(kept).encode("utf-8", "surrogateescape"), stat.S_IMODE(st.st_mode)
-            )
-    if jailed in points:  # from mountinfo, as mountpoint(1) reads it (a bind mount keeps its st_dev)
-        report.unbound.append(jailed)
-        if apply:
-            done = subprocess.run(["umount", jailed], check=False, capture_output=True, text=True)
-            if done.returncode != 0:
-                raise OSError(f"umount {jailed}: {done.stderr.strip() or done.returncode}")
+    kept = list(lines)
+    for point in jailed:
+        line = re.compile(rf"^\S+\s+{re.escape(point)}\s")
+        if any(line.match(text) for text in kept):
+            report.unbound.append(f"{settings.fstab}: {point}")
+            kept = [text for text in kept if not line.match(text)]
+    if apply and len(kept) != len(lines):
+        st = os.stat(settings.fstab)
+        data = "".join(kept).encode("utf-8", "surrogateescape")
+        write_atomic(settings.fstab, data, stat.S_IMODE(st.st_mode))
+    for point in jailed:
+        if point in points:  # from mountinfo, as mountpoint(1) reads it (a bind mount keeps its st_dev)
+            report.unbound.append(point)
+            if apply:
+                done = subprocess.run(["umount", point], check=False, capture_output=True, text=True)
+                if done.returncode != 0:
+                    raise OSError(f"umount {point}: {done.stderr.strip() or done.returncode}")
 
 
 def _guard_inner_disks(path: str, points: set[str], settings: Settings, report: Report, apply: bool) -> None:
@@ -179,7 +182,7 @@ def prepare(
     points = mount_points(mountinfo())
     for path in paths:
         _folder(path, states[path], settings, report, apply)
-        _unbind(path, points, settings, report, apply)
+    _unbind(paths, points, settings, report, apply)
     if report.unbound and apply:
         points = mount_points(mountinfo())
     for path in paths:

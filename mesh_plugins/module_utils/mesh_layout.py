@@ -65,11 +65,16 @@ def octal_mode(value: object, what: str) -> int:
         if not 0 <= mode <= 0o7777:
             raise ValueError(value)
     except (TypeError, ValueError):
-        raise LayoutError(f"{what}: the mode must be octal, such as 0644 (got {value!r})") from None
+        raise LayoutError(f"{what} must be an octal mode such as 0644 (got {value!r})") from None
     return mode
 
 
-def _id(name: object, kind: str, path: str) -> int | None:
+def plain_name(name: object) -> bool:
+    """A file name with no directory in it ("", ".", ".." and NUL refused)."""
+    return isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\x00" not in name
+
+
+def name_id(name: object, kind: str, path: str) -> int | None:
     """The uid or gid of a user or group name; None when it does not exist (yet)."""
     if name is None:
         return None
@@ -115,7 +120,7 @@ def parse(raw: list[Any], check_mode: bool = False, kinds: bool = True) -> list[
             raise LayoutError(f"{path}: a {state} needs a mode")
         if state == "absent" and any(item.get(k) is not None for k in ("owner", "group", "mode")):
             raise LayoutError(f"{path}: an absent path has no owner, group or mode")
-        uid, gid = _id(item.get("owner"), "owner", path), _id(item.get("group"), "group", path)
+        uid, gid = name_id(item.get("owner"), "owner", path), name_id(item.get("group"), "group", path)
         for kind, name, value in (("owner", item.get("owner"), uid), ("group", item.get("group"), gid)):
             if name is not None and value is None and not check_mode:
                 raise LayoutError(

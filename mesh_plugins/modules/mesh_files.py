@@ -106,7 +106,9 @@ from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_layout import 
     LayoutError,
     check_kinds,
     converge,
+    octal_mode,
     parse,
+    plain_name,
 )
 
 ARGUMENT_SPEC = {
@@ -120,17 +122,11 @@ ARGUMENT_SPEC = {
 }
 
 
-def _plain(name: object) -> bool:
-    return isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\x00" not in name
-
-
 def _mode(module: AnsibleModule, name: str) -> int:
     try:
-        value = int(module.params[name], 8)
-        if not 0 <= value <= 0o7777:
-            raise ValueError(value)
-    except (TypeError, ValueError):
-        module.fail_json(msg=f"{name} must be an octal mode such as 0644 (got {module.params[name]!r})")
+        value = octal_mode(module.params[name], name)
+    except LayoutError as exc:
+        module.fail_json(msg=str(exc))
     return value
 
 
@@ -143,14 +139,14 @@ def _wanted(module: AnsibleModule) -> dict[str, bytes]:
             msg="files: the module takes a mapping of names to contents (run it through its action)"
         )
     for name, encoded in files.items():
-        if not _plain(name):
+        if not plain_name(name):
             module.fail_json(msg=f"files: {name!r} is not a plain file name")
         try:
             wanted[name] = base64.b64decode(str(encoded), validate=True)
         except (binascii.Error, ValueError):
             module.fail_json(msg=f"files: {name}: its content is not base64 (use the action plugin)")
     for name in module.params["absent"]:
-        if not _plain(name) or name in wanted:
+        if not plain_name(name) or name in wanted:
             module.fail_json(msg=f"absent: {name!r} is not a plain file name, or it is also to be installed")
     return wanted
 

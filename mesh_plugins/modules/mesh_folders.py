@@ -97,9 +97,7 @@ inner:
   type: dict
 """
 
-import grp
 import os
-import pwd
 
 from ansible.module_utils.basic import AnsibleModule
 
@@ -108,7 +106,12 @@ from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_folders import
     Settings,
     prepare,
 )
-from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_layout import LayoutError, octal_mode
+from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_layout import (
+    LayoutError,
+    name_id,
+    octal_mode,
+    plain_name,
+)
 
 ARGUMENT_SPEC = {
     "paths": {"type": "list", "elements": "path", "required": True},
@@ -122,20 +125,19 @@ ARGUMENT_SPEC = {
 
 def _ids(module: AnsibleModule) -> tuple[int, int]:
     owner = module.params["owner"]
-    try:
-        return pwd.getpwnam(owner).pw_uid, grp.getgrnam(owner).gr_gid
-    except KeyError:
-        if module.check_mode:
-            return -1, -1  # made by a task that check mode did not run: every folder counts as a change
-        module.fail_json(msg=f"no user and group {owner!r} on this node")
-    raise AssertionError("unreachable")
+    uid, gid = name_id(owner, "owner", "owner"), name_id(owner, "group", "owner")
+    if uid is None or gid is None:
+        if not module.check_mode:
+            module.fail_json(msg=f"no user and group {owner!r} on this node")
+        return -1, -1  # made by a task that check mode did not run: every folder counts as a change
+    return uid, gid
 
 
 def main() -> None:
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
     paths = module.params["paths"]
     marker = module.params["marker"]
-    if not marker or "/" in marker or marker in (".", ".."):
+    if not plain_name(marker):
         module.fail_json(msg=f"marker must be a plain file name (got {marker!r})")
     for path in paths:
         if not path.startswith("/") or os.path.normpath(path) != path or path == "/":

@@ -151,3 +151,15 @@ def test_a_folder_that_is_a_link_to_a_directory_gets_its_targets_owner_and_mode(
     report = core.prepare([str(folder)], settings(tmp_path), mountinfo=lambda: "")
     assert report.fixed == [str(folder)] and mode(disk) == 0o775 and folder.is_symlink()
     assert (disk / MARKER).read_text() == core.FOLDER_MARKER
+
+
+def test_every_folders_bind_goes_from_fstab_and_other_lines_stay(tmp_path: Path) -> None:
+    shared, docs = tmp_path / "shared", tmp_path / "docs"
+    jail = f"{tmp_path}/jail"
+    fstab = tmp_path / "fstab"
+    fstab.write_text(
+        f"{shared} {jail}{shared} none bind 0 0\nUUID=1 / ext4 0 1\n{docs} {jail}{docs} none bind 0 0\n"
+    )
+    report = core.prepare([str(shared), str(docs)], settings(tmp_path, adopt=True), mountinfo=lambda: "")
+    assert report.unbound == [f"{fstab}: {jail}{shared}", f"{fstab}: {jail}{docs}"]
+    assert fstab.read_text() == "UUID=1 / ext4 0 1\n"
