@@ -17,7 +17,7 @@ MAX_BYTES = 8 * 1024 * 1024
 
 class ActionModule(ActionBase):
     TRANSFERS_FILES = False
-    _VALID_ARGS = frozenset(("src", "files", "dest", "mode", "dir_mode", "absent", "paths"))
+    _VALID_ARGS = frozenset(("src", "files", "dest", "mode", "dir_mode", "absent", "paths", "compile_for"))
 
     def run(self, tmp: Any = None, task_vars: dict[str, Any] | None = None) -> dict[str, Any]:
         result = super().run(tmp, task_vars)

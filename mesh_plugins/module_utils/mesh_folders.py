@@ -1,5 +1,6 @@
 """A node's sync folders made ready in one pass: looked at, refused when empty without marker, created,
-marked, freed from an earlier layout's shared jail, and their inner disks guarded.
+marked, freed from an earlier layout's shared jail (the node's versions too), and their inner disks
+guarded.
 
 The mesh_folders module runs it (one module run per node where the role ran about ten tasks, most of them
 loops over the folders). Every folder is looked at before anything changes: an empty folder without a
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import stat
 import subprocess
 from collections.abc import Callable
@@ -46,6 +48,7 @@ class Settings:
     adopt_empty: bool
     jail_dir: str  # the shared jail of an earlier layout, which had the folders bound in
     fstab: str = "/etc/fstab"
+    backup_dir: str = ""  # a link into that jail in the earlier layout, where the versions lay
 
 
 @dataclass
@@ -54,12 +57,13 @@ class Report:
     fixed: list[str] = field(default_factory=list)
     marked: list[str] = field(default_factory=list)
     unbound: list[str] = field(default_factory=list)
+    moved: list[str] = field(default_factory=list)
     inner: dict[str, list[str]] = field(default_factory=dict)  # folder: its guarded disks
     warnings: list[str] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
-        return bool(self.created or self.fixed or self.marked or self.unbound)
+        return bool(self.created or self.fixed or self.marked or self.unbound or self.moved)
 
 
 def look(path: str, marker: str) -> str:
@@ -147,6 +151,21 @@ def _unbind(paths: list[str], points: set[str], settings: Settings, report: Repo
                     raise OSError(f"umount {point}: {done.stderr.strip() or done.returncode}")
 
 
+def _free_backups(settings: Settings, report: Report, apply: bool) -> None:
+    """An earlier layout kept the node's versions in the shared jail, BACKUP_DIR a link to them: the link
+    goes and the versions move to BACKUP_DIR, out of every peer's reach."""
+    link = settings.backup_dir
+    if not link or not os.path.islink(link):
+        return
+    jailed = settings.jail_dir.rstrip("/") + link
+    keep = os.path.isdir(jailed) and not os.path.islink(jailed)
+    report.moved.append(f"{jailed} -> {link}" if keep else f"{link} (a link into the shared jail) removed")
+    if apply:
+        os.unlink(link)
+        if keep:
+            shutil.move(jailed, link)
+
+
 def _guard_inner_disks(path: str, points: set[str], settings: Settings, report: Report, apply: bool) -> None:
     """Mark the top of each disk mounted inside the folder and list it in the folder's marker; say which
     listed disk is not mounted (a warning: the node's runs already hold the folder)."""
@@ -183,6 +202,7 @@ def prepare(
     for path in paths:
         _folder(path, states[path], settings, report, apply)
     _unbind(paths, points, settings, report, apply)
+    _free_backups(settings, report, apply)
     if report.unbound and apply:
         points = mount_points(mountinfo())
     for path in paths:

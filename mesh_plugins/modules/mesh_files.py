@@ -58,6 +58,18 @@ options:
     type: list
     elements: dict
     default: []
+  compile_for:
+    description:
+      - The Python that runs the installed code (e.g. V(/usr/bin/python3)). After the files are in place,
+        their C(.py) files are byte-compiled for it where the cached bytecode is missing or stale, as
+        the user the task runs as. A program run by another user cannot write its C(__pycache__), and
+        would compile its code again at every start.
+      - The files written in this run are compiled whatever their bytecode says (a file written again
+        within a second keeps its modification time).
+      - When it is the interpreter running this module the files are compiled in this run; another one
+        runs C(compileall).
+      - Check mode compiles nothing.
+    type: path
 attributes:
   check_mode:
     description: Reports the files that would change and writes nothing.
@@ -93,14 +105,21 @@ removed:
   returned: always
   type: list
   elements: str
+compiled:
+  description: The files byte-compiled for O(compile_for) (their bytecode was missing or stale).
+  returned: always
+  type: list
+  elements: str
 """
 
 import base64
 import binascii
 import os
+import py_compile
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_bytecode import compile_stale
 from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_layout import (
     Entry,
     LayoutError,
@@ -119,6 +138,7 @@ ARGUMENT_SPEC = {
     "dir_mode": {"type": "str", "default": "0755"},
     "absent": {"type": "list", "elements": "str", "default": []},
     "paths": {"type": "list", "elements": "dict", "default": []},
+    "compile_for": {"type": "path"},
 }
 
 
@@ -167,7 +187,8 @@ def _entries(module: AnsibleModule, wanted: dict[str, bytes]) -> list[Entry]:
 
 def main() -> None:
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
-    entries = _entries(module, _wanted(module))
+    wanted = _wanted(module)
+    entries = _entries(module, wanted)
     try:
         entries += parse(module.params["paths"], check_mode=module.check_mode, kinds=False)
         check_kinds(entries)
@@ -177,9 +198,22 @@ def main() -> None:
         changes = converge(entries, apply=not module.check_mode)
     except (LayoutError, OSError) as exc:
         module.fail_json(msg=f"could not install the files into {module.params['dest']}: {exc}")
+    compiled: list[str] = []
+    python = module.params["compile_for"]
+    if python and not module.check_mode:
+        sources = [
+            os.path.join(module.params["dest"], name) for name in sorted(wanted) if name.endswith(".py")
+        ]
+        try:
+            compiled = compile_stale(sources, python, written=frozenset(changes.written))
+        except (OSError, SyntaxError, py_compile.PyCompileError) as exc:
+            module.fail_json(
+                msg=f"could not compile the files in {module.params['dest']} for {python}: {exc}"
+            )
     # A directory created counts as written, as before `paths` (a mesh_layout list) was taken too.
     module.exit_json(
-        changed=changes.changed,
+        changed=changes.changed or bool(compiled),
+        compiled=compiled,
         written=changes.created + changes.written,
         fixed=changes.fixed,
         removed=changes.removed,

@@ -15,7 +15,8 @@ description:
     none (an existing marker is kept).
   - Removes what an earlier layout left, which bound every folder into one jail shared by all peers
     (O(jail_dir)). Its lines in C(/etc/fstab) go, and a bind still mounted is unmounted; the folders
-    themselves are untouched.
+    themselves are untouched. When O(backup_dir) is a link (that layout kept the node's versions in the
+    jail), the link goes and the versions move to O(backup_dir), out of every peer's reach.
   - Guards the disks mounted inside a folder. The top of each gets a marker of its own, and the
     folder's marker lists it (C(inner disk) lines). A listed disk that is not mounted is reported as a
     warning, not a failure, because the node's runs already hold that folder and one node's disk must
@@ -51,6 +52,11 @@ options:
     description: The shared jail of the earlier layout, whose binds of the folders go.
     type: path
     required: true
+  backup_dir:
+    description:
+      - The node's backup directory. In the earlier layout it was a link to the same path in O(jail_dir);
+        such a link is replaced by what it pointed to (moved). A directory is left alone.
+    type: path
 attributes:
   check_mode:
     description: Reports what would change and changes nothing.
@@ -91,6 +97,11 @@ unbound:
   returned: always
   type: list
   elements: str
+moved:
+  description: The earlier layout's versions moved out of its jail (or its dangling link removed).
+  returned: always
+  type: list
+  elements: str
 inner:
   description: For each folder, the disks mounted inside it that its marker lists (relative paths).
   returned: always
@@ -120,6 +131,7 @@ ARGUMENT_SPEC = {
     "marker": {"type": "str", "default": ".replimesh-folder"},
     "adopt_empty": {"type": "bool", "default": False},
     "jail_dir": {"type": "path", "required": True},
+    "backup_dir": {"type": "path"},
 }
 
 
@@ -139,9 +151,13 @@ def main() -> None:
     marker = module.params["marker"]
     if not plain_name(marker):
         module.fail_json(msg=f"marker must be a plain file name (got {marker!r})")
-    for path in paths:
+    backup_dir = module.params["backup_dir"]
+    for name, path in [
+        *(("paths", path) for path in paths),
+        *([("backup_dir", backup_dir)] if backup_dir else []),
+    ]:
         if not path.startswith("/") or os.path.normpath(path) != path or path == "/":
-            module.fail_json(msg=f"paths: {path!r} is not a normal absolute path below /")
+            module.fail_json(msg=f"{name}: {path!r} is not a normal absolute path below /")
     try:
         mode = octal_mode(module.params["mode"], "mode")
     except LayoutError as exc:
@@ -154,6 +170,7 @@ def main() -> None:
         marker=marker,
         adopt_empty=module.params["adopt_empty"],
         jail_dir=module.params["jail_dir"],
+        backup_dir=backup_dir or "",
     )
     try:
         report = prepare(paths, settings, apply=not module.check_mode)
@@ -169,6 +186,7 @@ def main() -> None:
         fixed=report.fixed,
         marked=report.marked,
         unbound=report.unbound,
+        moved=report.moved,
         inner=report.inner,
     )
 

@@ -10,7 +10,8 @@ short_description: Write a replimesh node's peer list, trusted keys and per-edge
 description:
   - Makes the node's view of the mesh exactly what the control node decided, and removes what belongs to
     edges that no longer exist. Only the control node ever decides it; nodes never learn peers elsewhere.
-  - Writes the runner's config (C(config_file)) and the peers' pinned host keys (C(known_hosts)).
+  - Writes the runner's config (C(config_file)) and the peers' pinned host keys (C(known_hosts)), and
+    creates their directory (root's, mode 0755) when it is missing.
   - Gives each peer its own login C(USER-PEER) (the mesh user's uid and gid under another name, in
     C(peers_group)), its key in C(authorized_keys_dir/USER-PEER), and its own chroot jail
     C(jails_dir/USER-PEER) holding the template jail's shell, Unison and forced command (hard links), the
@@ -483,9 +484,15 @@ def _ids(module: AnsibleModule, user: str) -> dict[str, tuple[int, int]]:
 
 def _missing_dirs(spec: MemberSpec) -> list[str]:
     layout = spec.layout
-    needed = [os.path.dirname(p) for p in (layout.config_file, layout.known_hosts)]
-    needed += [layout.authorized_keys_dir, layout.unison_dir, layout.jails_dir, layout.jail_template]
+    needed = [layout.authorized_keys_dir, layout.unison_dir, layout.jails_dir, layout.jail_template]
     return sorted({d for d in needed if not os.path.isdir(d)} | set(_missing_folders(spec)))
+
+
+def _config_dirs(spec: MemberSpec) -> list[str]:
+    """The directories of the config and the pinned host keys this module writes, when missing: made
+    here (root's, 0755, as its files), where the role spent a module run of its own on them."""
+    wanted = {os.path.dirname(p) for p in (spec.layout.config_file, spec.layout.known_hosts)}
+    return sorted(d for d in wanted if not os.path.isdir(d))
 
 
 def _missing_folders(spec: MemberSpec) -> list[str]:
@@ -535,14 +542,15 @@ def main() -> None:
         mirrored = jails.mirror(dry_run=True) if not missing else []
     except (MemberError, JailError, OSError) as exc:
         module.fail_json(msg=f"cannot plan the node's mesh files: {exc}")
+    config_dirs = _config_dirs(spec)
     result = {
-        "changed": todo.changed or jail_todo.changed or bool(mirrored),
+        "changed": todo.changed or jail_todo.changed or bool(mirrored) or bool(config_dirs),
         "ssh_ciphers": list(spec.settings.ssh_ciphers),
         "peers_added": list(todo.peers_added),
         "peers_removed": list(todo.peers_removed),
         "peers_kept": list(todo.peers_kept),
         "written": [entry.path for entry in todo.writes],
-        "created": [entry.path for entry in todo.mkdirs],
+        "created": config_dirs + [entry.path for entry in todo.mkdirs],
         "fixed": [entry.path for entry in todo.fixes],
         "removed": [removal.path for removal in todo.removes],
         "logins_added": list(jail_todo.users_add),
@@ -555,6 +563,9 @@ def main() -> None:
         result["diff"] = todo.diffs()
     if result["changed"] and not module.check_mode:
         try:
+            for directory in config_dirs:
+                os.makedirs(directory, 0o755, exist_ok=True)
+                os.chmod(directory, 0o755)  # whatever the umask
             apply(todo, ids)
             apply_jails(jails, jail_todo)
         except (OSError, JailError) as exc:

@@ -117,3 +117,32 @@ def test_paths_are_laid_out_in_the_same_run_and_checked_with_the_files_before_an
     with pytest.raises(Failed, match="needs a mode"):
         run_module(mesh_files, args(tmp_path / "fresh", {"a.py": b"a\n"}, paths=[bad]))
     assert not (tmp_path / "fresh").exists()
+
+
+def test_compile_for_compiles_the_code_once_for_the_node_s_python_and_again_when_it_changes(
+    tmp_path: Path,
+) -> None:
+    import importlib.util
+    import sys
+
+    dest = tmp_path / "code"
+    files = {"a.py": b"A = 1\n", "b.py": b"B = 2\n", "notes.txt": b"not code\n"}
+    result = run_module(mesh_files, args(dest, files, compile_for=sys.executable))
+    assert result["changed"] and result["compiled"] == [str(dest / "a.py"), str(dest / "b.py")]
+    cached = Path(importlib.util.cache_from_source(str(dest / "a.py")))
+    assert cached.is_file() and cached.read_bytes()[:4] == importlib.util.MAGIC_NUMBER
+    again = run_module(mesh_files, args(dest, files, compile_for=sys.executable))
+    assert not again["changed"] and again["compiled"] == []
+    changed = run_module(mesh_files, args(dest, {**files, "b.py": b"B = 3\n"}, compile_for=sys.executable))
+    assert changed["compiled"] == [str(dest / "b.py")]  # the new bytes, a new modification time
+    checked = run_module(mesh_files, args(tmp_path / "fresh", files, compile_for=sys.executable), check=True)
+    assert checked["compiled"] == [] and not (tmp_path / "fresh").exists()
+
+
+def test_code_that_does_not_compile_fails_the_run_by_name(tmp_path: Path) -> None:
+    import sys
+
+    with pytest.raises(Failed, match="could not compile .*broken.py"):
+        run_module(
+            mesh_files, args(tmp_path / "code", {"broken.py": b"def (:\n"}, compile_for=sys.executable)
+        )

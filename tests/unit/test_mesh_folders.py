@@ -163,3 +163,29 @@ def test_every_folders_bind_goes_from_fstab_and_other_lines_stay(tmp_path: Path)
     report = core.prepare([str(shared), str(docs)], settings(tmp_path, adopt=True), mountinfo=lambda: "")
     assert report.unbound == [f"{fstab}: {jail}{shared}", f"{fstab}: {jail}{docs}"]
     assert fstab.read_text() == "UUID=1 / ext4 0 1\n"
+
+
+def test_the_versions_the_shared_jail_kept_move_out_of_it_and_the_link_goes(tmp_path: Path) -> None:
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    (folder / MARKER).write_text(core.FOLDER_MARKER)
+    backup = tmp_path / "backup"
+    jailed = Path(str(tmp_path / "jail") + str(backup))
+    (jailed / "shared").mkdir(parents=True)
+    (jailed / "shared" / "report.txt").write_text("an older version\n")
+    backup.symlink_to(jailed)
+    base = settings(tmp_path)
+    with_backups = core.Settings(**{**base.__dict__, "backup_dir": str(backup)})
+    checked = core.prepare([str(folder)], with_backups, apply=False, mountinfo=lambda: "")
+    assert checked.moved == [f"{jailed} -> {backup}"] and checked.changed and backup.is_symlink()
+    report = core.prepare([str(folder)], with_backups, mountinfo=lambda: "")
+    assert report.moved == [f"{jailed} -> {backup}"] and not backup.is_symlink()
+    assert (backup / "shared" / "report.txt").read_text() == "an older version\n" and not jailed.exists()
+    assert not core.prepare([str(folder)], with_backups, mountinfo=lambda: "").changed
+    # A link whose target is gone (nothing kept) is removed.
+    backup.rename(tmp_path / "kept")
+    backup.symlink_to(tmp_path / "nowhere")
+    assert core.prepare([str(folder)], with_backups, mountinfo=lambda: "").moved == [
+        f"{backup} (a link into the shared jail) removed"
+    ]
+    assert not os.path.lexists(backup)

@@ -7,7 +7,9 @@ import base64
 import fcntl
 import json
 import os
+import pwd
 import socket
+import stat
 import subprocess
 import threading
 from pathlib import Path
@@ -242,7 +244,7 @@ def test_the_switch_ends_the_shared_connections_opened_with_the_old_key(node: di
 
 
 def keys_task_argv() -> list[str]:
-    """The argv of mesh_ssh's keys.yml task that makes the node's key when it has none and reads both keys."""
+    """The argv of mesh_ssh's keys.yml task that makes the node's key when it has none and reads the node."""
     import yaml
 
     root = Path(__file__).resolve().parents[2]
@@ -253,22 +255,67 @@ def keys_task_argv() -> list[str]:
 
 def test_the_role_makes_a_key_once_reads_both_keys_and_makes_nothing_in_check_mode(tmp_path: Path) -> None:
     script = keys_task_argv()
-    private, host = tmp_path / ".ssh" / "id_ed25519", tmp_path / "ssh_host_ed25519_key"
-    private.parent.mkdir()
+    # The key's directory does not exist yet: the script makes it (0700), then the key.
+    private, host = tmp_path / "home" / ".ssh" / "id_ed25519", tmp_path / "ssh_host_ed25519_key"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host)], check=True)
+    # sshd -T's stand-in: the settings for the connection it is asked about.
+    sshd = tmp_path / "sshd"
+    sshd.write_text(
+        '#!/bin/sh\n[ "$1 $2" = "-T -C" ] || exit 2\necho "chrootdirectory /jail"\necho "for $3"\n'
+    )
+    sshd.chmod(0o755)
+    me = pwd.getpwuid(os.getuid()).pw_name
 
-    def run(mode: str) -> list[str]:
-        argv = [*script, str(private), "replimesh@node1", f"{host}.pub", mode]
-        return subprocess.run(
-            argv, check=True, capture_output=True, text=True, timeout=30
-        ).stdout.splitlines()
+    def run(mode: str, sshd: Path = sshd) -> list[str]:
+        argv = [
+            *script,
+            str(private),
+            "replimesh@node1",
+            f"{host}.pub",
+            mode,
+            me,
+            "no-such-group-x",
+            "user=x",
+        ]
+        done = subprocess.run([*argv, str(sshd)], capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.splitlines()
 
-    assert run("check") == ["generated"] and not private.exists()  # check mode: said, not done
+    def tagged(lines: list[str], tag: str) -> list[str]:
+        return [line.split(" ", 1)[1] for line in lines if line.startswith(tag + " ")]
+
+    checked = run("check")  # check mode: said, not done
+    assert checked[0] == "generated" and not private.exists() and not tagged(checked, "key")
     made = run("apply")
     assert made[0] == "generated" and private.exists()
-    assert made[1].split()[:2] == private.with_suffix(".pub").read_text().split()[:2]
-    assert made[1].split()[2] == "replimesh@node1"
-    assert made[2].split()[:2] == Path(f"{host}.pub").read_text().split()[:2]
+    assert stat.S_IMODE(private.parent.stat().st_mode) == 0o700
+    (key,) = tagged(made, "key")
+    assert key.split()[:2] == private.with_suffix(".pub").read_text().split()[:2]
+    assert key.split()[2] == "replimesh@node1"
+    assert tagged(made, "hostkey")[0].split()[:2] == Path(f"{host}.pub").read_text().split()[:2]
+    (account,) = tagged(made, "passwd")
+    assert account.split(":")[0] == me and "group" not in made  # the account read; no such group
+    assert tagged(made, "sshd") == ["chrootdirectory /jail", "for user=x"]
     again = run("apply")  # a key is never made twice
     assert again == made[1:]
     assert run("check") == made[1:]
+
+
+def test_the_role_s_node_reading_fails_when_sshd_cannot_tell_its_settings(tmp_path: Path) -> None:
+    host = tmp_path / "ssh_host_ed25519_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host)], check=True)
+    broken = tmp_path / "sshd"
+    broken.write_text("#!/bin/sh\necho 'line 3: Bad configuration option' >&2\nexit 255\n")
+    broken.chmod(0o755)
+    argv = [
+        *keys_task_argv(),
+        str(tmp_path / "h" / "id"),
+        "c",
+        f"{host}.pub",
+        "apply",
+        "root",
+        "root",
+        "user=x",
+    ]
+    done = subprocess.run([*argv, str(broken)], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1 and "Bad configuration option" in done.stderr

@@ -782,15 +782,27 @@ def test_a_mesh_user_with_roots_uid_or_gid_under_another_name_fails(
     assert snapshot(tmp_path) == before and system.commands == []
 
 
-@pytest.mark.parametrize("param", ["known_hosts", "jails_dir", "jail_template", "authorized_keys_dir"])
+@pytest.mark.parametrize("param", ["jails_dir", "jail_template", "authorized_keys_dir"])
 def test_missing_directories_fail_with_the_role_to_run(
     node: dict[str, Any], tmp_path: Path, system: FakeSystem, param: str
 ) -> None:
     node[param] = str(tmp_path / "nowhere" / Path(node[param]).name)
     msg = fail(node)
-    missing = Path(node[param]).parent if param == "known_hosts" else Path(node[param])
-    assert str(missing) in msg and "roles create them" in msg
+    assert node[param] in msg and "roles create them" in msg
     assert not Path(node["config_file"]).exists() and system.commands == []
+
+
+def test_the_directory_of_the_config_and_pinned_host_keys_is_made_when_missing(
+    node: dict[str, Any], tmp_path: Path
+) -> None:
+    config_dir = tmp_path / "etc-new" / "replimesh"
+    node["config_file"], node["known_hosts"] = str(config_dir / "mesh.json"), str(config_dir / "known_hosts")
+    checked = run(node, check=True)
+    assert checked["changed"] and str(config_dir) in checked["created"] and not config_dir.exists()
+    result = run(node)
+    assert result["created"][0] == str(config_dir) and stat.S_IMODE(config_dir.stat().st_mode) == 0o755
+    assert Path(node["config_file"]).is_file() and Path(node["known_hosts"]).is_file()
+    assert str(config_dir) not in run(node)["created"]
 
 
 def test_no_peers_leaves_headers_only(node: dict[str, Any], system: FakeSystem) -> None:
