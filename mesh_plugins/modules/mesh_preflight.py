@@ -95,6 +95,13 @@ cron_running:
   description: How many cron daemons run on the node.
   returned: always
   type: int
+cron_daemons:
+  description:
+    - The names of the cron daemons running on the node (V(cron) is Debian's), sorted, once each.
+    - The mesh_sync role installs and starts Debian's cron only where it does not run.
+  returned: always
+  type: list
+  elements: str
 """
 
 import os
@@ -140,7 +147,11 @@ def _read(path: str) -> str:
 
 
 def _process(pid: str) -> dict[str, str]:
-    return {"loginuid": _read(f"/proc/{pid}/loginuid").strip(), "status": _read(f"/proc/{pid}/status")}
+    return {
+        "loginuid": _read(f"/proc/{pid}/loginuid").strip(),
+        "status": _read(f"/proc/{pid}/status"),
+        "name": _read(f"/proc/{pid}/comm").strip(),
+    }
 
 
 def _cron_daemons() -> list[dict[str, str]]:
@@ -189,6 +200,7 @@ def main() -> None:
         ahead_at_most=None if control is None else node_time - control,
         systemd=systemd,
         cron_running=len(daemons),
+        cron_daemons=sorted({daemon["name"] for daemon in daemons}),
     )
 
 

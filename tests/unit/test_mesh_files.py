@@ -142,7 +142,7 @@ def test_compile_for_compiles_the_code_once_for_the_node_s_python_and_again_when
 def test_code_that_does_not_compile_fails_the_run_by_name(tmp_path: Path) -> None:
     import sys
 
-    with pytest.raises(Failed, match="could not compile .*broken.py"):
+    with pytest.raises(Failed, match=r"could not compile .*broken\.py"):
         run_module(
             mesh_files, args(tmp_path / "code", {"broken.py": b"def (:\n"}, compile_for=sys.executable)
         )

@@ -161,3 +161,21 @@ def test_the_bind_mount_probe_unmounts_what_it_mounted(tmp_path: Path) -> None:
     assert [c[:2] for c in calls] == [["mount", "--rbind"], ["mount", "-o"], ["umount", "-R"]]
     assert "remount,bind,ro,nosuid,nodev" in calls[1]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_module_names_the_cron_daemons_that_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """mesh_sync installs and starts Debian's cron only where the preflight did not see it running."""
+    import importlib
+
+    from tests.unit.module_harness import PLUGINS, run_module
+
+    module = importlib.import_module(f"{PLUGINS}.modules.mesh_preflight")
+    proc = {"1": "init", "40": "cron", "41": "crond", "42": "cron", "43": "sshd"}
+    files = {f"/proc/{pid}/comm": f"{name}\n" for pid, name in proc.items()}
+    monkeypatch.setattr(module.os, "listdir", lambda path: [*proc, "self", "net"] if path == "/proc" else [])
+    monkeypatch.setattr(module, "_read", lambda path: files.get(path, ""))
+    skip = ["bind_mount", "sshd_include", "cron", "free_space", "resolve"]
+    result = run_module(module, {"skip": skip})
+    assert result["cron_daemons"] == ["cron", "crond"] and result["cron_running"] == 3
+    proc.pop("40"), proc.pop("41"), proc.pop("42")
+    assert run_module(module, {"skip": skip})["cron_daemons"] == []
