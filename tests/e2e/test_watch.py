@@ -129,6 +129,26 @@ def test_watch_mode_delivers_without_rounds_and_a_killed_watcher_comes_back(watc
     assert {row["node"]: row.get("watcher") for row in report["nodes"]} == dict.fromkeys(mesh.nodes, "alive")
 
 
+def test_a_large_file_spreads_as_a_swarm_each_node_pulling_from_one_that_has_it(watching: Mesh) -> None:
+    """34 MiB (above mesh_sync_watch_swarm_min_mib) written on node2: node2 tells one peer at a time, the
+    first of them tells the next, and every node ends with the same bytes."""
+    mesh = watching
+    script = f"head -c 34M /dev/urandom > {FOLDER}/big.iso.tmp && mv {FOLDER}/big.iso.tmp {FOLDER}/big.iso"
+    mesh.lab.sh("node2", as_user(script))
+    want = mesh.lab.sh("node2", f"sha256sum {FOLDER}/big.iso").split()[0]
+    started = time.monotonic()
+    assert wait_until(
+        lambda: all(mesh.digest(n).get("./big.iso") == want for n in mesh.nodes), 4 * DELIVERY_TIMEOUT_S
+    ), {n: mesh.digest(n).get("./big.iso") for n in mesh.nodes}
+    took = time.monotonic() - started
+    log(f"34 MiB written on node2 was on all {len(mesh.nodes)} nodes after {took:.1f} s")
+    # The binomial split of node2's peers (node1, node3, node4, node5): node1 with node3, then node4, node5.
+    origin = record(mesh, "node2")["last_relay"]
+    assert origin["origin"] == "node2" and origin["told"] == ["node1", "node4", "node5"], origin
+    relayed = record(mesh, "node1")["last_relay"]
+    assert relayed["id"] == origin["id"] and relayed["told"] == ["node3"], relayed
+
+
 def test_deleting_the_last_files_of_a_folder_reaches_every_node_and_keeps_them(watching: Mesh) -> None:
     """A user who empties a folder (only the marker left) on one node: the watcher's runs delete the files
     on every node, and every node that lost a copy keeps it in its backups."""

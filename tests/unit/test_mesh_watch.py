@@ -145,8 +145,11 @@ def test_load_options_defaults_and_refusals(tmp_path: Path) -> None:
     path = tmp_path / "watch.json"
     assert load_options(str(path))["delay"] == 0.3
     path.write_text(json.dumps({"delay": 0.5, "forward": True, "unknown": 1}))
-    assert load_options(str(path)) | {} == {"delay": 0.5, "max_delay": 3.0, "forward": True, "retries": 4}
-    for bad in ({"delay": 0}, {"delay": True}, {"forward": "yes"}, {"retries": 99}, []):
+    assert load_options(str(path)) | {} == {
+        "delay": 0.5, "max_delay": 3.0, "forward": True, "retries": 4, "swarm_min_mib": 32,
+    }  # fmt: skip
+    bad_swarm = ({"swarm_min_mib": -1}, {"swarm_min_mib": 1.5}, {"swarm_min_mib": True})
+    for bad in ({"delay": 0}, {"delay": True}, {"forward": "yes"}, {"retries": 99}, [], *bad_swarm):
         path.write_text(json.dumps(bad))
         with pytest.raises(ConfigError):
             load_options(str(path))

@@ -8,7 +8,8 @@ those paths from this node. A notice carries no data and grants nothing: the rec
 and at worst pulls from that peer, as its cron round would.
 
 A notice is one JSON array a line: ``["FOLDER", "PATH"]`` (PATH relative to the folder; ``""`` means the
-whole folder). Installed beside the runner; standard library only.
+whole folder). Its first line may be a JSON object, a header of the swarm's relay (mesh_relay): older nodes
+drop it as a line that is not a pair. Installed beside the runner; standard library only.
 """
 
 from __future__ import annotations
@@ -32,9 +33,12 @@ MAX_PATH_CHARS = 4096
 Work = Mapping[str, Mapping[str, "list[str] | None"]]
 
 
-def render_notice(folders: Mapping[str, list[str] | None]) -> bytes:
-    """The lines of one notice: every changed path of every folder, or the folder alone when whole."""
-    lines = []
+def render_notice(
+    folders: Mapping[str, list[str] | None], header: Mapping[str, object] | None = None
+) -> bytes:
+    """The lines of one notice: the header if any, then every changed path of every folder, or the folder
+    alone when whole."""
+    lines = [json.dumps(header, sort_keys=True)] if header else []
     for folder, paths in sorted(folders.items()):
         lines += [json.dumps([folder, path]) for path in (paths if paths is not None else [""])]
     return ("\n".join(lines[:MAX_NOTICE_LINES]) + "\n").encode()
@@ -75,6 +79,20 @@ def parse_notice(data: bytes, folders: Sequence[str]) -> dict[str, list[str] | N
         else:
             found.setdefault(item[0], []).append(path)  # type: ignore[union-attr]
     return found
+
+
+def notice_headers(data: bytes) -> list[dict[str, object]]:
+    """The header objects of a notice's first lines (at most two are read; a pair ends them)."""
+    headers: list[dict[str, object]] = []
+    for raw in data[:MAX_NOTICE_BYTES].splitlines()[:2]:
+        try:
+            item = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            break
+        if not isinstance(item, dict):
+            break
+        headers.append(item)
+    return headers
 
 
 def read_notice(path: str) -> bytes | None:
@@ -184,15 +202,26 @@ class Notifier(PeerQueue):
         self._peers = {peer.name: peer for peer in config.peers}
 
     def handle(self, peer: str, folders: Mapping[str, set[str] | None]) -> None:
-        data = render_notice({f: None if p is None else sorted(p) for f, p in folders.items()})
+        self.deliver(peer, {f: None if p is None else sorted(p) for f, p in folders.items()})
+
+    def deliver(
+        self, peer: str, folders: Mapping[str, list[str] | None], header: Mapping[str, object] | None = None
+    ) -> bool:
+        """Send one notice now (tried ``retries`` more times); whether the peer got it."""
+        if peer not in self._peers:
+            return False
+        data = render_notice(folders, header)
         argv, timeout = notify_argv(self.config, self._peers[peer]), self.config.connect_timeout + 10.0
         for attempt in range(self.retries + 1):
             code, error = self.run(argv, data, timeout)
             self.on_sent(peer, code == 0, error)
-            if code == 0 or attempt == self.retries:
+            if code == 0:
+                return True
+            if attempt == self.retries:
                 break
             self.drop(self.config, self._peers[peer])  # a stale shared connection: the next try opens one
             threading.Event().wait(retry_pause(attempt))
+        return False
 
 
 def _run_ssh(argv: list[str], data: bytes, timeout: float) -> tuple[int, str]:

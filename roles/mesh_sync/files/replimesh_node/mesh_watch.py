@@ -41,7 +41,16 @@ from . import mesh_supervise
 from .mesh_disks import mount_points, mounts_inside, read_mountinfo
 from .mesh_edgerecord import iso_utc
 from .mesh_inotify import IN_CLOSE_WRITE, IN_MOVED_FROM, IN_MOVED_TO, IN_Q_OVERFLOW, IN_UNMOUNT, Inotify
-from .mesh_notify import Notifier, PeerQueue, parse_notice, pending_notices, read_notice, retry_pause
+from .mesh_notify import (
+    Notifier,
+    PeerQueue,
+    notice_headers,
+    parse_notice,
+    pending_notices,
+    read_notice,
+    retry_pause,
+)
+from .mesh_relay import Acks, Rate, Relay, ack_header, batch_bytes, new_id, parse_ack, parse_relay, relay
 from .mesh_runner import (
     DEFAULT_CONFIG,
     Config,
@@ -66,7 +75,17 @@ ARRIVAL_DELAY_S = 0.05
 # (10 by default), and a writer in a full mesh of 16 gets 15 pulls at once; a peer that is down costs its
 # own edge's worker a few tries, no other edge.
 RETRY_KINDS = frozenset({"busy", "failed", "unreachable"})
-WATCHER_DEFAULTS: dict[str, Any] = {"delay": 0.3, "max_delay": 3.0, "forward": False, "retries": 4}
+# A pull's result that leaves the node holding what it pulled (a relay passes it on after one of these).
+HELD_KINDS = frozenset({"ok", "conflict"})
+MAX_RELAYS = 8  # relays passed on at once; a notice beyond them is a plain one (pulled, not passed on)
+WATCHER_DEFAULTS: dict[str, Any] = {
+    "delay": 0.3,
+    "max_delay": 3.0,
+    "forward": False,
+    "retries": 4,
+    # A batch of at least this many MiB spreads as a swarm (mesh_relay) in a full mesh; 0: never.
+    "swarm_min_mib": 32,
+}
 
 
 # ---- pure logic (unit-tested) ---------------------------------------------------------------------
@@ -225,7 +244,14 @@ class Edges(PeerQueue):
         self._peers = {peer.name: peer for peer in config.peers}
 
     def handle(self, peer: str, folders: Mapping[str, set[str] | None]) -> None:
-        paths = {f: None if p is None else compact_paths(p) for f, p in folders.items()}
+        self.pull(peer, {f: None if p is None else compact_paths(p) for f, p in folders.items()})
+
+    def pull(self, peer: str, paths: Mapping[str, list[str] | None]) -> str:
+        """Pull now (a relay's pull, outside the per-edge queue), tried again while busy or failing; the
+        last run's result kind."""
+        result: Mapping[str, Any] = {"result": "failed"}
+        if peer not in self._peers:
+            return "failed"
         for attempt in range(self.retries + 1):
             with self._slots:
                 result = self._sync(peer, paths)
@@ -233,6 +259,7 @@ class Edges(PeerQueue):
             if result["result"] not in RETRY_KINDS or attempt == self.retries:
                 break
             time.sleep(retry_pause(attempt))
+        return str(result["result"])
 
     def _sync(self, peer: str, paths: Mapping[str, list[str] | None]) -> dict[str, Any]:
         return PathRunner(self.config, paths)._sync_edge_safely(self._peers[peer])
@@ -260,6 +287,8 @@ class Watcher:
         }
         self.edges = Edges(config, int(self.options["retries"]), self._on_result)
         self.notifier = Notifier(config, int(self.options["retries"]), self._on_sent)
+        self.acks, self.rate = Acks(), Rate()
+        self._relays = threading.BoundedSemaphore(MAX_RELAYS)
         self._record_lock = threading.Lock()
         self._stop = False
         self._mounts_changed = False  # a disk inside a folder was unmounted (IN_UNMOUNT)
@@ -283,14 +312,67 @@ class Watcher:
             self.note(f"notice to {peer} not delivered: {error or 'ssh failed'}")
 
     def take_notice(self, path: str) -> None:
-        """A peer told us what changed there: pull those paths from it (nothing else is ever done)."""
+        """A peer told us what changed there: pull those paths from it (nothing else is ever done). A relay
+        header asks us to pass them on after (mesh_relay); an ack answers one of our relays."""
         peer = self.notice_dirs.get(os.path.dirname(path))
         data = read_notice(path)
         if peer is None or data is None:
             return
+        active = [p.name for p in self.config.peers if p.active]
+        headers = notice_headers(data)
+        for header in headers:
+            ack = parse_ack(header)
+            if ack is not None:
+                self.acks.put(peer, *ack)
         folders = parse_notice(data, [f.name for f in self.config.folders])
-        if folders:
-            self.edges.submit({peer: folders})
+        if not folders:
+            return
+        for header in headers:
+            asked = parse_relay(header, active, self.config.node)
+            if asked is not None and self._relays.acquire(blocking=False):
+                threading.Thread(target=self.pass_on, args=(peer, asked, folders), daemon=True).start()
+                return
+        self.edges.submit({peer: folders})
+
+    def pass_on(self, parent: str, asked: Relay, folders: Mapping[str, list[str] | None]) -> None:
+        """A relay's child: pull from the parent (else from the origin, if it is an active peer), say so,
+        then tell our share."""
+        try:
+            paths = {f: None if p is None else compact_paths(p) for f, p in folders.items()}
+            result = self.edges.pull(parent, paths)
+            active = {p.name for p in self.config.peers if p.active}
+            if result not in HELD_KINDS and asked.origin != parent and asked.origin in active:
+                result = self.edges.pull(asked.origin, paths)
+            held = result in HELD_KINDS
+            self.notifier.deliver(parent, {}, ack_header(asked.id, held))
+            if held and asked.to:
+                self.spread(asked, paths)
+        finally:
+            self._relays.release()
+
+    def spread(self, job: Relay, paths: Mapping[str, list[str] | None]) -> None:
+        def send(peer: str, what: Mapping[str, list[str] | None], header: dict[str, Any]) -> bool:
+            return self.notifier.deliver(peer, what, header)
+
+        told = relay(job, paths, send, self.acks, self.rate, self.note)
+        with self._record_lock:
+            self.record["relays"] = self.record.get("relays", 0) + 1
+            self.record["last_relay"] = {"id": job.id, "origin": job.origin, "told": told}
+
+    def submit_changes(self, batch: Batch) -> None:
+        """The peers told of a batch: all at once, or, for a large one in a full mesh, as a swarm."""
+        work = batch.plan(self.config.peers, bool(self.options["forward"]))
+        active = sorted(p.name for p in self.config.peers if p.active)
+        minimum = int(self.options["swarm_min_mib"]) << 20
+        plans = list(work.values())
+        uniform = len(plans) == len(active) and all(plan == plans[0] for plan in plans)
+        if minimum and not self.options["forward"] and len(active) >= 3 and uniform:
+            size = batch_bytes(self.config.folders, plans[0])
+            if size >= minimum:
+                job = Relay(new_id(), self.config.node, size, tuple(active))
+                threading.Thread(target=self.spread, args=(job, plans[0]), daemon=True).start()
+                return
+        self.notifier.submit(work)
 
     def watch_notices(self) -> None:
         """Read the peers' notices as they come (a thread of its own: a pull starts without waiting for
@@ -348,7 +430,7 @@ class Watcher:
                 self._collect(event, arrivals, batch)
             now = time.monotonic()
             if batch.ready(now, delay, max_delay):
-                self.notifier.submit(batch.plan(self.config.peers, bool(self.options["forward"])))
+                self.submit_changes(batch)
                 batch = Batch()
             if now >= next_beat:
                 next_beat = now + HEARTBEAT_S
@@ -434,6 +516,9 @@ def load_options(path: str) -> dict[str, Any]:
             raise ConfigError(f"{path}: {key} must be a number of seconds in (0, 60] (got {value!r})")
     if not isinstance(options["forward"], bool):
         raise ConfigError(f"{path}: forward must be true or false")
+    swarm = options["swarm_min_mib"]
+    if isinstance(swarm, bool) or not isinstance(swarm, int) or not 0 <= swarm <= 1 << 20:
+        raise ConfigError(f"{path}: swarm_min_mib must be a whole number of MiB, 0 for never (got {swarm!r})")
     retries = options["retries"]
     if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 20:
         raise ConfigError(f"{path}: retries must be 0..20 (got {retries!r})")
