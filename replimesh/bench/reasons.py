@@ -6,6 +6,7 @@ what would have to change in replimesh for the target to be met.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,9 +31,9 @@ def explain(raw: Mapping[str, Any]) -> dict[str, str]:
     mbit, size, nodes = raw.get("link_mbit"), raw.get("large_bytes"), raw.get("nodes")
     capped_hop = median(raw.get("replimesh_capped_hop_s") or [])
     capped_ssh = median(raw.get("ssh_capped_hop_s") or [])
-    floor = None
-    if mbit and size and nodes:  # node1's uplink carries one whole copy per peer
-        floor = (nodes - 1) * size * 8 / (mbit * 1e6)
+    floor, rounds = None, max(1, math.ceil(math.log2(nodes))) if nodes else None
+    if mbit and size and rounds:  # the swarm: one whole copy a round over a capped link, round after round
+        floor = rounds * size * 8 / (mbit * 1e6)
     rerun, tasks = median(raw.get("bootstrap_rerun_s") or []), median(raw.get("bootstrap_rerun_tasks") or [])
     per_task = rerun / tasks if rerun and tasks else None
     allowed = "?" if not per_task else f"{60 / per_task:.0f}"
@@ -40,11 +41,12 @@ def explain(raw: Mapping[str, Any]) -> dict[str, str]:
     return {
         capped_name: (
             f"replimesh took {_s(median(raw.get('watch_capped_large_s') or []))}, Syncthing "
-            f"{_s(median(raw.get('syncthing_capped_large_s') or []))}. Every peer pulls the whole file from "
-            f"node1, so node1's capped uplink carries {(nodes or 8) - 1} copies: {_s(floor)} at the least, "
-            "however fast each hop is. Syncthing's peers fetch blocks from any peer that has them, so the "
-            "writer sends about one copy. Meeting it needs peers that pull from a node that already holds "
-            "the file (issue 17, item 2), not from the writer alone."
+            f"{_s(median(raw.get('syncthing_capped_large_s') or []))}. The file spreads as a swarm "
+            "(mesh_relay): each node that has pulled it tells the next, so it reaches all nodes in "
+            f"{rounds or '?'} rounds, each one whole copy over a capped link: {_s(floor)} at the least. A "
+            "node passes the file on only once it is complete and verified (one Unison run a hop), where "
+            "Syncthing's peers pass on each block as soon as they have it, so its rounds overlap. Meeting "
+            "it needs a node to serve a file while it still receives it, which Unison does not do."
         ),
         "bootstrap.yml on 16 hosts, first run": (
             f"{_s(median(raw.get('bootstrap_first_s') or []))} for 16 hosts on 2 cores: "
@@ -57,8 +59,8 @@ def explain(raw: Mapping[str, Any]) -> dict[str, str]:
             f"{_s(rerun)} with nothing to change: {_n(raw.get('bootstrap_rerun_tasks'))} tasks still ran on "
             "each host to find that out, one round trip each per host; the control node's forks (16) share "
             f"2 cores with the hosts' Python starts. At {_s(per_task)} a task, 60 s allows about {allowed} "
-            "tasks: meeting it needs the roles' remaining steps (users, packages, cron, sshd) folded into "
-            "converge modules."
+            "tasks. What still runs on every host: the reachability check and the facts, one probe per "
+            "role, the layout runs, the jail tool's refresh, the supervisor's start and mesh_member."
         ),
         "large file, one hop vs raw ssh cat": (
             f"raw ssh moved the file in {_s(ssh)}, one replimesh hop took {_s(hop)}. Unison 2.52 reads the "
@@ -93,11 +95,12 @@ def explain(raw: Mapping[str, Any]) -> dict[str, str]:
         ),
         "large file on all nodes vs Syncthing": (
             f"replimesh took {_s(median(raw.get('watch_large_s') or []))}, Syncthing "
-            f"{_s(median(raw.get('syncthing_large_s') or []))}. Every peer pulls the whole file from node1 "
-            f"at once: node1 reads, fingerprints and sends it {(nodes or 8) - 1} times (one Unison server "
-            "per peer, all on the same 2 cores as the receivers), where Syncthing's peers fetch blocks "
-            "from any peer that has them. Meeting it needs peers that pull from a node that already holds "
-            "the file (issue 17, item 2)."
+            f"{_s(median(raw.get('syncthing_large_s') or []))}. The file spreads as a swarm in "
+            f"{rounds or '?'} rounds of whole Unison runs, one round after the other; on the lab's uncapped "
+            "bridge each run is bound by the 2 cores (Unison reads and fingerprints the file before and "
+            "after the transfer), not by the link, so the rounds cost more than the writer sending every "
+            "copy at once would. Syncthing's peers pass on each block as soon as they have it. Meeting it "
+            "needs a faster hop (see the one-hop target) or a node serving a file while it receives it."
         ),
         "idle CPU per node vs Syncthing": (
             "the watcher wakes every few seconds (mesh.json check, disks mounted in a folder, heartbeat) and "
