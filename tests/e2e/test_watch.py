@@ -143,6 +143,10 @@ def test_a_large_file_spreads_as_a_swarm_each_node_pulling_from_one_that_has_it(
     took = time.monotonic() - started
     log(f"34 MiB written on node2 was on all {len(mesh.nodes)} nodes after {took:.1f} s")
     # The binomial split of node2's peers (node1, node3, node4, node5): node1 with node3, then node4, node5.
+    # Each watcher records its relay once every node it told has answered.
+    assert wait_until(
+        lambda: "last_relay" in record(mesh, "node2") and "last_relay" in record(mesh, "node1"), 30
+    )
     origin = record(mesh, "node2")["last_relay"]
     assert origin["origin"] == "node2" and origin["told"] == ["node1", "node4", "node5"], origin
     relayed = record(mesh, "node1")["last_relay"]

@@ -358,6 +358,7 @@ class Watcher:
         with self._record_lock:
             self.record["relays"] = self.record.get("relays", 0) + 1
             self.record["last_relay"] = {"id": job.id, "origin": job.origin, "told": told}
+            self._write_record()
 
     def submit_changes(self, batch: Batch) -> None:
         """The peers told of a batch: all at once, or, for a large one in a full mesh, as a swarm."""
