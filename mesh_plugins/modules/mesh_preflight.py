@@ -47,6 +47,10 @@ options:
       - The caller's clock (Unix time) just before the module ran; with it the module returns
         RV(ahead_at_most), how far the node's clock can at most be ahead of the caller's.
     type: float
+  watch_state_dir:
+    description: The mesh_sync state directory, where a watch-mode node's watcher keeps its record.
+    type: path
+    default: /var/lib/replimesh/state
   skip:
     description: Checks not to run.
     type: list
@@ -102,6 +106,13 @@ cron_daemons:
   returned: always
   type: list
   elements: str
+watcher_alive:
+  description:
+    - Whether a watch-mode watcher is alive on the node (its record in O(watch_state_dir) is fresh and its
+      process runs); false where none is expected.
+    - The mesh_sync role starts the supervisor only where it is not.
+  returned: always
+  type: bool
 """
 
 import os
@@ -121,6 +132,7 @@ from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_preflight impo
     sshd_include_problem,
     unresolved_peers,
 )
+from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_watchstate import watcher_state
 
 ARGUMENT_SPEC: dict[str, Any] = {
     "folders": {"type": "list", "elements": "path", "default": []},
@@ -129,6 +141,7 @@ ARGUMENT_SPEC: dict[str, Any] = {
     "peers": {"type": "list", "elements": "dict", "default": []},
     "job_user": {"type": "str", "default": "replimesh"},
     "control_time": {"type": "float"},
+    "watch_state_dir": {"type": "path", "default": "/var/lib/replimesh/state"},
     "skip": {
         "type": "list",
         "elements": "str",
@@ -201,6 +214,7 @@ def main() -> None:
         systemd=systemd,
         cron_running=len(daemons),
         cron_daemons=sorted({daemon["name"] for daemon in daemons}),
+        watcher_alive=bool((watcher_state(params["watch_state_dir"]) or {}).get("alive")),
     )
 
 

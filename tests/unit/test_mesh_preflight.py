@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from datetime import UTC
 from pathlib import Path
 
 import pytest
@@ -179,3 +180,36 @@ def test_the_module_names_the_cron_daemons_that_run(monkeypatch: pytest.MonkeyPa
     assert result["cron_daemons"] == ["cron", "crond"] and result["cron_running"] == 3
     proc.pop("40"), proc.pop("41"), proc.pop("42")
     assert run_module(module, {"skip": skip})["cron_daemons"] == []
+
+
+def test_the_module_says_whether_the_watcher_is_alive(tmp_path: Path) -> None:
+    """mesh_sync starts the watcher's supervisor only where the preflight did not see it alive."""
+    import importlib
+    import json
+    import subprocess
+    import sys
+    import time
+    from datetime import datetime
+
+    from tests.conftest import wait_until
+    from tests.unit.module_harness import PLUGINS, run_module
+
+    module = importlib.import_module(f"{PLUGINS}.modules.mesh_preflight")
+    skip = ["bind_mount", "sshd_include", "cron", "free_space", "resolve"]
+    state = tmp_path / "state"
+    args = {"skip": skip, "watch_state_dir": str(state)}
+    assert run_module(module, args)["watcher_alive"] is False  # cron mode: no watcher expected
+    (state / "watch").mkdir(parents=True)
+    beat = datetime.fromtimestamp(time.time(), UTC).isoformat()
+    record = {"pid": os.getpid(), "heartbeat": beat}  # this process is no watcher
+    (state / "watch" / "watcher.json").write_text(json.dumps(record))
+    assert run_module(module, args)["watcher_alive"] is False
+    watcher = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "replimesh-watch"])
+    try:
+        cmdline = Path(f"/proc/{watcher.pid}/cmdline")
+        assert wait_until(lambda: b"replimesh-watch" in cmdline.read_bytes(), 10)
+        (state / "watch" / "watcher.json").write_text(json.dumps({**record, "pid": watcher.pid}))
+        assert run_module(module, args)["watcher_alive"] is True
+    finally:
+        watcher.kill()
+        watcher.wait(10)
