@@ -102,6 +102,10 @@ def _freshest(records: list[tuple[str, Mapping[str, Any]]]) -> tuple[str, Mappin
     return max(records, key=finish) if records else None
 
 
+def _listed(value: object) -> list[str]:
+    return [item for item in value if isinstance(item, str)] if isinstance(value, list) else []
+
+
 def edge_health(
     pair: tuple[str, str],
     records: list[tuple[str, Mapping[str, Any]]],
@@ -142,7 +146,9 @@ def edge_health(
     bad = [(node, record) for failing, node, record in judged if failing]
     node, record = bad[0] if bad else found
     lags = [lag for _node, rec in records if (lag := _lag(rec, now)) is not None]
-    conflicts = record.get("conflicts")
+    # Each end's record is its own last pull: a conflict either end met there is the edge's, even when the
+    # other end pulled later and found the two sides already reconciled (both versions kept).
+    conflicts = sorted({c for _node, rec in records for c in _listed(rec.get("conflicts"))})
     row.update(
         reported_by=node,
         result=record.get("result", "failed"),
@@ -150,7 +156,7 @@ def edge_health(
         last_finish=record.get("last_finish"),
         lag_s=max(lags) if lags else None,
         files_changed=int(record.get("files_changed") or 0),
-        conflicts=list(conflicts) if isinstance(conflicts, list) else [],
+        conflicts=conflicts,
         error=record.get("error"),
         problems=problems,
         healthy=not problems,

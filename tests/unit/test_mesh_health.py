@@ -176,6 +176,24 @@ def test_a_conflict_is_healthy_and_its_paths_are_listed() -> None:
     assert any("(shared/notes.txt)" in line for line in render_lines(report))
 
 
+def test_a_conflict_one_end_met_is_listed_though_the_other_end_pulled_later_without_one() -> None:
+    """node1 pulled from node2 and kept both versions (a conflict); node2 pulled after, from a node1 that
+    already held both, and met none: the edge's row still lists it, once, from either end."""
+    met = record("node2", "conflict", ago=120, conflicts=["shared/notes.txt"], files_changed=1)
+    later = record("node1", "ok", ago=30, files_changed=1)
+    report = mesh_health(
+        triangle(node1={"edges": [met, record("node3")]}, node2={"edges": [later]}), NOW, 3600
+    )
+    row = edges_by_name(report)["node1<->node2"]
+    assert row["reported_by"] == "node2" and row["result"] == "ok"  # the freshest record still speaks
+    assert row["conflicts"] == ["shared/notes.txt"] and report["conflicts"] == 1
+    both = record("node1", "conflict", ago=30, conflicts=["shared/notes.txt"], files_changed=1)
+    report = mesh_health(
+        triangle(node1={"edges": [met, record("node3")]}, node2={"edges": [both]}), NOW, 3600
+    )
+    assert edges_by_name(report)["node1<->node2"]["conflicts"] == ["shared/notes.txt"]
+
+
 def test_an_edge_that_never_ran_is_unhealthy_and_a_removed_edge_is_ignored() -> None:
     # node4 was removed; node2<->node3 never ran
     facts = triangle(node2={"edges": [record("node1"), record("node4")]}, node3={"edges": [record("node1")]})
