@@ -101,6 +101,14 @@ def has_capability(status: str, cap: int) -> bool:
     return value is not None and bool(int(value, 16) >> cap & 1)
 
 
+def cron_masters(procs: Mapping[str, Mapping[str, str]]) -> list[Mapping[str, str]]:
+    """The cron daemons among the processes named cron (pid -> its loginuid, status, name): not those whose
+    parent is one of them. Those are cron's children running a job, whose login uid pam_loginuid set to
+    the job's user (0 for root's jobs, such as cron.daily, which apt's job keeps running for up to half an
+    hour): they say nothing of the daemon."""
+    return [proc for pid, proc in procs.items() if _status_field(proc.get("status", ""), "PPid") not in procs]
+
+
 def pam_requires_loginuid(pam_text: str) -> bool:
     """Whether a PAM service file makes pam_loginuid's failure fatal (Debian's /etc/pam.d/cron does)."""
     for line in pam_text.splitlines():

@@ -118,6 +118,7 @@ watcher_alive:
 import os
 import pwd
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
@@ -127,6 +128,7 @@ from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_preflight impo
     CRON_NAMES,
     SSHD_CONFIG,
     bind_mount_problem,
+    cron_masters,
     cron_problem,
     free_space_problems,
     sshd_include_problem,
@@ -167,9 +169,9 @@ def _process(pid: str) -> dict[str, str]:
     }
 
 
-def _cron_daemons() -> list[dict[str, str]]:
+def _cron_daemons() -> list[Mapping[str, str]]:
     pids = [p for p in os.listdir("/proc") if p.isdigit() and _read(f"/proc/{p}/comm").strip() in CRON_NAMES]
-    return [_process(pid) for pid in pids]
+    return cron_masters({pid: _process(pid) for pid in pids})
 
 
 def _uid(user: str) -> int:

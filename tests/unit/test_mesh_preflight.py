@@ -12,6 +12,7 @@ import pytest
 from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_preflight import (
     UNSET_LOGINUID,
     bind_mount_problem,
+    cron_masters,
     cron_problem,
     free_space_problems,
     has_capability,
@@ -78,6 +79,24 @@ def test_capabilities_and_the_pam_rule_are_read_as_the_kernel_and_pam_do() -> No
 def test_cron_started_at_boot_runs_jobs() -> None:
     daemon = {"loginuid": str(UNSET_LOGINUID), "status": DOCKER_CAPS}
     assert cron_problem([daemon], None, DEBIAN_PAM_CRON, job_uid=998) is None
+
+
+def test_a_root_job_cron_is_running_is_not_taken_for_the_daemon() -> None:
+    """At 06:25 cron.daily starts (apt's part sleeps up to half an hour): the daemon's child running it has
+    login uid 0 (pam_loginuid, root's job). Only the daemon says whether cron can run the mesh user's jobs."""
+    daemon = {
+        "loginuid": str(UNSET_LOGINUID),
+        "status": f"Name:\tcron\nPPid:\t1\n{DOCKER_CAPS}",
+        "name": "cron",
+    }
+    job = {"loginuid": "0", "status": f"Name:\tcron\nPPid:\t40\n{DOCKER_CAPS}", "name": "cron"}
+    masters = cron_masters({"40": daemon, "4711": job})
+    assert masters == [daemon]
+    assert cron_problem(masters, None, DEBIAN_PAM_CRON, job_uid=998) is None
+    assert cron_problem([daemon, job], None, DEBIAN_PAM_CRON, job_uid=998)  # what was judged before
+    # A daemon an admin's login restarted is still refused, with or without a job running.
+    restarted = {**daemon, "loginuid": "1000"}
+    assert cron_problem(cron_masters({"40": restarted, "4711": job}), None, DEBIAN_PAM_CRON, job_uid=998)
 
 
 def test_cron_started_from_a_login_in_a_container_runs_no_job() -> None:
