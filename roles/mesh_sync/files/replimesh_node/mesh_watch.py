@@ -289,6 +289,8 @@ class Watcher:
         self.notifier = Notifier(config, int(self.options["retries"]), self._on_sent)
         self.acks, self.rate = Acks(), Rate()
         self._relays = threading.BoundedSemaphore(MAX_RELAYS)
+        # The peers a relay may involve (a new mesh.json restarts the watcher, so this never goes stale).
+        self.active = sorted(p.name for p in config.peers if p.active)
         self._record_lock = threading.Lock()
         self._stop = False
         self._mounts_changed = False  # a disk inside a folder was unmounted (IN_UNMOUNT)
@@ -318,7 +320,6 @@ class Watcher:
         data = read_notice(path)
         if peer is None or data is None:
             return
-        active = [p.name for p in self.config.peers if p.active]
         headers = notice_headers(data)
         for header in headers:
             ack = parse_ack(header)
@@ -328,7 +329,7 @@ class Watcher:
         if not folders:
             return
         for header in headers:
-            asked = parse_relay(header, active, self.config.node)
+            asked = parse_relay(header, self.active, self.config.node)
             if asked is not None and self._relays.acquire(blocking=False):
                 threading.Thread(target=self.pass_on, args=(peer, asked, folders), daemon=True).start()
                 return
@@ -340,8 +341,7 @@ class Watcher:
         try:
             paths = {f: None if p is None else compact_paths(p) for f, p in folders.items()}
             result = self.edges.pull(parent, paths)
-            active = {p.name for p in self.config.peers if p.active}
-            if result not in HELD_KINDS and asked.origin != parent and asked.origin in active:
+            if result not in HELD_KINDS and asked.origin != parent and asked.origin in self.active:
                 result = self.edges.pull(asked.origin, paths)
             held = result in HELD_KINDS
             self.notifier.deliver(parent, {}, ack_header(asked.id, held))
@@ -363,7 +363,7 @@ class Watcher:
     def submit_changes(self, batch: Batch) -> None:
         """The peers told of a batch: all at once, or, for a large one in a full mesh, as a swarm."""
         work = batch.plan(self.config.peers, bool(self.options["forward"]))
-        active = sorted(p.name for p in self.config.peers if p.active)
+        active = self.active
         minimum = int(self.options["swarm_min_mib"]) << 20
         plans = list(work.values())
         uniform = len(plans) == len(active) and all(plan == plans[0] for plan in plans)
