@@ -23,13 +23,13 @@ import pwd
 import re
 import signal
 import stat
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from .mesh_disks import mount_points, mounts_inside, unescape_mountinfo
 from .mesh_jailbins import mirror_template
+from .mesh_layout import write_atomic
 from .mesh_names import LOGIN_RE
 from .mesh_prune import RETIRED  # BACKUP_DIR/.retired/EDGE_USER-TIME: what a removed edge's server end kept
 
@@ -498,14 +498,6 @@ def _uid(name: str) -> int | None:
         return None
 
 
-def _write_file(path: str, content: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=os.path.dirname(path))
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(content)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-
-
 def apply_jails(jails: Jails, todo: JailPlan) -> None:
     """Logins first (a jail must not wait for its user), then binaries, mounts, fstab; stale ones last."""
     jails.add_users(todo.users_add)
@@ -515,6 +507,6 @@ def apply_jails(jails: Jails, todo: JailPlan) -> None:
     jails.remount(todo.remount)
     jails.retire(todo.retire)
     if todo.fstab is not None:
-        _write_file(jails.fstab, todo.fstab)
+        write_atomic(jails.fstab, todo.fstab.encode(), 0o644)
     jails.remove(todo.jails_remove)
     jails.remove_users(todo.users_remove)

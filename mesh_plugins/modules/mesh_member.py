@@ -286,12 +286,12 @@ import os
 import pwd
 import shutil
 import stat
-import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_cipher import hardware_aes, preferred
 from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_jail import JailError, Jails, apply_jails
+from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_layout import write_atomic
 from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_member import (
     Entry,
     Existing,
@@ -412,26 +412,16 @@ def _set_owner_mode(fd: int, entry: Entry, ids: dict[str, tuple[int, int]]) -> N
 
 
 def _write(entry: Entry, ids: dict[str, tuple[int, int]]) -> None:
-    directory, name = os.path.split(entry.path)
-    if entry.kind == "link":
-        tmp = os.path.join(directory, f".{name}.link.tmp")
-        if os.path.lexists(tmp):
-            os.unlink(tmp)
-        os.symlink(entry.content or "", tmp)
-        os.replace(tmp, entry.path)
+    if entry.kind != "link":
+        uid, gid = ids[entry.owner][0], ids[entry.group][1]
+        write_atomic(entry.path, (entry.content or "").encode(), entry.mode, uid, gid)
         return
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write((entry.content or "").encode())
-            handle.flush()
-            _set_owner_mode(handle.fileno(), entry, ids)
-            os.fsync(handle.fileno())
-        os.replace(tmp, entry.path)
-    except BaseException:
-        if os.path.lexists(tmp):
-            os.unlink(tmp)
-        raise
+    directory, name = os.path.split(entry.path)
+    tmp = os.path.join(directory, f".{name}.link.tmp")
+    if os.path.lexists(tmp):
+        os.unlink(tmp)
+    os.symlink(entry.content or "", tmp)
+    os.replace(tmp, entry.path)
 
 
 def _fix(entry: Entry, ids: dict[str, tuple[int, int]]) -> None:

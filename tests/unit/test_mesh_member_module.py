@@ -102,21 +102,21 @@ class FakeSystem:
 def system(tmp_path: Path) -> Any:
     """Every test runs against the fake: no user is made, nothing mounted, no file outside tmp_path."""
     fake = FakeSystem()
-    write_file = mesh_jail._write_file
+    write_atomic = mesh_jail.write_atomic
 
     def fake_open(path: Any, *args: Any, **kw: Any) -> Any:
         if path == "/proc/self/mountinfo":
             return io.StringIO(fake.mountinfo())
         return builtins.open(path, *args, **kw)
 
-    def guarded_write_fstab(path: str, content: str) -> None:
+    def guarded_write_fstab(path: str, data: bytes, mode: int, *args: Any) -> None:
         assert path.startswith(f"{tmp_path}/"), f"a test would write {path}"
-        write_file(path, content)
+        write_atomic(path, data, mode, *args)
 
     with (
         mock.patch.object(basic.AnsibleModule, "run_command", FakeSystem.command_of(fake)),
         mock.patch.object(mesh_member.Jails, "existing_users", lambda self: sorted(fake.users)),
-        mock.patch.object(mesh_jail, "_write_file", guarded_write_fstab),
+        mock.patch.object(mesh_jail, "write_atomic", guarded_write_fstab),
         # mesh_jail reads the mount table (points and flags) from /proc/self/mountinfo: the fake's.
         mock.patch.object(mesh_jail, "open", fake_open, create=True),
         # The folders (/srv/...) are the host's paths in every spec here: taken as made by mesh_sync.

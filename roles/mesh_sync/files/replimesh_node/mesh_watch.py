@@ -122,6 +122,11 @@ def compact_paths(paths: Iterable[str], limit: int = MAX_PATHS) -> list[str] | N
             return None
 
 
+def compact_folders(folders: Mapping[str, Iterable[str] | None]) -> dict[str, list[str] | None]:
+    """compact_paths for each folder of a pull; a folder already None (whole) stays whole."""
+    return {f: None if p is None else compact_paths(p) for f, p in folders.items()}
+
+
 def _ancestors(path: str) -> set[str]:
     parts = path.split("/")
     return {"/".join(parts[:i]) for i in range(1, len(parts))}
@@ -190,7 +195,7 @@ class Batch:
         for folder in self.full:
             for peer in targets(peers, False, forward):
                 work.setdefault(peer.name, {})[folder] = {""}
-        return {peer: {f: compact_paths(p) for f, p in folders.items()} for peer, folders in work.items()}
+        return {peer: compact_folders(folders) for peer, folders in work.items()}
 
 
 class Arrivals:
@@ -244,7 +249,7 @@ class Edges(PeerQueue):
         self._peers = {peer.name: peer for peer in config.peers}
 
     def handle(self, peer: str, folders: Mapping[str, set[str] | None]) -> None:
-        self.pull(peer, {f: None if p is None else compact_paths(p) for f, p in folders.items()})
+        self.pull(peer, compact_folders(folders))
 
     def pull(self, peer: str, paths: Mapping[str, list[str] | None]) -> str:
         """Pull now (a relay's pull, outside the per-edge queue), tried again while busy or failing; the
@@ -339,7 +344,7 @@ class Watcher:
         """A relay's child: pull from the parent (else from the origin, if it is an active peer), say so,
         then tell our share."""
         try:
-            paths = {f: None if p is None else compact_paths(p) for f, p in folders.items()}
+            paths = compact_folders(folders)
             result = self.edges.pull(parent, paths)
             if result not in HELD_KINDS and asked.origin != parent and asked.origin in self.active:
                 result = self.edges.pull(asked.origin, paths)
