@@ -115,7 +115,7 @@ class Phases:
         chosen = self.preferred_cipher(a)
         self.run.versions["ssh cipher the mesh prefers on node1"] = chosen
         with self.ssh_source(a, b) as (src, sha):
-            for _ in range(max(3, self.plan.repeat // 2)):
+            for _ in range(max(3, self.plan.repeat)):
                 for cipher, series in CIPHERS.items():
                     seconds = self.ssh_cat(a, b, src, sha, cipher)
                     self.add(series, seconds)
@@ -283,14 +283,14 @@ class Phases:
         self.bootstrap([a, b], {"kind": "full"}, "watch" if watch else "cron", "2 nodes", tree=True)
         if watch:
             self.warm_up("2 nodes", [b])
-            for _ in range(self.plan.large_repeat + 1):
+            for _ in range(max(2, self.plan.large_repeat)):
                 self.large_trial("replimesh_hop_s", rm.FOLDER, rm.STAGING, rm.USER, [b])
             self.small_trials("pair_empty_small_s", rm.FOLDER, rm.USER, GAP_FAST_S, [b])
             if self.plan.link_mbit:
                 self.capped_hop()
         else:
             self.run.commands.append(f"node1$ {rm.RUNNER} --peer node2   (as {rm.USER}, timed)")
-            for _ in range(self.plan.large_repeat + 1):
+            for _ in range(max(2, self.plan.large_repeat)):
                 probe.sh(a, f"mkdir -p {rm.STAGING} && chown {rm.USER}:{rm.USER} {rm.STAGING}")
                 src, dst = f"{rm.STAGING}/{BIG}", f"{rm.FOLDER}/{BIG}"
                 sha = probe.make_file(a, src, self.plan.large_bytes, owner=rm.USER)
@@ -338,7 +338,7 @@ class Phases:
         bare = [rm.bare_unison_argv(a, b.name, folder["name"]) for folder in (*rm.FOLDERS, rm.TREE_FOLDER)]
         for argv in bare:
             self.run.commands.append(f"node1$ {' '.join(argv)}   (as {rm.USER}, timed; the two summed)")
-        for _ in range(max(3, self.plan.repeat // 2 + 1)):
+        for _ in range(max(3, self.plan.repeat)):
             self.add("nochange_runner_s", rm.runner_round(a, b.name))
             self.add("nochange_bare_s", round(sum(rm.bare_unison(a, argv) for argv in bare), 3))
         if watch:

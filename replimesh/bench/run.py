@@ -46,7 +46,7 @@ class Plan:
     large_bytes: int = 256 * 1024 * 1024
     tree_files: int = 100_000
     idle_s: float = 60.0
-    large_repeat: int = 2
+    large_repeat: int = 5  # a verdict needs 5 trials of every series; a quick run takes 1
     small_timeout_s: float = 120.0
     large_timeout_s: float = 900.0
     link_mbit: int | None = None  # every host's egress capped for a second set of large-file trials
@@ -64,7 +64,8 @@ class Plan:
             return Plan(
                 nodes, repeat or 2, True, 8 * 1024 * 1024, 2_000, 10.0, 1, 90.0, 300.0, link_mbit, fleet
             )
-        return Plan(nodes, repeat or 5, link_mbit=link_mbit, fleet=fleet)
+        trials = repeat or 5
+        return Plan(nodes, trials, large_repeat=trials, link_mbit=link_mbit, fleet=fleet)
 
 
 @dataclass
