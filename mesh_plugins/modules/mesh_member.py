@@ -76,7 +76,7 @@ options:
         type: str
       host_key: {description: The peer's ssh host key (C(TYPE BASE64))., type: str, required: true}
   concurrency:
-    description: Edges the runner syncs at once.
+    description: Unison runs the runner has at once (edges, and the folders of an edge, together).
     type: int
     default: 4
   timeout:

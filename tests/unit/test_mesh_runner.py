@@ -137,7 +137,8 @@ def test_runs_exactly_the_profile_with_a_pinned_minimal_environment(tmp_path: Pa
     mesh.fake("node2", "media", fixture="first_sync")
     code, report = mesh.run(capsys)
     assert code == 0
-    calls = mesh.calls()
+    # The folders ran at once: their calls are logged in either order.
+    calls = sorted(mesh.calls(), key=lambda call: call["argv"][0] != "node2--shared")
     # A pull: the profile, and no local deletion on the first run (the brake); nothing held, no second run.
     assert [call["argv"] for call in calls] == [
         ["node2--shared", "-nodeletion", str(mesh.folders["shared"])],
@@ -189,10 +190,43 @@ def test_concurrency_one_serializes_edges(tmp_path: Path, capsys: Capsys) -> Non
     assert second - first >= 0.6
 
 
-def test_folders_of_one_edge_run_one_after_another(tmp_path: Path, capsys: Capsys) -> None:
+def test_folders_of_one_edge_run_at_once_in_the_config_order(tmp_path: Path, capsys: Capsys) -> None:
+    mesh = Mesh(tmp_path, {"node2": True}, folders=("shared", "media"))
+    mesh.fake("node2", "shared", fixture="copies", sleep=0.8)
+    mesh.fake("node2", "media", fixture="first_sync", sleep=0.8)
+    started = time.monotonic()
+    code, report = mesh.run(capsys)
+    assert code == 0 and time.monotonic() - started < 1.5  # one after another would take over 1.6 s
+    first, second = sorted(call["start"] for call in mesh.calls())
+    assert second - first < 0.5  # the second started while the first was still running
+    (edge,) = report["edges"]
+    assert [f["folder"] for f in edge["folders"]] == ["shared", "media"]  # the config's order, either way
+    assert [f["kind"] for f in edge["folders"]] == ["ok", "conflict"]
+    assert mesh.status("node2")["result"] == "conflict"
+
+
+def test_unison_runs_at_once_stay_within_concurrency(tmp_path: Path, capsys: Capsys) -> None:
+    """Edges and folders together: 2 edges x 3 folders with concurrency 2 never run 3 Unisons at once."""
+    folders = ("shared", "media", "docs")
+    mesh = Mesh(tmp_path, {"node2": True, "node3": True}, folders=folders)
+    for peer in ("node2", "node3"):
+        for folder in folders:
+            mesh.fake(peer, folder, sleep=0.3)
+    mesh.save(concurrency=2)
+    code, report = mesh.run(capsys)
+    assert code == 0 and {e["result"] for e in report["edges"]} == {"ok"}
+    calls = mesh.calls()
+    assert len(calls) == 6
+    starts = sorted(call["start"] for call in calls)
+    # Each run sleeps 0.3 s: with at most 2 at once, the runs start in 3 waves, each 0.3 s after the last.
+    assert all(later - earlier >= 0.25 for earlier, later in zip(starts, starts[2:], strict=False))
+
+
+def test_concurrency_one_runs_the_folders_one_after_another(tmp_path: Path, capsys: Capsys) -> None:
     mesh = Mesh(tmp_path, {"node2": True}, folders=("shared", "media"))
     mesh.fake("node2", "shared", sleep=0.5)
     mesh.fake("node2", "media", sleep=0.5)
+    mesh.save(concurrency=1)
     assert mesh.run(capsys)[0] == 0
     first, second = sorted(call["start"] for call in mesh.calls())
     assert second - first >= 0.5

@@ -15,6 +15,10 @@ held back are applied by a second run of only those paths when they stay within 
 (a count, or a share of the folder's files; a share never stops 10 deletions or fewer); otherwise the
 edge stops as ``brake``, nothing deleted, until ``--allow-deletions``.
 
+An edge's folders are pulled at once (each folder is its own Unison run with its own archive), so an edge
+waits for its slowest folder, not for the sum; at most ``concurrency`` Unison runs of a runner (edges and
+folders together) run at any time.
+
 Before each run the edge's Unison directory (where the peer's login writes its archive) is cleared of
 whatever Unison itself never makes there: links not root's, directories, FIFOs, hard links.
 
@@ -402,8 +406,16 @@ def _home() -> str:
 
 
 class Runner:
-    def __init__(self, config: Config, seed: bool = False, allow_deletions: bool = False) -> None:
+    def __init__(
+        self,
+        config: Config,
+        seed: bool = False,
+        allow_deletions: bool = False,
+        slots: threading.BoundedSemaphore | None = None,
+    ) -> None:
         self.config = config
+        # Unison runs at once, edges and folders together (a watcher shares one between its pulls).
+        self.slots = slots or threading.BoundedSemaphore(config.concurrency)
         # Seeding a joining node: the peer's version wins every difference, and nothing local is
         # deleted, so an empty or stale folder neither deletes nor conflicts anything.
         self.seed = seed
@@ -490,7 +502,8 @@ class Runner:
             run = not_run("marker", problem)  # a disk inside the folder: the same guard, one level down
         else:
             try:
-                run, output = self.pull(peer, folder)
+                with self.slots:
+                    run, output = self.pull(peer, folder)
             except LocalIgnoreError as exc:
                 run = not_run("failed", f"{exc}: nothing pulled into {folder.name} until it is fixed")
             except OSError as exc:
@@ -561,10 +574,20 @@ class Runner:
                 # Another run is syncing this edge; its result will be recorded by that run.
                 busy = not_run("busy", "another run is syncing this edge now")
                 return {**merge_status(previous, peer.name, started, time.time(), [busy]), "folders": []}
-            runs = [self.sync_folder(peer, folder) for folder in self.config.folders]
+            runs = self.sync_folders(peer)
             status = merge_status(previous, peer.name, started, time.time(), runs)
             write_json_atomic(status_path, status)
         return {**status, "folders": [run.as_dict() for run in runs]}
+
+    def sync_folders(self, peer: Peer) -> list[UnisonRun]:
+        """The edge's folders at once (results in the config's order); each run takes one of the slots."""
+        folders = self.config.folders
+        if len(folders) == 1 or self.config.concurrency == 1:
+            return [self.sync_folder(peer, folder) for folder in folders]
+        from concurrent.futures import ThreadPoolExecutor  # here: a lone folder skips its start-up cost
+
+        with ThreadPoolExecutor(max_workers=len(folders)) as pool:
+            return list(pool.map(lambda folder: self.sync_folder(peer, folder), folders))
 
     def log(self, peer: str, run: UnisonRun, output: str) -> None:
         error = json.dumps(run.error) if run.error else "-"

@@ -218,8 +218,14 @@ class Arrivals:
 class PathRunner(Runner):
     """The runner's edge sync (edge lock, marker check, status record, log) for some paths only."""
 
-    def __init__(self, config: Config, paths: Mapping[str, list[str] | None]) -> None:
-        super().__init__(replace(config, folders=tuple(f for f in config.folders if f.name in paths)))
+    def __init__(
+        self,
+        config: Config,
+        paths: Mapping[str, list[str] | None],
+        slots: threading.BoundedSemaphore | None = None,
+    ) -> None:
+        folders = tuple(f for f in config.folders if f.name in paths)
+        super().__init__(replace(config, folders=folders), slots=slots)
         self.paths = paths
 
     def command(self, peer: Peer, folder: Folder) -> list[str]:
@@ -246,6 +252,7 @@ class Edges(PeerQueue):
         self.retries = retries
         self.on_result = on_result
         self._slots = threading.Semaphore(config.concurrency)
+        self._unison = threading.BoundedSemaphore(config.concurrency)  # Unison runs of all pulls together
         self._peers = {peer.name: peer for peer in config.peers}
 
     def handle(self, peer: str, folders: Mapping[str, set[str] | None]) -> None:
@@ -267,7 +274,7 @@ class Edges(PeerQueue):
         return str(result["result"])
 
     def _sync(self, peer: str, paths: Mapping[str, list[str] | None]) -> dict[str, Any]:
-        return PathRunner(self.config, paths)._sync_edge_safely(self._peers[peer])
+        return PathRunner(self.config, paths, self._unison)._sync_edge_safely(self._peers[peer])
 
 
 # ---- the watcher -----------------------------------------------------------------------------------
