@@ -121,6 +121,9 @@ class Phases:
                     self.add(series, seconds)
                     if cipher == chosen:
                         self.add("ssh_hop_s", seconds)
+                # Unison fingerprints a new file (MD5) on the sending end before and the receiving end
+                # after the transfer: the share of a hop no transfer path inside Unison can save.
+                self.add("md5_large_s", probe.timed(a, ["md5sum", src], timeout=300)[0])
 
     @staticmethod
     def preferred_cipher(host: Host) -> str:

@@ -25,6 +25,8 @@ def _n(series: object) -> str:
 
 def explain(raw: Mapping[str, Any]) -> dict[str, str]:
     ssh, hop = median(raw.get("ssh_hop_s") or []), median(raw.get("replimesh_hop_s") or [])
+    md5 = median(raw.get("md5_large_s") or [])
+    best = None if ssh is None or md5 is None else ssh / (ssh + 2 * md5)
     runner, bare = median(raw.get("nochange_runner_s") or []), median(raw.get("nochange_bare_s") or [])
     st_fast = median(raw.get("syncthing_fast_small_s") or [])
     overhead = None if runner is None or bare is None else runner - bare
@@ -67,7 +69,10 @@ def explain(raw: Mapping[str, Any]) -> dict[str, str]:
             "whole file to fingerprint it before sending, sends it through its own protocol over the ssh "
             "pipe, writes it to a temporary file on the receiver and fingerprints that again before the "
             "rename: several passes over the data and two processes in the path where `ssh cat` is one "
-            "stream. LAB.md found an external copyprog (rsync) no faster, since the fingerprinting stays. "
+            "stream. Its two fingerprints alone (MD5 of the file: "
+            f"{_s(md5)} each on these hosts) bound any Unison hop, however fast its transfer, to "
+            f"{'?' if best is None else f'{best:.2f}'} of raw ssh here. LAB.md found an external copyprog "
+            "(rsync) no faster, since the fingerprinting stays. "
             "Meeting the target needs a transfer path that is not Unison's for large new files. On a link "
             f"capped at {mbit or 'M'} Mbit/s the same hop took {_s(capped_hop)} against {_s(capped_ssh)} for "
             "raw ssh: where the link is the limit, "

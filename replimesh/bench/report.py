@@ -13,6 +13,7 @@ from replimesh.bench.results import KEYS
 
 SERIES_TEXT = {
     "ssh_hop_s": "large file, raw `ssh cat` node1 -> node2 (the ceiling for a hop)",
+    "md5_large_s": "large file, `md5sum` on node1 (what one Unison fingerprint of it costs)",
     "replimesh_hop_s": "large file, node1 -> node2, 2-node mesh (one hop; watch mode, else one runner run)",
     "syncthing_default_small_s": "1 KiB on node1 -> identical on all nodes, Syncthing default (10 s delay)",
     "syncthing_fast_small_s": "1 KiB on node1 -> identical on all nodes, Syncthing fsWatcherDelayS=1",

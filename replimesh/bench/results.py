@@ -51,6 +51,7 @@ SERIES = (
     "pair_tree_small_s",
     "ssh_hop_aes128_gcm_s",
     "ssh_hop_chacha20_s",
+    "md5_large_s",
     "syncthing_capped_large_s",
     "watch_capped_large_s",
     "ssh_capped_hop_s",

@@ -284,7 +284,8 @@ METHOD = [
     "by sha256).",
     "Raw ssh: `ssh -c CIPHER lab@node2 'cat > FILE' < FILE` on node1, with AES128-GCM and with "
     "ChaCha20-Poly1305 (alternated); the ceiling for a hop is the cipher node1's mesh ssh prefers (from its "
-    "CPU flags, as the mesh_member module chooses it), so the hop and the ceiling use the same cipher.",
+    "CPU flags, as the mesh_member module chooses it), so the hop and the ceiling use the same cipher. "
+    "After each pair, `md5sum FILE` on node1: what each of Unison's two fingerprints of a new file costs.",
     "Capped link (--link-mbit M): every lab host's egress limited to M Mbit/s by a tc token bucket set from "
     "this machine in the host's network namespace; the large-file trials of Syncthing and of replimesh "
     "(full mesh) are run again, and one hop (raw ssh and replimesh, node1 and node2 alone), then the caps "
