@@ -43,6 +43,7 @@ PREFLIGHT_LAB = slot_lab_config("pre", 6)
 NODES = 9
 HEALTHY = ("node7", "node8", "node9")
 SHARED = "/srv/replimesh/shared"
+DOCS = "/srv/replimesh/docs"
 PROBE = "/etc/cron.d/preflight-probe"  # a root job that stamps /tmp/probe-ran every minute
 # What each node's line must say (its problem), and on which node.
 EXPECTED = {
@@ -150,7 +151,7 @@ def test_a_wheel_and_the_collection_make_a_mesh_outside_the_checkout(
 ) -> None:
     """pip installs meshctl's wheel into a fresh venv, ansible-galaxy the collection; from a directory that
     is not this checkout, `meshctl up` bootstraps the three healthy hosts and `meshctl sync` carries a
-    file from node7 to node8 and node9."""
+    file from node7 to node8 and node9, in each of two folders."""
     work = tmp_path_factory.mktemp("outside")
     wheel = subprocess.run(
         [str(VENV_BIN / "pip"), "wheel", "--no-deps", "-q", "-w", str(work / "dist"), str(ROOT)],
@@ -177,6 +178,8 @@ def test_a_wheel_and_the_collection_make_a_mesh_outside_the_checkout(
 
     mesh = yaml.safe_load(lab.inventory_path.read_text())
     mesh["nodes"] = {node: mesh["nodes"][node] for node in HEALTHY}
+    # A second folder: each edge pulls its folders at once (two Unison runs side by side on real hosts).
+    mesh["folders"] = [*mesh["folders"], {"name": "docs", "path": DOCS}]
     mesh_file = work / "site.mesh.yml"
     mesh_file.write_text(yaml.safe_dump(mesh, sort_keys=False))
     env = outside_env(ANSIBLE_COLLECTIONS_PATH=str(collections))
@@ -190,11 +193,13 @@ def test_a_wheel_and_the_collection_make_a_mesh_outside_the_checkout(
     up = meshctl("up")
     assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
     payload = f"from the wheel {time.time_ns()}\n"
-    sh(lab, "node7", f"printf %s '{payload}' > {SHARED}/wheel.txt && chown replimesh: {SHARED}/wheel.txt")
+    for folder in (SHARED, DOCS):
+        sh(lab, "node7", f"printf %s '{payload}' > {folder}/wheel.txt && chown replimesh: {folder}/wheel.txt")
     synced = meshctl("sync")
     assert synced.returncode == 0, synced.stdout[-3000:] + synced.stderr[-3000:]
     for node in HEALTHY[1:]:
-        assert sh(lab, node, f"cat {SHARED}/wheel.txt") == payload, node
+        for folder in (SHARED, DOCS):
+            assert sh(lab, node, f"cat {folder}/wheel.txt") == payload, (node, folder)
 
 
 def outside_env(**extra: str) -> dict[str, str]:
