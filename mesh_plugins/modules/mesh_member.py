@@ -291,7 +291,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_cipher import hardware_aes, preferred
 from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_jail import JailError, Jails, apply_jails
-from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_layout import write_atomic
+from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_layout import fix_owner_mode, write_atomic
 from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_member import (
     Entry,
     Existing,
@@ -406,15 +406,13 @@ def read_existing(spec: MemberSpec, entries: list[Entry]) -> Existing:
     )
 
 
-def _set_owner_mode(fd: int, entry: Entry, ids: dict[str, tuple[int, int]]) -> None:
-    os.fchown(fd, ids[entry.owner][0], ids[entry.group][1])
-    os.fchmod(fd, entry.mode)
+def _owner(entry: Entry, ids: dict[str, tuple[int, int]]) -> tuple[int, int]:
+    return ids[entry.owner][0], ids[entry.group][1]
 
 
 def _write(entry: Entry, ids: dict[str, tuple[int, int]]) -> None:
     if entry.kind != "link":
-        uid, gid = ids[entry.owner][0], ids[entry.group][1]
-        write_atomic(entry.path, (entry.content or "").encode(), entry.mode, uid, gid)
+        write_atomic(entry.path, (entry.content or "").encode(), entry.mode, *_owner(entry, ids))
         return
     directory, name = os.path.split(entry.path)
     tmp = os.path.join(directory, f".{name}.link.tmp")
@@ -425,12 +423,8 @@ def _write(entry: Entry, ids: dict[str, tuple[int, int]]) -> None:
 
 
 def _fix(entry: Entry, ids: dict[str, tuple[int, int]]) -> None:
-    # O_NOFOLLOW: never change the mode or owner of whatever a symlink put in place would point at.
-    fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW)
-    try:
-        _set_owner_mode(fd, entry, ids)
-    finally:
-        os.close(fd)
+    # Through a descriptor opened with O_NOFOLLOW: never the mode or owner of what a link points at.
+    fix_owner_mode(entry.path, *_owner(entry, ids), entry.mode)
 
 
 def apply(result: Plan, ids: dict[str, tuple[int, int]]) -> None:
