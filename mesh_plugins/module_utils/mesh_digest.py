@@ -33,8 +33,12 @@ RACY_NS = 1_000_000_000
 PERM_BITS = 0o1777
 CHUNK = 1 << 20
 SHORT = 10  # hex digits of a sha256 shown to a person
-# Unison's copyonconflict keeps the losing version as NAME (conflict_on_DATE).EXT beside NAME.EXT.
-CONFLICT_RE = re.compile(r" \(conflict_on_[0-9]{4}-[0-9]{2}-[0-9]{2}[^()/]*\)(?P<ext>\.[^/]*)?$")
+# Unison's copyonconflict keeps the losing version as NAME (conflict_on_DATE).EXT beside NAME.EXT: its
+# suffix goes before the name's last dot (a dotfile's copy starts with it), NAME (conflict #N_on_DATE).EXT
+# when that name is taken, ..._DATE_was_deleted) for a version kept against a deletion (Unison 2.51.3 on).
+CONFLICT_RE = re.compile(
+    r" \(conflict(?: #[0-9]+)?_on_[0-9]{4}-[0-9]{2}-[0-9]{2}(?:_was_deleted)?\)(?P<ext>\.[^./]*)?$"
+)
 
 Entry = tuple[int, str, str]  # size, mode, sha256 (mode "link" and the target's hash for a symlink)
 
@@ -121,10 +125,12 @@ class IgnoreRules:
 
 def original_name(name: str) -> str | None:
     """``notes (conflict_on_2026-11-25).md`` -> ``notes.md``: the file a conflict copy was kept of, or None
-    when the name is not a conflict copy's. A copy of a copy (two nodes kept different versions under one
-    copy's name) names the first file too: ``notes (conflict_on_D) (conflict_on_E).md`` -> ``notes.md``."""
+    when the name is not a conflict copy's. A second copy kept the same day (``notes (conflict #1_on_D).md``),
+    a dotfile's (`` (conflict_on_D).bashrc`` -> ``.bashrc``) and a copy of a copy (two nodes kept different
+    versions under one copy's name) name the first file too:
+    ``notes (conflict_on_D) (conflict #1_on_E).md`` -> ``notes.md``."""
     original = None
-    while (match := CONFLICT_RE.search(name)) and match.start() > 0:
+    while (match := CONFLICT_RE.search(name)) and (match.start() > 0 or match.group("ext")):
         original = name = name[: match.start()] + (match.group("ext") or "")
     return original
 

@@ -18,7 +18,7 @@ from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_versions impor
 from replimesh.conflicts import keeper, lines
 from replimesh.playbooks import BadInputError
 
-COPY = "notes (conflict_on_2026-12-04 at 10h11m12s).md"
+COPY = "notes (conflict #1_on_2026-12-04).md"
 UID, GID = os.getuid(), os.getgid()
 
 
@@ -30,9 +30,20 @@ UID, GID = os.getuid(), os.getgid()
         ("Makefile (conflict_on_2026-11-25)", "Makefile"),
         ("a.tar (conflict_on_2026-11-25).gz", "a.tar.gz"),
         ("notes (conflict_on_2026-12-04) (conflict_on_2026-12-05).md", "notes.md"),
+        # The name Unison gives a second copy of one file on one day, and so a copy of that copy.
+        ("notes (conflict #12_on_2026-12-04).md", "notes.md"),
+        ("draft (conflict_on_2026-12-05) (conflict #1_on_2026-12-05).md", "draft.md"),
+        ("notes (conflict_on_2026-12-04_was_deleted).md", "notes.md"),
+        ("notes (conflict #2_on_2026-12-04_was_deleted).md", "notes.md"),
+        # A dotfile's copy: Unison puts the suffix before the name's last dot.
+        (" (conflict_on_2026-11-25).bashrc", ".bashrc"),
+        (" (conflict_on_2026-11-25) (conflict #1_on_2026-11-25).bashrc", ".bashrc"),
         ("notes.md", None),
-        (" (conflict_on_2026-11-25).md", None),
+        (" (conflict_on_2026-11-25)", None),
         ("notes (conflict on 2026-11-25).md", None),
+        ("notes (conflict_on_2026-12-04 at 10h11m12s).md", None),
+        ("notes (conflict #_on_2026-12-04).md", None),
+        ("notes (conflict_on_2026-12-04).tar.gz", None),
     ],
 )
 def test_a_copy_names_the_file_it_was_kept_of(name: str, original: str | None) -> None:
