@@ -43,10 +43,13 @@ def test_a_conflict_is_listed_on_every_node_and_resolved_everywhere(mesh: Mesh, 
     versions = {copy["sha256"] for copy in item["copies"]} | set(item["now"].values())
     assert {sha(ONE), sha(TWO)} <= versions, item
 
-    # Keep the version the file is not now, by the name of its copy.
+    # Keep the version the file is not now, by the name of its copy. Nodes may hold different versions
+    # under one copy's name (each kept its own loser): then the operator names the node, with --from.
     chosen = next(copy for copy in item["copies"] if copy["sha256"] not in item["now"].values())
     name = chosen["copy"].rsplit("/", 1)[-1]
-    proc = meshctl(mesh, tmp_path, "conflicts", "draft.md", "--keep", name)
+    shared = [copy for copy in item["copies"] if copy["copy"] == chosen["copy"]]
+    source = [] if len(shared) == 1 else ["--from", chosen["nodes"][0]]
+    proc = meshctl(mesh, tmp_path, "conflicts", "draft.md", "--keep", name, *source)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     for node in mesh.nodes:
         files = mesh.digest(node)
