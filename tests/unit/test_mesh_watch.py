@@ -43,6 +43,7 @@ from replimesh_node.mesh_watch import (
     compact_paths,
     ignored,
     load_options,
+    merge_plans,
     targets,
 )
 from tests.conftest import wait_until
@@ -85,6 +86,22 @@ def test_targets_forward_arrivals_only_in_an_overlay() -> None:
     assert [p.name for p in targets(peers, arrived=False, forward=False)] == ["node2", "node3"]
     assert targets(peers, arrived=True, forward=False) == []
     assert [p.name for p in targets(peers, arrived=True, forward=True)] == ["node2", "node3"]
+    # Settling (full mesh): what arrived goes to the active peers named after this node only, so each pair
+    # of nodes that got it runs one no-op pull between them, not two.
+    assert [p.name for p in targets(peers, arrived=True, forward=False, after="node1")] == ["node2", "node3"]
+    assert [p.name for p in targets(peers, arrived=True, forward=False, after="node2")] == ["node3"]
+    assert targets(peers, arrived=True, forward=False, after="node3") == []
+
+
+def test_two_plans_merge_into_one_notice_a_peer() -> None:
+    local = {"node2": {"shared": ["a.txt"], "media": None}, "node3": {"shared": ["a.txt"]}}
+    settle = {"node3": {"shared": ["b.txt", "a.txt"], "media": ["x"]}}
+    assert merge_plans(local, settle) == {
+        "node2": {"shared": ["a.txt"], "media": None},
+        "node3": {"shared": ["a.txt", "b.txt"], "media": ["x"]},
+    }
+    assert merge_plans(settle, {"node3": {"media": None}})["node3"]["media"] is None  # whole wins
+    assert merge_plans({}, {}) == {}
 
 
 def test_batch_is_ready_after_a_quiet_window_or_the_longest_wait() -> None:
@@ -129,6 +146,9 @@ def test_batch_plan_sends_local_changes_everywhere_and_arrivals_only_when_forwar
     batch.overflow("media", 1.0)
     plan = batch.plan(PEERS, forward=True)
     assert plan["node2"] == {"shared": ["theirs.txt"], "media": None}
+    # The settling plan holds what arrived only (no local change, no overflowed folder).
+    batch.add("shared", "mine.txt", False, 1.0)
+    assert batch.plan(PEERS, forward=False, settle_after="node2") == {"node3": {"shared": ["theirs.txt"]}}
 
 
 def test_arrivals_are_renames_from_unison_temporary_names() -> None:
@@ -146,10 +166,18 @@ def test_load_options_defaults_and_refusals(tmp_path: Path) -> None:
     assert load_options(str(path))["delay"] == 0.3
     path.write_text(json.dumps({"delay": 0.5, "forward": True, "unknown": 1}))
     assert load_options(str(path)) | {} == {
-        "delay": 0.5, "max_delay": 3.0, "forward": True, "retries": 4, "swarm_min_mib": 32,
+        "delay": 0.5, "max_delay": 3.0, "forward": True, "settle": True, "retries": 4, "swarm_min_mib": 32,
     }  # fmt: skip
     bad_swarm = ({"swarm_min_mib": -1}, {"swarm_min_mib": 1.5}, {"swarm_min_mib": True})
-    for bad in ({"delay": 0}, {"delay": True}, {"forward": "yes"}, {"retries": 99}, [], *bad_swarm):
+    for bad in (
+        {"delay": 0},
+        {"delay": True},
+        {"forward": "yes"},
+        {"settle": 1},
+        {"retries": 99},
+        [],
+        *bad_swarm,
+    ):
         path.write_text(json.dumps(bad))
         with pytest.raises(ConfigError):
             load_options(str(path))

@@ -86,6 +86,34 @@ def test_a_small_batch_still_goes_to_every_peer_at_once(tmp_path: Path) -> None:
     assert all(sent.to(peer) == [([], {"shared": ["small.txt"]})] for peer in PEERS)
 
 
+def test_what_arrived_is_told_to_the_peers_named_after_this_node_unless_it_spreads_as_a_swarm(
+    tmp_path: Path,
+) -> None:
+    """Settling (full mesh): every pair of nodes that got a file records it at once (one no-op pull), so
+    an edit soon after is an update at the other nodes, not a conflict. A swarm's batch is not settled."""
+    mesh, _notify = swarm_mesh(tmp_path)
+    watcher, sent = watcher_for(mesh, swarm_min_mib=1)
+    (mesh.folders["shared"] / "theirs.txt").write_text("from node2")
+    (mesh.folders["shared"] / "mine.txt").write_text("written here")
+    batch = Batch()
+    batch.add("shared", "theirs.txt", True, 1.0)
+    batch.add("shared", "mine.txt", False, 1.0)
+    watcher.submit_changes(batch)
+    # node1 sorts before every peer: each is told of both (its own change, and what arrived, merged).
+    assert wait_until(lambda: all(sent.to(peer) for peer in PEERS), 10)
+    assert all(sent.to(peer) == [([], {"shared": ["mine.txt", "theirs.txt"]})] for peer in PEERS)
+
+    for options, name in (({"swarm_min_mib": 1}, "big.iso"), ({"settle": False}, "small.txt")):
+        (tmp_path / name).mkdir()
+        mesh, _notify = swarm_mesh(tmp_path / name)
+        watcher, sent = watcher_for(mesh, **options)
+        (mesh.folders["shared"] / name).write_bytes(b"\0" * (2 << 20))
+        arrived = Batch()
+        arrived.add("shared", name, True, 1.0)
+        watcher.submit_changes(arrived)
+        assert watcher.notifier.idle() and sent.items == [], (options, sent.items)
+
+
 def test_a_relayed_notice_is_pulled_from_its_sender_acked_then_passed_on(tmp_path: Path) -> None:
     mesh, notify = swarm_mesh(tmp_path)
     watcher, sent = watcher_for(mesh)

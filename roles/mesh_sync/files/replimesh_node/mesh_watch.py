@@ -12,8 +12,13 @@ starts again if it is gone. Standard library only.
   whole tree.
 - Unison's own temporary entries (``.unison.*``) and the folder marker are not changes. A file that Unison
   renamed into place from its temporary name arrived from a peer: it is forwarded to this node's other
-  peers only when ``forward`` is on (overlay). In a full mesh the origin syncs with every node itself, so
-  forwarding would only add N*(N-1) no-op runs.
+  peers only when ``forward`` is on (overlay). In a full mesh the origin syncs with every node itself;
+  there (``settle``) what arrived is told only to the peers whose name sorts after this node's. Each of
+  them pulls it from here: a no-op that records the file in that pair's archive, or a copy if it has
+  none yet. Each pair of nodes that got a file is so recorded once, by one no-op run, not two: without
+  it, a node that edits the file before the pair's own next run would meet, at the other end, a file
+  "new on both sides" with two contents, and Unison would keep a needless conflict copy of the first.
+  A batch that spreads as a swarm is not settled this way (the no-ops would compete with the swarm).
 - Pulls run in parallel (at most ``concurrency`` at once), each under the runner's edge lock; a busy or
   failed run is retried a bounded number of times, so is a notice that could not be sent. The cron round
   stays the full safety net. Notices left while the watcher was down are read when it starts.
@@ -82,6 +87,8 @@ WATCHER_DEFAULTS: dict[str, Any] = {
     "delay": 0.3,
     "max_delay": 3.0,
     "forward": False,
+    # Full mesh: tell the peers named after this node what arrived here, so every pair records it.
+    "settle": True,
     "retries": 4,
     # A batch of at least this many MiB spreads as a swarm (mesh_relay) in a full mesh; 0: never.
     "swarm_min_mib": 32,
@@ -132,11 +139,28 @@ def _ancestors(path: str) -> set[str]:
     return {"/".join(parts[:i]) for i in range(1, len(parts))}
 
 
-def targets(peers: Sequence[Peer], arrived: bool, forward: bool) -> list[Peer]:
+def merge_plans(
+    first: Mapping[str, Mapping[str, list[str] | None]], second: Mapping[str, Mapping[str, list[str] | None]]
+) -> dict[str, dict[str, list[str] | None]]:
+    """Two plans (peer -> folder -> paths, None: whole) as one: a peer is told of both in one notice."""
+    merged: dict[str, dict[str, set[str] | None]] = {}
+    for plan in (first, second):
+        for peer, folders in plan.items():
+            into = merged.setdefault(peer, {})
+            for folder, paths in folders.items():
+                if paths is None or (folder in into and into[folder] is None):
+                    into[folder] = None
+                else:
+                    into.setdefault(folder, set()).update(paths)  # type: ignore[union-attr]
+    return {peer: compact_folders(folders) for peer, folders in merged.items()}
+
+
+def targets(peers: Sequence[Peer], arrived: bool, forward: bool, after: str | None = None) -> list[Peer]:
     """The peers told of a change: every active peer for a local change; for a change that arrived from a
-    peer, every active peer only when forwarding (the origin then pulls as a cheap no-op)."""
+    peer, every active peer when forwarding (the origin then pulls as a cheap no-op), else, to settle it,
+    the active peers whose name sorts after `after` (this node's), or none."""
     if arrived and not forward:
-        return []
+        return [peer for peer in peers if peer.active and peer.name > after] if after is not None else []
     return [peer for peer in peers if peer.active]
 
 
@@ -184,15 +208,23 @@ class Batch:
             paths |= covering
         self.local = {f: p for f, p in self.local.items() if p}
 
-    def plan(self, peers: Sequence[Peer], forward: bool) -> dict[str, dict[str, list[str] | None]]:
-        """peer -> folder -> paths to sync (None: the whole folder)."""
+    def plan(
+        self, peers: Sequence[Peer], forward: bool, settle_after: str | None = None
+    ) -> dict[str, dict[str, list[str] | None]]:
+        """peer -> folder -> paths to sync (None: the whole folder). With `settle_after` (this node's name,
+        full mesh) the plan holds only what arrived, for the peers named after it (targets)."""
         self.settle()
         work: dict[str, dict[str, set[str]]] = {}
-        for arrived, source in ((False, self.local), (True, self.arrived)):
+        sources = (
+            [(True, self.arrived)]
+            if settle_after is not None
+            else [(False, self.local), (True, self.arrived)]
+        )
+        for arrived, source in sources:
             for folder, paths in source.items():
-                for peer in targets(peers, arrived, forward):
+                for peer in targets(peers, arrived, forward, settle_after):
                     work.setdefault(peer.name, {}).setdefault(folder, set()).update(paths)
-        for folder in self.full:
+        for folder in self.full if settle_after is None else ():
             for peer in targets(peers, False, forward):
                 work.setdefault(peer.name, {})[folder] = {""}
         return {peer: compact_folders(folders) for peer, folders in work.items()}
@@ -291,6 +323,7 @@ class Watcher:
             "node": config.node,
             "started": iso_utc(time.time()),
             "forward": bool(self.options["forward"]),
+            "settle": bool(self.options["settle"]) and not self.options["forward"],
             "delay": self.options["delay"],
             "last_event": None,
             "last_sync": None,
@@ -373,19 +406,31 @@ class Watcher:
             self._write_record()
 
     def submit_changes(self, batch: Batch) -> None:
-        """The peers told of a batch: all at once, or, for a large one in a full mesh, as a swarm."""
-        work = batch.plan(self.config.peers, bool(self.options["forward"]))
+        """The peers told of a batch: all at once, or, for a large one in a full mesh, as a swarm; and, in
+        a full mesh, what arrived to the peers that settle it (targets)."""
+        forward = bool(self.options["forward"])
+        work = batch.plan(self.config.peers, forward)
         active = self.active
         minimum = int(self.options["swarm_min_mib"]) << 20
+        settle: dict[str, dict[str, list[str] | None]] = {}
+        if not forward and self.options["settle"] and batch.arrived:
+            settle = batch.plan(self.config.peers, forward, self.config.node)
+            if (
+                settle
+                and minimum
+                and batch_bytes(self.config.folders, next(iter(settle.values()))) >= minimum
+            ):
+                settle = {}  # a swarm's batch: its no-op pulls would compete with the swarm's transfers
         plans = list(work.values())
         uniform = len(plans) == len(active) and all(plan == plans[0] for plan in plans)
-        if minimum and not self.options["forward"] and len(active) >= 3 and uniform:
+        if minimum and not forward and len(active) >= 3 and uniform:
             size = batch_bytes(self.config.folders, plans[0])
             if size >= minimum:
                 job = Relay(new_id(), self.config.node, size, tuple(active))
                 threading.Thread(target=self.spread, args=(job, plans[0]), daemon=True).start()
-                return
-        self.notifier.submit(work)
+                work = {}
+        if work or settle:
+            self.notifier.submit(merge_plans(work, settle))  # one notice a peer
 
     def watch_notices(self) -> None:
         """Read the peers' notices as they come (a thread of its own: a pull starts without waiting for
@@ -527,8 +572,9 @@ def load_options(path: str) -> dict[str, Any]:
         value = options[key]
         if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 60:
             raise ConfigError(f"{path}: {key} must be a number of seconds in (0, 60] (got {value!r})")
-    if not isinstance(options["forward"], bool):
-        raise ConfigError(f"{path}: forward must be true or false")
+    for key in ("forward", "settle"):
+        if not isinstance(options[key], bool):
+            raise ConfigError(f"{path}: {key} must be true or false")
     swarm = options["swarm_min_mib"]
     if isinstance(swarm, bool) or not isinstance(swarm, int) or not 0 <= swarm <= 1 << 20:
         raise ConfigError(f"{path}: swarm_min_mib must be a whole number of MiB, 0 for never (got {swarm!r})")
