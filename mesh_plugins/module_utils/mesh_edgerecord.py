@@ -123,6 +123,8 @@ class UnisonRun:
     # Local changes that wait for the peer's own pull, and deletions the brake held back (paths).
     waiting: int = 0
     held: tuple[str, ...] = ()
+    # Paths the run brought here from the peer (or was to: a superset), for the round's settling runs.
+    pulled: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -181,6 +183,17 @@ def _conflicts(lines: Sequence[str]) -> tuple[str, ...]:
             continue
         # Both sides changed: a conflict. A "?" with one side blank is a one-way skip, not a conflict.
         if match.group(3).strip() and ("=" in match.group(2) or "?" in match.group(2)):
+            found[match.group(4)] = None
+    return tuple(found)
+
+
+def _pulled(lines: Sequence[str]) -> tuple[str, ...]:
+    """The paths the reconciliation carries to this side (``<----``, or ``<====`` a conflict resolved
+    for the peer's version): new, changed or deleted here by this pull."""
+    found: dict[str, None] = {}
+    for line in lines:
+        match = RECON_RE.match(line)
+        if match and match.group(2) in ("<----", "<===="):
             found[match.group(4)] = None
     return tuple(found)
 
@@ -269,6 +282,7 @@ def parse_unison_output(output: str, exit_code: int) -> UnisonRun:
         error=error,
         waiting=waiting,
         held=tuple(held),
+        pulled=_pulled(lines),
     )
 
 

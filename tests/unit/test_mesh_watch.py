@@ -27,6 +27,7 @@ from replimesh_node.mesh_inotify import (
     Inotify,
 )
 from replimesh_node.mesh_notify import parse_notice
+from replimesh_node.mesh_pathrun import PathRunner, compact_paths
 from replimesh_node.mesh_runner import (
     ConfigError,
     Peer,
@@ -38,9 +39,7 @@ from replimesh_node.mesh_watch import (
     ARRIVAL_DELAY_S,
     Arrivals,
     Batch,
-    PathRunner,
     Watcher,
-    compact_paths,
     ignored,
     load_options,
     merge_plans,

@@ -17,7 +17,8 @@ edge stops as ``brake``, nothing deleted, until ``--allow-deletions``.
 
 An edge's folders are pulled at once (each folder is its own Unison run with its own archive), so an edge
 waits for its slowest folder, not for the sum; at most ``concurrency`` Unison runs of a runner (edges and
-folders together) run at any time.
+folders together) run at any time. A round that brought anything here ends by pulling those paths once
+more from every peer whose edge ran fine, so each edge records them (settling, mesh_pathrun).
 
 Before each run the edge's Unison directory (where the peer's login writes its archive) is cleared of
 whatever Unison itself never makes there: links not root's, directories, FIFOs, hard links.
@@ -63,6 +64,7 @@ from .mesh_edgerecord import (
     parse_unison_output,
     render_table,
     summarize,
+    worst_kind,
 )
 from .mesh_localignore import LocalIgnoreError, ignore_args
 from .mesh_locks import LOCKED_TEXT, locked_error, recover_stale_locks
@@ -423,6 +425,8 @@ class Runner:
         self.allow_deletions = allow_deletions
         self.state = Path(config.state_dir)
         self._log_lock = threading.Lock()
+        # folder -> paths this runner's pulls brought here (a round settles them: mesh_pathrun).
+        self.pulled: dict[str, set[str]] = {}
         # A minimal, fixed environment: the profile names everything else (key, known_hosts, options).
         # UNISONLOCALHOSTNAME pins the archive names to the mesh name, whatever the host is called.
         self.env = {
@@ -510,6 +514,9 @@ class Runner:
                 run = not_run("failed", f"cannot run {self.config.unison}: {exc.strerror or exc}")
         run = replace(run, folder=folder.name)
         self.log(peer.name, run, output)
+        if run.pulled:
+            with self._log_lock:
+                self.pulled.setdefault(folder.name, set()).update(run.pulled)
         return run
 
     @property
@@ -539,7 +546,9 @@ class Runner:
             return replace(run, kind="brake", ok=False, error=error), output
         paths = [arg for held in run.held for arg in ("-path", held)]
         second, more = self._run(peer, [*argv, *paths, "-confirmbigdel=false"])
-        merged = replace(second, transferred=run.transferred + second.transferred)
+        merged = replace(
+            second, transferred=run.transferred + second.transferred, pulled=run.pulled + second.pulled
+        )
         if second.ok and run.kind == "conflict":
             merged = replace(merged, kind="conflict", conflicts=run.conflicts + second.conflicts)
         return merged, f"{output}\n{more}"
@@ -565,19 +574,29 @@ class Runner:
             run = replace(run, kind="timeout", ok=False, error=error)
         return run, output
 
-    def sync_edge(self, peer: Peer) -> dict[str, Any]:
+    def sync_edge(self, peer: Peer, carry: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Sync the edge and record it. With `carry` (this round's result of the edge) it is a settling
+        run (mesh_pathrun): its record keeps the round's files and conflicts, and one that could not run
+        or failed leaves the round's record as it was."""
         started = time.time()
         status_path = self.state / "status" / f"{peer.name}.json"
         with edge_lock(self.state / "locks" / f"{peer.name}.lock") as held:
             previous = read_json(status_path)
             if not held:
+                if carry is not None:
+                    return dict(carry)
                 # Another run is syncing this edge; its result will be recorded by that run.
                 busy = not_run("busy", "another run is syncing this edge now")
                 return {**merge_status(previous, peer.name, started, time.time(), [busy]), "folders": []}
             runs = self.sync_folders(peer)
             status = merge_status(previous, peer.name, started, time.time(), runs)
+            if carry is not None:
+                if not all(run.ok for run in runs):
+                    return dict(carry)
+                status = carried(carry, status)
             write_json_atomic(status_path, status)
-        return {**status, "folders": [run.as_dict() for run in runs]}
+        folders = carry["folders"] if carry is not None else [run.as_dict() for run in runs]
+        return {**status, "folders": folders}
 
     def sync_folders(self, peer: Peer) -> list[UnisonRun]:
         """The edge's folders at once (results in the config's order); each run takes one of the slots."""
@@ -696,6 +715,21 @@ class Runner:
         except OSError as exc:  # e.g. the state dir became unwritable: one edge fails, the others go on
             failed = not_run("failed", f"runner error: {exc}")
             return {**merge_status(None, peer.name, now, time.time(), [failed]), "folders": []}
+
+
+def carried(first: Mapping[str, Any], settling: Mapping[str, Any]) -> dict[str, Any]:
+    """An edge's record after a round's run (`first`) and its settling run: the files and conflicts of
+    both, the worse result, from the first run's start to the settling run's end."""
+    return {
+        **{key: value for key, value in settling.items() if key != "folders"},
+        "last_start": first["last_start"],
+        "result": worst_kind([first["result"], settling["result"]]),
+        "files_changed": first["files_changed"] + settling["files_changed"],
+        "conflicts": list(dict.fromkeys([*first["conflicts"], *settling["conflicts"]])),
+        "error": first.get("error") or settling.get("error"),
+        "duration_s": round(first["duration_s"] + settling["duration_s"], 3),
+        "first_sync": bool(first.get("first_sync") or settling.get("first_sync")),
+    }
 
 
 def record_scheduled_round(state: Path, schedule: str, period_s: int, now: float) -> None:
@@ -836,6 +870,10 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as exc:  # the round itself still runs
             print(f"replimesh-sync: cannot record the scheduled round: {exc}", file=sys.stderr)
     edges = runner.run(peers)
+    if runner.pulled and len(peers) > 1:
+        from .mesh_pathrun import settle_round  # only after a round that brought something
+
+        edges = settle_round(runner, peers, edges)
     try:
         runner.write_metrics()
     except OSError as exc:  # the sync itself went through: say so, and let the exit code be the edges'

@@ -37,8 +37,8 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,7 @@ from .mesh_notify import (
     read_notice,
     retry_pause,
 )
+from .mesh_pathrun import PathRunner, compact_folders
 from .mesh_relay import Acks, Rate, Relay, ack_header, batch_bytes, new_id, parse_ack, parse_relay, relay
 from .mesh_runner import (
     DEFAULT_CONFIG,
@@ -70,7 +71,6 @@ from .mesh_supervise import DEFAULT_OPTIONS
 from .mesh_watchstate import HEARTBEAT_S, watch_dir
 
 UNISON_TEMP_PREFIX = ".unison."
-MAX_PATHS = 200  # -path arguments per run; more are folded into their parent directories
 IDLE_WAKE_S = 5.0  # when idle, how often the watcher looks for a new mesh.json
 # A batch of files that only arrived from a peer waits this long, not the write delay: Unison renames each
 # file into place whole and verified, so there is no editor's burst of writes to wait out, only the other
@@ -111,32 +111,6 @@ def ignored(rel: str, marker: str, patterns: Sequence[str] = ()) -> bool:
         elif any(fnmatch.fnmatchcase(part, pattern) for part in parts):
             return True
     return False
-
-
-def compact_paths(paths: Iterable[str], limit: int = MAX_PATHS) -> list[str] | None:
-    """The fewest paths that cover `paths` (a directory covers what is below it), folded into parent
-    directories until at most `limit` remain; None means the whole folder."""
-    current = set(paths)
-    while True:
-        if "" in current:
-            return None
-        kept = sorted(p for p in current if not any(p.startswith(q + "/") for q in _ancestors(p) & current))
-        if len(kept) <= limit:
-            return kept
-        deepest = max(p.count("/") for p in kept)
-        current = {p.rsplit("/", 1)[0] if p.count("/") == deepest and "/" in p else p for p in kept}
-        if deepest == 0:
-            return None
-
-
-def compact_folders(folders: Mapping[str, Iterable[str] | None]) -> dict[str, list[str] | None]:
-    """compact_paths for each folder of a pull; a folder already None (whole) stays whole."""
-    return {f: None if p is None else compact_paths(p) for f, p in folders.items()}
-
-
-def _ancestors(path: str) -> set[str]:
-    parts = path.split("/")
-    return {"/".join(parts[:i]) for i in range(1, len(parts))}
 
 
 def merge_plans(
@@ -245,33 +219,6 @@ class Arrivals:
 
 
 # ---- the edges -------------------------------------------------------------------------------------
-
-
-class PathRunner(Runner):
-    """The runner's edge sync (edge lock, marker check, status record, log) for some paths only."""
-
-    def __init__(
-        self,
-        config: Config,
-        paths: Mapping[str, list[str] | None],
-        slots: threading.BoundedSemaphore | None = None,
-    ) -> None:
-        folders = tuple(f for f in config.folders if f.name in paths)
-        super().__init__(replace(config, folders=folders), slots=slots)
-        self.paths = paths
-
-    def command(self, peer: Peer, folder: Folder) -> list[str]:
-        argv = super().command(peer, folder)
-        paths = self.paths[folder.name]
-        for path in paths or []:
-            argv += ["-path", path]
-        if paths:
-            # Unison takes every deleted -path for an emptied replica ("may delete everything below these
-            # paths") and refuses it in batch mode, also the deletion of a folder's last files. These are
-            # paths inotify saw change here; a missing disk is the marker's case, checked before every
-            # run (and, by the profile's mountpoint, on the peer). Whole-folder runs keep the check.
-            argv += ["-confirmbigdel=false"]
-        return argv
 
 
 class Edges(PeerQueue):
