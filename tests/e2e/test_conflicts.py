@@ -62,3 +62,21 @@ def test_a_conflict_is_listed_on_every_node_and_resolved_everywhere(mesh: Mesh, 
     proc = meshctl(mesh, tmp_path, "versions", "draft.md", "--json")
     kept = {v["sha256"] for node in json.loads(proc.stdout)["nodes"].values() for v in node["versions"]}
     assert versions - {chosen["sha256"]} <= kept, kept
+
+
+def test_a_file_edited_right_after_the_round_that_spread_it_is_an_update_everywhere(
+    mesh: Mesh, tmp_path: Path
+) -> None:
+    """One round carries a new file from node1 to every node, and node3 edits it at once: the next round
+    replaces it everywhere. Each node's round ended by pulling what it got once more from every peer
+    (settling), so the edge node3-node5, say, knew the file before node3 changed it; otherwise node5 met a
+    file "new on both sides" with two contents and kept a needless copy of node1's version."""
+    mesh.write("node1", "plan.md", BASE)
+    assert meshctl(mesh, tmp_path, "sync").returncode == 0
+    mesh.write("node3", "plan.md", ONE)
+    assert meshctl(mesh, tmp_path, "sync").returncode == 0
+    for node in mesh.nodes:
+        files = mesh.digest(node)
+        assert files == {"./plan.md": sha(ONE)}, (node, files)
+    code, report = listed(mesh, tmp_path)
+    assert (code, report["files"]) == (0, []), report
