@@ -87,7 +87,7 @@ def settle_round(
     results, in the order of `peers`."""
     out = [dict(edge) for edge in edges]
     todo = [i for i, edge in enumerate(edges) if edge["result"] in SETTLED_KINDS]
-    if not runner.pulled or len(todo) < 2:  # from a lone edge: what came from it is recorded there
+    if not runner.pulled or not todo:
         return out
     settler = PathRunner(runner.config, compact_folders(runner.pulled), runner.slots)
     if runner.config.concurrency == 1:

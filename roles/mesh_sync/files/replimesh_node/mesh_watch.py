@@ -173,7 +173,7 @@ class Batch:
     def ready(self, now: float, delay: float, max_delay: float) -> bool:
         return bool(self) and now >= self.due(delay, max_delay)
 
-    def settle(self) -> None:
+    def take_created_dirs(self) -> None:
         """A directory Unison created on the way to a file it delivered (``-path a/b/f``) arrived too."""
         for folder, paths in self.arrived.items():
             local = self.local.get(folder, set())
@@ -187,7 +187,7 @@ class Batch:
     ) -> dict[str, dict[str, list[str] | None]]:
         """peer -> folder -> paths to sync (None: the whole folder). With `settle_after` (this node's name,
         full mesh) the plan holds only what arrived, for the peers named after it (targets)."""
-        self.settle()
+        self.take_created_dirs()
         work: dict[str, dict[str, set[str]]] = {}
         sources = (
             [(True, self.arrived)]
