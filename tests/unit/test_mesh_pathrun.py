@@ -96,3 +96,13 @@ def test_carried_keeps_both_runs_files_and_conflicts() -> None:
                       "files_changed": 3, "conflicts": ["shared/a", "shared/b"], "duration_s": 1.5,
                       "first_sync": True}  # fmt: skip
     assert "folders" not in merged
+
+
+def test_a_settling_run_applies_no_deletion(tmp_path: Path, capsys: Capsys) -> None:
+    """A deletion a settling run finds (held by its first, -nodeletion run) waits for the next round."""
+    mesh = round_mesh(tmp_path)
+    mesh.fake("node2", runs=[{"fixture": "copies"}, {"fixture": "pull_deletion_held"}])
+    _code, report = mesh.run(capsys)
+    node2 = [call["argv"][1:] for call in mesh.calls() if call["argv"][0] == "node2--shared"]
+    assert len(node2) == 2 and "-nodeletion" in node2[1]  # the round's run and the settling run, no third
+    assert edges_by_peer(report)["node2"]["result"] == "ok"

@@ -7,7 +7,8 @@ change the file before that, this node's next pull from it would find a file "ne
 two contents, and keep a needless conflict copy of the first. So a round that brought anything pulls those
 paths once more from every peer whose edge ran fine: where the peer holds the same file, a no-op that
 records it; where it has none yet, nothing (the peer's own round settles it from its side). Only the
-paths that arrived are named, so a settling run never scans a whole tree.
+paths that arrived are named, so a settling run never scans a whole tree, and it deletes nothing: a
+deletion it finds waits for the next round and that round's brake.
 
 Installed beside the runner; standard library only.
 """
@@ -87,9 +88,10 @@ def settle_round(
     results, in the order of `peers`."""
     out = [dict(edge) for edge in edges]
     todo = [i for i, edge in enumerate(edges) if edge["result"] in SETTLED_KINDS]
-    if not runner.pulled or not todo:
+    if not runner.pulled or len(todo) < 2:  # one edge ran fine: what arrived came from it (else: next round)
         return out
     settler = PathRunner(runner.config, compact_folders(runner.pulled), runner.slots)
+    settler.apply_held = False  # it records; a deletion waits for a round, under its brake
     if runner.config.concurrency == 1:
         done = [settler.sync_edge(peers[i], carry=edges[i]) for i in todo]
     else:

@@ -423,6 +423,9 @@ class Runner:
         self.seed = seed
         # An operator allowed, once, the deletions the brake stopped.
         self.allow_deletions = allow_deletions
+        # Whether deletions the brake held (within its limit) are applied by a second run; a settling run
+        # (mesh_pathrun) leaves them to the next round.
+        self.apply_held = True
         self.state = Path(config.state_dir)
         self._log_lock = threading.Lock()
         # folder -> paths this runner's pulls brought here (a round settles them: mesh_pathrun).
@@ -533,7 +536,7 @@ class Runner:
         held back (only those paths) when they are within the limit; returns (result, output)."""
         argv = self.command(peer, folder)
         run, output = self._run(peer, self.first_command(peer, folder))
-        if not (self.braked and run.ok and run.held):
+        if not (self.braked and run.ok and run.held and self.apply_held):
             return run, output
         deleting = count_files(folder.path, run.held)
         limit = deletion_limit(self.config.max_deletions, count_files(folder.path, marker=self.config.marker))
