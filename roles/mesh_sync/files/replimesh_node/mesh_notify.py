@@ -20,7 +20,7 @@ import posixpath
 import stat
 import subprocess
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 from .mesh_runner import Config, Peer, drop_shared_connection, ssh_argv
 
@@ -31,6 +31,15 @@ MAX_PATH_CHARS = 4096
 
 # peer -> folder -> paths (None: the whole folder), as the watcher's Batch.plan and Edges.submit use.
 Work = Mapping[str, Mapping[str, "list[str] | None"]]
+
+
+def add_paths(into: dict[str, set[str] | None], folders: Mapping[str, Iterable[str] | None]) -> None:
+    """Add a pull's paths per folder to `into`; a folder whole (None) on either side stays whole."""
+    for folder, paths in folders.items():
+        if paths is None or (folder in into and into[folder] is None):
+            into[folder] = None
+        else:
+            into.setdefault(folder, set()).update(paths)  # type: ignore[union-attr]
 
 
 def render_notice(
@@ -154,12 +163,7 @@ class PeerQueue:
     def submit(self, work: Work) -> None:
         with self._lock:
             for peer, folders in work.items():
-                pending = self._pending.setdefault(peer, {})
-                for folder, paths in folders.items():
-                    if paths is None or pending.get(folder, set()) is None:
-                        pending[folder] = None
-                    else:
-                        pending.setdefault(folder, set()).update(paths)  # type: ignore[union-attr]
+                add_paths(self._pending.setdefault(peer, {}), folders)
                 if peer not in self._busy:
                     self._busy.add(peer)
                     threading.Thread(target=self._work, args=(peer,), daemon=True).start()

@@ -49,6 +49,7 @@ from .mesh_inotify import IN_CLOSE_WRITE, IN_MOVED_FROM, IN_MOVED_TO, IN_Q_OVERF
 from .mesh_notify import (
     Notifier,
     PeerQueue,
+    add_paths,
     notice_headers,
     parse_notice,
     pending_notices,
@@ -120,12 +121,7 @@ def merge_plans(
     merged: dict[str, dict[str, set[str] | None]] = {}
     for plan in (first, second):
         for peer, folders in plan.items():
-            into = merged.setdefault(peer, {})
-            for folder, paths in folders.items():
-                if paths is None or (folder in into and into[folder] is None):
-                    into[folder] = None
-                else:
-                    into.setdefault(folder, set()).update(paths)  # type: ignore[union-attr]
+            add_paths(merged.setdefault(peer, {}), folders)
     return {peer: compact_folders(folders) for peer, folders in merged.items()}
 
 
