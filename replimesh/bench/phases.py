@@ -37,6 +37,11 @@ CAPPED = ("syncthing_capped_large_s", "watch_capped_large_s", "ssh_capped_hop_s"
 CIPHERS = {AES_GCM[0]: "ssh_hop_aes128_gcm_s", CHACHA[0]: "ssh_hop_chacha20_s"}
 
 
+def cpu_series(name: str) -> str:
+    """The series of CPU seconds the hosts spent in the trials of series `name` (x_s -> x_cpu_s)."""
+    return f"{name.removesuffix('_s')}_cpu_s"
+
+
 class Phases:
     def __init__(self, run: Run, hosts: Sequence[Host]) -> None:
         self.run = run
@@ -117,7 +122,9 @@ class Phases:
         with self.ssh_source(a, b) as (src, sha):
             for _ in range(max(3, self.plan.repeat)):
                 for cipher, series in CIPHERS.items():
-                    seconds = self.ssh_cat(a, b, src, sha, cipher)
+                    seconds = self.ssh_cat(
+                        a, b, src, sha, cipher, cpu_series("ssh_hop_s") if cipher == chosen else None
+                    )
                     self.add(series, seconds)
                     if cipher == chosen:
                         self.add("ssh_hop_s", seconds)
@@ -152,11 +159,20 @@ class Phases:
             f"-o StrictHostKeyChecking=yes lab@{b.address}"
         )
 
-    def ssh_cat(self, a: Host, b: Host, src: str, sha: str, cipher: str) -> float:
+    def ssh_cat(
+        self, a: Host, b: Host, src: str, sha: str, cipher: str, cpu_name: str | None = None
+    ) -> float:
+        """Seconds one raw `ssh cat` of the file took; with `cpu_name`, the CPU the two hosts spent on it
+        is added to that series."""
         command = f"{self.ssh_ready} -c {cipher} 'cat > /tmp/bench-large.bin' < {src}"
         if command not in [c.removeprefix("node1# ") for c in self.run.commands]:
             self.run.commands.append(f"node1# {command}")
+        meter = probe.CpuMeter([a, b])
+        before = meter.read()
         seconds, _ = probe.timed(a, ["sh", "-c", command], timeout=900)
+        spent = meter.since(before)
+        if cpu_name and spent is not None:
+            self.add(cpu_name, spent)
         got = probe.dexec(b, ["sha256sum", "/tmp/bench-large.bin"]).split()[0]
         probe.sh(b, "rm -f /tmp/bench-large.bin")
         if got != sha:
@@ -225,6 +241,8 @@ class Phases:
             self.node1, targets, src, dst, sha, self.plan.large_bytes, self.plan.large_timeout_s
         )
         self.add(name, arrival.seconds)
+        if arrival.cpu_s is not None:
+            self.add(cpu_series(name), arrival.cpu_s)
         probe.dexec(self.node1, ["rm", "-f", dst])
         probe.wait_gone(targets, dst, self.plan.large_timeout_s)
         time.sleep(GAP_FAST_S)
@@ -311,7 +329,9 @@ class Phases:
         cipher = self.preferred_cipher(a)
         with self.ssh_source(a, b) as (src, sha), link.capped([a, b], self.plan.link_mbit or 0, self.log):
             for _ in range(self.plan.large_repeat):
-                self.add("ssh_capped_hop_s", self.ssh_cat(a, b, src, sha, cipher))
+                self.add(
+                    "ssh_capped_hop_s", self.ssh_cat(a, b, src, sha, cipher, cpu_series("ssh_capped_hop_s"))
+                )
                 self.large_trial("replimesh_capped_hop_s", rm.FOLDER, rm.STAGING, rm.USER, [b])
 
     def big_tree(self, watch: bool) -> None:

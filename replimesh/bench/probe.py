@@ -20,8 +20,9 @@ from typing import Any
 from replimesh.lab.lab import Host
 
 # Runs inside a target node: says "ready", then polls (50 ms) until PATH has SIZE bytes whose sha256 is
-# WANT, and prints "ok T" with T the time it first saw that version (before hashing it, so a slow hash
-# of a big file does not count). Bounded by TIMEOUT seconds.
+# WANT, and prints "ok T C" with T the time it first saw that version (before hashing it, so a slow hash
+# of a big file does not count) and C its own CPU seconds (hashing included: not the tool's work, so
+# subtracted from what the hosts spent). Bounded by TIMEOUT seconds.
 POLLER = r"""
 import hashlib, os, sys, time
 path, want, size, timeout = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
@@ -44,7 +45,7 @@ while time.time() < deadline:
         except OSError:
             last = None
         if digest.hexdigest() == want:
-            print("ok", repr(seen), flush=True)
+            print("ok", repr(seen), repr(sum(os.times()[:2])), flush=True)
             sys.exit(0)
     time.sleep(0.05)
 print("timeout", flush=True)
@@ -140,6 +141,7 @@ def timed(
 class Arrival:
     seconds: float  # last node's arrival - the write
     per_node: dict[str, float]
+    cpu_s: float | None = None  # CPU the writer and the targets spent meanwhile, the pollers' own left out
 
 
 class _Pollers:
@@ -147,6 +149,7 @@ class _Pollers:
 
     def __init__(self, targets: Sequence[Host], path: str, sha: str, size: int, timeout: float) -> None:
         self.timeout = timeout
+        self.cpu_s = 0.0  # the pollers' own CPU seconds, once they have answered
         self.procs = {
             h.name: subprocess.Popen(
                 ["docker", "exec", h.container, "python3", "-c", POLLER, path, sha, str(size), str(timeout)],
@@ -177,6 +180,7 @@ class _Pollers:
             words = out.decode().split()
             if proc.returncode == 0 and words[:1] == ["ok"]:
                 arrived[name] = float(words[1])
+                self.cpu_s += float(words[2])
             else:
                 missing.append(name)
         if missing:
@@ -190,8 +194,12 @@ class _Pollers:
                 proc.communicate()
 
 
-def _arrival(t0: float, arrived: dict[str, float]) -> Arrival:
-    return Arrival(round(max(arrived.values()) - t0, 3), {n: round(t - t0, 3) for n, t in arrived.items()})
+def _arrival(t0: float, arrived: dict[str, float], cpu_s: float | None = None) -> Arrival:
+    return Arrival(
+        round(max(arrived.values()) - t0, 3),
+        {n: round(t - t0, 3) for n, t in arrived.items()},
+        None if cpu_s is None else round(cpu_s, 3),
+    )
 
 
 def small_file(
@@ -228,12 +236,16 @@ def move_in(
     watch: str | None = None,
 ) -> Arrival:
     """Rename a complete file (or directory) into the synced folder; seconds until it (or `watch`, a
-    file inside that directory) is identical on every target."""
+    file inside that directory) is identical on every target, and the CPU that took on those hosts."""
+    meter = CpuMeter([writer, *targets])
+    before = meter.read()  # before the pollers start: their whole CPU is in the count, and taken out
     pollers = _Pollers(targets, watch or dst, sha, size, timeout)
     try:
         pollers.wait_ready()
         t0 = float(py(writer, MOVER, src, dst).strip())
-        return _arrival(t0, pollers.results())
+        arrived = pollers.results()
+        spent = meter.since(before)
+        return _arrival(t0, arrived, None if spent is None else spent - pollers.cpu_s)
     finally:
         pollers.stop()
 
@@ -283,6 +295,21 @@ def _cgroup_cpu_ns(init_pid: int) -> int | None:
                 fields = dict(row.split() for row in stat.read_text().splitlines())
                 return int(fields["usage_usec"]) * 1000
     return None
+
+
+class CpuMeter:
+    """CPU seconds the hosts spent (their containers' cgroups: every process, short-lived ones too)."""
+
+    def __init__(self, hosts: Sequence[Host]) -> None:
+        self.pids = [pid for _, pid in container_ids(hosts).values()]
+
+    def read(self) -> int | None:
+        values = [_cgroup_cpu_ns(pid) for pid in self.pids]
+        return None if any(v is None for v in values) else sum(v for v in values if v is not None)
+
+    def since(self, before: int | None) -> float | None:
+        now = self.read()
+        return None if before is None or now is None else (now - before) / 1e9
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,37 @@ def _n(series: object) -> str:
     return "?" if value is None else f"{value:.0f}"
 
 
+def _work(raw: Mapping[str, Any], ours: str, theirs: str, what: str, other: str) -> str:
+    """The CPU seconds two series of trials cost the hosts, side by side ('' if not measured)."""
+    a, b = median(raw.get(ours) or []), median(raw.get(theirs) or [])
+    if a is None or b is None:
+        return ""
+    return f" The hosts spent {a:.2f} CPU seconds on {what}, {b:.2f} on {other}."
+
+
+def _all_nodes_work(raw: Mapping[str, Any], md5: float | None) -> str:
+    """What bringing the large file to every node cost in CPU, and what that alone takes on these cores."""
+    ours, theirs = median(raw.get("watch_large_cpu_s") or []), median(raw.get("syncthing_large_cpu_s") or [])
+    cores, nodes = raw.get("cores"), raw.get("nodes")
+    st = median(raw.get("syncthing_large_s") or [])
+    if ours is None or theirs is None or not cores or not nodes or nodes < 2:
+        return ""
+    alone = ours / cores
+    text = (
+        f"Until the file was on every node the hosts spent {ours:.1f} CPU seconds with replimesh "
+        f"({ours / (nodes - 1):.2f} a copy) against {theirs:.1f} with Syncthing: on this machine's {cores} "
+        f"cores replimesh's work alone needs {alone:.2f} s"
+    )
+    if st is not None:
+        text += f", {'more' if alone > st else 'less'} than Syncthing's whole run ({st:.2f} s)"
+    if md5 is not None:
+        text += (
+            f". Unison's two MD5 fingerprints of each new copy (one on each end) are {2 * md5:.2f} of those "
+            "CPU seconds a copy; ssh and Unison's own transfer take the rest"
+        )
+    return text + "."
+
+
 def explain(raw: Mapping[str, Any]) -> dict[str, str]:
     ssh, hop = median(raw.get("ssh_hop_s") or []), median(raw.get("replimesh_hop_s") or [])
     md5 = median(raw.get("md5_large_s") or [])
@@ -36,6 +67,7 @@ def explain(raw: Mapping[str, Any]) -> dict[str, str]:
     floor, rounds = None, max(1, math.ceil(math.log2(nodes))) if nodes else None
     if mbit and size and rounds:  # the swarm: one whole copy a round over a capped link, round after round
         floor = rounds * size * 8 / (mbit * 1e6)
+    ssh_floor = None if capped_ssh is None or rounds is None else rounds * capped_ssh
     rerun, tasks = median(raw.get("bootstrap_rerun_s") or []), median(raw.get("bootstrap_rerun_tasks") or [])
     per_task = rerun / tasks if rerun and tasks else None
     allowed = "?" if not per_task else f"{60 / per_task:.0f}"
@@ -45,7 +77,8 @@ def explain(raw: Mapping[str, Any]) -> dict[str, str]:
             f"replimesh took {_s(median(raw.get('watch_capped_large_s') or []))}, Syncthing "
             f"{_s(median(raw.get('syncthing_capped_large_s') or []))}. The file spreads as a swarm "
             "(mesh_relay): each node that has pulled it tells the next, so it reaches all nodes in "
-            f"{rounds or '?'} rounds, each one whole copy over a capped link: {_s(floor)} at the least. A "
+            f"{rounds or '?'} rounds, each one whole copy over a capped link: {_s(floor)} at the least "
+            f"at the link's rate, {_s(ssh_floor)} at the pace of raw ssh's own capped hop in this run. A "
             "node passes the file on only once it is complete and verified (one Unison run a hop), where "
             "Syncthing's peers pass on each block as soon as they have it, so its rounds overlap. Meeting "
             "it needs a node to serve a file while it still receives it, which Unison does not do."
@@ -77,6 +110,7 @@ def explain(raw: Mapping[str, Any]) -> dict[str, str]:
             f"capped at {mbit or 'M'} Mbit/s the same hop took {_s(capped_hop)} against {_s(capped_ssh)} for "
             "raw ssh: where the link is the limit, "
             "as on a LAN or WAN, Unison's passes over the data cost little."
+            f"{_work(raw, 'replimesh_hop_cpu_s', 'ssh_hop_cpu_s', 'the hop', 'raw ssh')}"
         ),
         "no-change full round, runner vs bare unison": (
             f"the runner took {_s(runner)} against {_s(bare)} for the bare Unison runs "
@@ -98,14 +132,19 @@ def explain(raw: Mapping[str, Any]) -> dict[str, str]:
             "the full mesh's cost is node1 running 7 Unison runs (4 at a time) on 2 busy cores, each "
             "paying a process start, an ssh handshake and a remote server start."
         ),
-        "large file on all nodes vs Syncthing": (
-            f"replimesh took {_s(median(raw.get('watch_large_s') or []))}, Syncthing "
-            f"{_s(median(raw.get('syncthing_large_s') or []))}. The file spreads as a swarm in "
-            f"{rounds or '?'} rounds of whole Unison runs, one round after the other; on the lab's uncapped "
-            "bridge each run is bound by the 2 cores (Unison reads and fingerprints the file before and "
-            "after the transfer), not by the link, so the rounds cost more than the writer sending every "
-            "copy at once would. Syncthing's peers pass on each block as soon as they have it. Meeting it "
-            "needs a faster hop (see the one-hop target) or a node serving a file while it receives it."
+        "large file on all nodes vs Syncthing": " ".join(
+            part
+            for part in (
+                f"replimesh took {_s(median(raw.get('watch_large_s') or []))}, Syncthing "
+                f"{_s(median(raw.get('syncthing_large_s') or []))}. The file spreads as a swarm in "
+                f"{rounds or '?'} rounds of whole Unison runs, one round after the other. On the lab's "
+                "uncapped bridge the cores the hosts share are the limit, not the link.",
+                _all_nodes_work(raw, md5),
+                "Syncthing's peers pass on each block as soon as they have it. Meeting it on these shared "
+                "cores needs less work a copy than a Unison run does (a transfer path that is not "
+                "Unison's), or a node serving a file while it receives it, so that the rounds overlap.",
+            )
+            if part
         ),
         "idle CPU per node vs Syncthing": (
             "the watcher wakes every few seconds (mesh.json check, disks mounted in a folder, heartbeat) and "

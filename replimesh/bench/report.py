@@ -26,6 +26,14 @@ SERIES_TEXT = {
     "tree_first_sync_s": "first full sync of the big tree over one edge (informational)",
     "pair_empty_small_s": "1 KiB, node1 -> node2, replimesh watch, 2-node mesh, the small folder",
     "pair_tree_small_s": "1 KiB, node1 -> node2, replimesh watch, 2-node mesh, inside the big tree's folder",
+    "ssh_hop_cpu_s": "CPU seconds node1 and node2 spent on one raw `ssh cat` of the large file",
+    "replimesh_hop_cpu_s": "CPU seconds node1 and node2 spent on one replimesh hop of the large file",
+    "syncthing_large_cpu_s": "CPU seconds all hosts spent until the large file was on all nodes, Syncthing",
+    "watch_large_cpu_s": "CPU seconds all hosts spent until the large file was on all nodes, replimesh",
+    "ssh_capped_hop_cpu_s": "the same for raw `ssh cat`, link capped",
+    "replimesh_capped_hop_cpu_s": "the same for one replimesh hop, link capped",
+    "syncthing_capped_large_cpu_s": "the same for the large file on all nodes, Syncthing, link capped",
+    "watch_capped_large_cpu_s": "the same for the large file on all nodes, replimesh, link capped",
 }
 
 

@@ -60,13 +60,23 @@ SERIES = (
     "bootstrap_rerun_s",
     "bootstrap_first_tasks",  # tasks that ran on a host (Ansible's ok count), not seconds
     "bootstrap_rerun_tasks",
+    # CPU seconds the hosts spent in those trials (every process in their containers, the bench's own
+    # pollers left out): on a machine with few cores, work that no ordering of the runs can hide.
+    "ssh_hop_cpu_s",
+    "replimesh_hop_cpu_s",
+    "syncthing_large_cpu_s",
+    "watch_large_cpu_s",
+    "ssh_capped_hop_cpu_s",
+    "replimesh_capped_hop_cpu_s",
+    "syncthing_capped_large_cpu_s",
+    "watch_capped_large_cpu_s",
 )
 # bootstrap.yml's first run must take at most this long on the fleet, its no-change re-run this long.
 BOOTSTRAP_FIRST_MAX_S = 180.0
 BOOTSTRAP_RERUN_MAX_S = 60.0
 IDLE = ("baseline_idle", "syncthing_idle", "watch_idle")
 # What a run was asked for, kept with its figures (the reasons quote them when RESULTS.md is made anew).
-PARAMS = ("link_mbit", "large_bytes", "nodes", "fleet_hosts")
+PARAMS = ("link_mbit", "large_bytes", "nodes", "fleet_hosts", "cores")
 
 # "About the same time" for the watch path in a big tree: at most this much slower than in an empty one
 # (relative), or this many seconds, whichever allows more (a few tenths are run-to-run noise here).

@@ -148,7 +148,9 @@ def run_bench(
     work.mkdir(parents=True, exist_ok=True)
     lab = Lab(work / f"lab-{name}", LabConfig(name=name, subnet=subnet), log=log)
     run = Run(plan, lab, work, log)
-    run.raw.update(link_mbit=plan.link_mbit, large_bytes=plan.large_bytes, nodes=plan.nodes)
+    run.raw.update(
+        link_mbit=plan.link_mbit, large_bytes=plan.large_bytes, nodes=plan.nodes, cores=os.cpu_count()
+    )
     started = time.time()
     machine = _machine()
     load_start = os.getloadavg()[0]
@@ -281,7 +283,9 @@ METHOD = [
     "clock). Trials are spaced wider than the tool's own delay.",
     "Large file: random bytes made outside the folder on the same filesystem, then renamed into it "
     "(clock starts at the rename); same pollers (arrival = first sight of the right size, then verified "
-    "by sha256).",
+    "by sha256). CPU seconds of a trial: what the hosts' containers spent from before the pollers start "
+    "until the last arrival, read from their cgroups (every process, short-lived ones too), less the "
+    "pollers' own CPU (their sha256 included); for raw ssh, what node1 and node2 spent on the copy.",
     "Raw ssh: `ssh -c CIPHER lab@node2 'cat > FILE' < FILE` on node1, with AES128-GCM and with "
     "ChaCha20-Poly1305 (alternated); the ceiling for a hop is the cipher node1's mesh ssh prefers (from its "
     "CPU flags, as the mesh_member module chooses it), so the hop and the ceiling use the same cipher. "
