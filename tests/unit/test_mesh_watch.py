@@ -496,3 +496,44 @@ def test_an_unmounted_disk_inside_a_folder_is_no_change_and_a_remounted_one_is_a
     finally:
         subprocess.run(["umount", str(disk)], check=False)
     assert "disks inside it now ['photos']" in Path(config.log_file).read_text()
+
+
+def test_a_path_told_by_two_peers_at_once_is_pulled_from_one_then_the_other() -> None:
+    """The writer's notice and a settling peer's arrive together: the second pull of the file starts
+    only once the first has ended (then a no-op that records it), never beside it."""
+    config = parse_config(
+        {
+            "node": "node3",
+            "user": "replimesh",
+            "folders": [{"name": "shared", "path": "/srv/shared"}],
+            "peers": [
+                {"name": "node1", "address": "10.0.0.1"},
+                {"name": "node2", "address": "10.0.0.2"},
+                {"name": "node4", "address": "10.0.0.4"},
+            ],
+        }
+    )
+    edges = mesh_watch.Edges(config, 0, lambda peer, result: None)
+    started = {"node1": threading.Event(), "node2": threading.Event(), "node4": threading.Event()}
+    release = threading.Event()
+    ended: list[str] = []
+
+    def sync(peer: str, paths: object) -> dict[str, str]:
+        started[peer].set()
+        if peer == "node1":
+            release.wait(30)  # the first pull is under way until the test lets it end
+        ended.append(peer)
+        return {"result": "ok"}
+
+    edges._sync = sync  # type: ignore[method-assign]
+    edges.submit({"node1": {"shared": {"new.txt"}}})
+    assert started["node1"].wait(30)
+    edges.submit({"node2": {"shared": {"new.txt"}}, "node4": {"shared": {"other.txt"}}})
+    assert started["node4"].wait(30)  # another path is pulled at once
+    assert not started["node2"].wait(0.5)  # this one waits for the first pull of it
+    release.set()
+    assert started["node2"].wait(30)
+    deadline = time.monotonic() + 30
+    while not edges.idle() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert edges.idle() and ended.index("node1") < ended.index("node2")
