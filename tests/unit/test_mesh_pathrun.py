@@ -4,14 +4,11 @@ record keeps the round's files and conflicts, and a settling run that fails chan
 
 from __future__ import annotations
 
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
 from ansible_collections.replimesh.mesh.plugins.module_utils.mesh_edgerecord import parse_unison_output
-from replimesh_node.mesh_pathrun import InFlight, overlap
 from replimesh_node.mesh_runner import carried
 from tests.unit.test_mesh_runner import FIXTURES, Capsys, Mesh, edges_by_peer
 
@@ -109,65 +106,3 @@ def test_a_settling_run_applies_no_deletion(tmp_path: Path, capsys: Capsys) -> N
     node2 = [call["argv"][1:] for call in mesh.calls() if call["argv"][0] == "node2--shared"]
     assert len(node2) == 2 and "-nodeletion" in node2[1]  # the round's run and the settling run, no third
     assert edges_by_peer(report)["node2"]["result"] == "ok"
-
-
-@pytest.mark.parametrize(
-    ("first", "second", "meet"),
-    [
-        ({"s": ["a.txt"]}, {"s": ["a.txt"]}, True),
-        ({"s": ["docs"]}, {"s": ["docs/a.md"]}, True),  # a directory meets what is below it
-        ({"s": ["docs/a.md"]}, {"s": ["docs"]}, True),
-        ({"s": ["doc"]}, {"s": ["docs/a.md"]}, False),  # a name that only starts the same does not
-        ({"s": ["a.txt"]}, {"t": ["a.txt"]}, False),  # another folder
-        ({"s": None}, {"s": ["a.txt"]}, False),  # a whole-folder pull names no path
-        ({"s": ["a.txt"], "t": ["b"]}, {"t": ["b/c"]}, True),
-    ],
-)
-def test_two_pulls_meet_where_their_named_paths_do(first, second, meet: bool) -> None:
-    assert overlap(first, second) is meet
-    assert overlap(second, first) is meet
-
-
-def test_a_path_being_pulled_makes_another_pull_of_it_wait_until_the_first_ends() -> None:
-    inflight = InFlight()
-    order: list[str] = []
-    first_in, release = threading.Event(), threading.Event()
-
-    def first() -> None:
-        with inflight.held({"s": ["a.txt"]}, 30):
-            order.append("first starts")
-            first_in.set()
-            release.wait(30)
-            order.append("first ends")
-
-    def second(waited: list[bool]) -> None:
-        with inflight.held({"s": ["a.txt", "b.txt"]}, 30) as did_wait:
-            waited.append(did_wait)
-            order.append("second starts")
-
-    one = threading.Thread(target=first)
-    one.start()
-    assert first_in.wait(30)
-    waited: list[bool] = []
-    two = threading.Thread(target=second, args=(waited,))
-    two.start()
-    # Another path is not held up meanwhile.
-    with inflight.held({"s": ["c.txt"]}, 0) as did_wait:
-        assert did_wait is False
-    assert two.is_alive() and order == ["first starts"]
-    release.set()
-    one.join(30)
-    two.join(30)
-    assert order == ["first starts", "first ends", "second starts"]
-    assert waited == [True]
-
-
-def test_a_wait_for_a_path_is_bounded() -> None:
-    inflight = InFlight()
-    with inflight.held({"s": ["a.txt"]}, 0):
-        started = time.monotonic()
-        with inflight.held({"s": ["a.txt"]}, 0.2) as did_wait:
-            assert did_wait is True
-        assert 0.15 < time.monotonic() - started < 10
-    with inflight.held({"s": ["a.txt"]}, 0) as did_wait:
-        assert did_wait is False  # both marks were taken back

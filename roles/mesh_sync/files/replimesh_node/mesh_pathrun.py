@@ -10,19 +10,13 @@ records it; where it has none yet, nothing (the peer's own round settles it from
 paths that arrived are named, so a settling run never scans a whole tree, and it deletes nothing: a
 deletion it finds waits for the next round and that round's brake.
 
-A path is pulled from one peer at a time (InFlight): a node told of a file by two peers at once, as by the
-writer and by a peer that settles it, pulls it from the first and then, the file being there, from the
-second as the no-op that records it, instead of moving it twice at once.
-
 Installed beside the runner; standard library only.
 """
 
 from __future__ import annotations
 
-import contextlib
 import threading
-import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -52,46 +46,6 @@ def compact_paths(paths: Iterable[str], limit: int = MAX_PATHS) -> list[str] | N
 def compact_folders(folders: Mapping[str, Iterable[str] | None]) -> dict[str, list[str] | None]:
     """compact_paths for each folder of a pull; a folder already None (whole) stays whole."""
     return {f: None if p is None else compact_paths(p) for f, p in folders.items()}
-
-
-def overlap(first: Mapping[str, list[str] | None], second: Mapping[str, list[str] | None]) -> bool:
-    """Do two pulls' named paths meet (the same path, or one below the other) in a folder of both? A
-    whole-folder pull (None) names no path: it meets nothing here."""
-    for folder in first.keys() & second.keys():
-        a, b = first[folder], second[folder]
-        if a is None or b is None:
-            continue
-        if any(p == q or p.startswith(q + "/") or q.startswith(p + "/") for p in a for q in b):
-            return True
-    return False
-
-
-class InFlight:
-    """The named paths of the pulls under way: a pull waits (at most `wait_s`) while one of its paths is
-    being pulled by another. It holds nothing while it waits, so waits never form a cycle."""
-
-    def __init__(self) -> None:
-        self._changed = threading.Condition()
-        self._pulls: list[Mapping[str, list[str] | None]] = []
-
-    @contextlib.contextmanager
-    def held(self, paths: Mapping[str, list[str] | None], wait_s: float) -> Iterator[bool]:
-        """Mark `paths` as being pulled once no pull under way meets them; yields whether it waited."""
-        deadline, waited = time.monotonic() + wait_s, False
-        with self._changed:
-            while any(overlap(paths, other) for other in self._pulls):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break  # bounded: a stuck pull is killed at the runner's timeout anyway
-                waited = True
-                self._changed.wait(left)
-            self._pulls.append(paths)
-        try:
-            yield waited
-        finally:
-            with self._changed:
-                self._pulls.remove(paths)
-                self._changed.notify_all()
 
 
 def _ancestors(path: str) -> set[str]:

@@ -56,7 +56,7 @@ from .mesh_notify import (
     read_notice,
     retry_pause,
 )
-from .mesh_pathrun import InFlight, PathRunner, compact_folders
+from .mesh_pathrun import PathRunner, compact_folders
 from .mesh_relay import Acks, Rate, Relay, ack_header, batch_bytes, new_id, parse_ack, parse_relay, relay
 from .mesh_runner import (
     DEFAULT_CONFIG,
@@ -229,7 +229,6 @@ class Edges(PeerQueue):
         self._slots = threading.Semaphore(config.concurrency)
         self._unison = threading.BoundedSemaphore(config.concurrency)  # Unison runs of all pulls together
         self._peers = {peer.name: peer for peer in config.peers}
-        self._inflight = InFlight()  # a path is pulled from one peer at a time
 
     def handle(self, peer: str, folders: Mapping[str, set[str] | None]) -> None:
         self.pull(peer, compact_folders(folders))
@@ -241,7 +240,7 @@ class Edges(PeerQueue):
         if peer not in self._peers:
             return "failed"
         for attempt in range(self.retries + 1):
-            with self._inflight.held(paths, self.config.timeout), self._slots:
+            with self._slots:
                 result = self._sync(peer, paths)
             self.on_result(peer, result)
             if result["result"] not in RETRY_KINDS or attempt == self.retries:
