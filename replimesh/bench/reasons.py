@@ -23,12 +23,17 @@ def _n(series: object) -> str:
     return "?" if value is None else f"{value:.0f}"
 
 
+def _sentences(*parts: str) -> str:
+    """A reason from its parts, those not measured ('') left out."""
+    return " ".join(part for part in parts if part)
+
+
 def _work(raw: Mapping[str, Any], ours: str, theirs: str, what: str, other: str) -> str:
     """The CPU seconds two series of trials cost the hosts, side by side ('' if not measured)."""
     a, b = median(raw.get(ours) or []), median(raw.get(theirs) or [])
     if a is None or b is None:
         return ""
-    return f" The hosts spent {a:.2f} CPU seconds on {what}, {b:.2f} on {other}."
+    return f"The hosts spent {a:.2f} CPU seconds on {what}, {b:.2f} on {other}."
 
 
 def _all_nodes_work(raw: Mapping[str, Any], md5: float | None) -> str:
@@ -97,7 +102,7 @@ def explain(raw: Mapping[str, Any]) -> dict[str, str]:
             "tasks. What still runs on every host: the reachability check and the facts, one probe per "
             "role, the layout runs, the jail tool's refresh, the supervisor's start and mesh_member."
         ),
-        "large file, one hop vs raw ssh cat": (
+        "large file, one hop vs raw ssh cat": _sentences(
             f"raw ssh moved the file in {_s(ssh)}, one replimesh hop took {_s(hop)}. Unison 2.52 reads the "
             "whole file to fingerprint it before sending, sends it through its own protocol over the ssh "
             "pipe, writes it to a temporary file on the receiver and fingerprints that again before the "
@@ -109,8 +114,8 @@ def explain(raw: Mapping[str, Any]) -> dict[str, str]:
             "Meeting the target needs a transfer path that is not Unison's for large new files. On a link "
             f"capped at {mbit or 'M'} Mbit/s the same hop took {_s(capped_hop)} against {_s(capped_ssh)} for "
             "raw ssh: where the link is the limit, "
-            "as on a LAN or WAN, Unison's passes over the data cost little."
-            f"{_work(raw, 'replimesh_hop_cpu_s', 'ssh_hop_cpu_s', 'the hop', 'raw ssh')}"
+            "as on a LAN or WAN, Unison's passes over the data cost little.",
+            _work(raw, "replimesh_hop_cpu_s", "ssh_hop_cpu_s", "the hop", "raw ssh"),
         ),
         "no-change full round, runner vs bare unison": (
             f"the runner took {_s(runner)} against {_s(bare)} for the bare Unison runs "
@@ -132,19 +137,15 @@ def explain(raw: Mapping[str, Any]) -> dict[str, str]:
             "the full mesh's cost is node1 running 7 Unison runs (4 at a time) on 2 busy cores, each "
             "paying a process start, an ssh handshake and a remote server start."
         ),
-        "large file on all nodes vs Syncthing": " ".join(
-            part
-            for part in (
-                f"replimesh took {_s(median(raw.get('watch_large_s') or []))}, Syncthing "
-                f"{_s(median(raw.get('syncthing_large_s') or []))}. The file spreads as a swarm in "
-                f"{rounds or '?'} rounds of whole Unison runs, one round after the other. On the lab's "
-                "uncapped bridge the cores the hosts share are the limit, not the link.",
-                _all_nodes_work(raw, md5),
-                "Syncthing's peers pass on each block as soon as they have it. Meeting it on these shared "
-                "cores needs less work a copy than a Unison run does (a transfer path that is not "
-                "Unison's), or a node serving a file while it receives it, so that the rounds overlap.",
-            )
-            if part
+        "large file on all nodes vs Syncthing": _sentences(
+            f"replimesh took {_s(median(raw.get('watch_large_s') or []))}, Syncthing "
+            f"{_s(median(raw.get('syncthing_large_s') or []))}. The file spreads as a swarm in "
+            f"{rounds or '?'} rounds of whole Unison runs, one round after the other. On the lab's "
+            "uncapped bridge the cores the hosts share are the limit, not the link.",
+            _all_nodes_work(raw, md5),
+            "Syncthing's peers pass on each block as soon as they have it. Meeting it on these shared "
+            "cores needs less work a copy than a Unison run does (a transfer path that is not "
+            "Unison's), or a node serving a file while it receives it, so that the rounds overlap.",
         ),
         "idle CPU per node vs Syncthing": (
             "the watcher wakes every few seconds (mesh.json check, disks mounted in a folder, heartbeat) and "
